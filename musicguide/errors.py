@@ -1,0 +1,17 @@
+"""The one exception type a user is meant to read.
+
+Anything raised as `UserError` is printed by the CLI as a single line (plus an optional hint)
+and exits with status 2. Everything else is a bug and keeps its traceback (under --debug).
+"""
+
+
+class UserError(Exception):
+    """Bad input, missing model, no network, ...: something the user can fix."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"

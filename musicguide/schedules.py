@@ -1,0 +1,90 @@
+"""Noise schedules: how x_t mixes data and noise, and how to read x̂0 and ε̂ off a model output.
+
+Every sampler in `sampling.py` is written against this small interface, so the same guided
+DDIM/DDPM code drives a v-prediction cosine model (Stable Audio Open 1.0, the paper's models)
+and a rectified-flow model (Stable Audio Open Small):
+
+    x_t = alpha(t) * x0 + sigma(t) * eps,   t in [0, 1], t = 1 is pure noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _bcast(t: Tensor | float, like: Tensor) -> Tensor:
+    """A per-batch (or scalar) time as a tensor that broadcasts against `like`."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.reshape(t.shape + (1,) * (like.ndim - t.ndim)) if t.ndim else t
+
+
+@dataclass(frozen=True)
+class VCosine:
+    """v-prediction with alpha = cos(pi t / 2), sigma = sin(pi t / 2); model output v = alpha eps - sigma x0."""
+
+    name: str = "v"
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return torch.cos(torch.as_tensor(t, dtype=torch.float64) * math.pi / 2)
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        return torch.sin(torch.as_tensor(t, dtype=torch.float64) * math.pi / 2)
+
+    def x0_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
+        a, s = _bcast(self.alpha(t), x_t), _bcast(self.sigma(t), x_t)
+        return a * x_t - s * out
+
+    def eps_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
+        a, s = _bcast(self.alpha(t), x_t), _bcast(self.sigma(t), x_t)
+        return s * x_t + a * out
+
+    def model_target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
+        """What the network is trained to output at time t (used by training)."""
+        a, s = _bcast(self.alpha(t), x0), _bcast(self.sigma(t), x0)
+        return a * eps - s * x0
+
+
+@dataclass(frozen=True)
+class RectifiedFlow:
+    """alpha = 1 - t, sigma = t; model output is the velocity u = eps - x0 (stable-audio-tools'
+    "rectified_flow" and "rf_denoiser" objectives, whose samplers read x̂0 = x_t - t u)."""
+
+    name: str = "rectified_flow"
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return 1 - torch.as_tensor(t, dtype=torch.float64)
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        return torch.as_tensor(t, dtype=torch.float64)
+
+    def x0_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
+        return x_t - _bcast(self.sigma(t), x_t) * out
+
+    def eps_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
+        return x_t + _bcast(self.alpha(t), x_t) * out
+
+    def model_target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
+        return eps - x0
+
+
+Schedule = VCosine | RectifiedFlow
+
+
+def schedule_for(objective: str) -> Schedule:
+    """The schedule of a model's `diffusion_objective` as written in its model_config.json."""
+    if objective == "v":
+        return VCosine()
+    if objective in ("rectified_flow", "rf_denoiser"):
+        return RectifiedFlow(name=objective)
+    raise ValueError(f"unknown diffusion objective {objective!r} (expected 'v', 'rectified_flow' or 'rf_denoiser')")
+
+
+def timesteps(steps: int, t_max: float = 1.0) -> Tensor:
+    """`steps + 1` times from t_max down to 0, evenly spaced (float64, so the schedule is exact)."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)
