@@ -1,0 +1,288 @@
+"""From a song to an edited song: pick a window, encode it, sample, decode, splice it back.
+
+One function per command (`infill`, `regenerate`, `continue_song`, `transition`, `generate`);
+each returns an `EditResult` whose songs equal the input bit for bit outside the edited region and
+its short equal-power seams. No files and no printing here: the CLI does those.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import tasks
+from .errors import UserError
+from .losses import audio_loss, latent_loss
+from .operators import SampleMask
+from .sampling import SAMPLERS, Step, paste_known
+from .schedules import timesteps
+from .splice import SeamMetric, cut_window, fade_samples, seam_report, splice
+
+# The paper's step sizes: ξ = 3e-2 for its latent model (DDIM and DDPM alike).
+DEFAULT_GUIDANCE = 3e-2
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Everything that decides the sampled result besides the model and the input."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance: float = DEFAULT_GUIDANCE
+    eta: float = 0.0
+    loss_space: str = "latent"  # "latent": d on latents; "audio": d on the decoded waveform
+    distance: str = "l1"
+    consistency: bool = True  # paste the known frames (noised to the step's level) after each step
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}", hint=f"use one of {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.guidance < 0 or not math.isfinite(self.guidance):
+            raise UserError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if not 0 <= self.eta <= 1:
+            raise UserError(f"--eta must be in [0, 1], got {self.eta}")
+        if self.loss_space not in ("latent", "audio"):
+            raise UserError(f"--loss-space must be 'latent' or 'audio', got {self.loss_space!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The stretch of the song the model sees, and the part of it that changes.
+
+    `at`/`length` are samples of the (possibly extended) song; `length` is a whole number of
+    latent frames. [edit_start, edit_end) is the region that changes; `free` the latent frames the
+    sampler may change (the smallest frame range covering the edit)."""
+
+    at: int
+    length: int
+    edit_start: int
+    edit_end: int
+    free: tuple[int, int]
+
+    def to_dict(self, sample_rate: int) -> dict:
+        return {
+            "window_start_s": self.at / sample_rate,
+            "window_seconds": self.length / sample_rate,
+            "edit_start_s": self.edit_start / sample_rate,
+            "edit_end_s": self.edit_end / sample_rate,
+            "free_frames": list(self.free),
+        }
+
+
+@dataclass
+class EditResult:
+    songs: list[Tensor]  # one [channels, samples] song per variation
+    windows: list[Window]
+    seams: list[list[SeamMetric]]  # per variation
+    guidance_loss: float | None = None  # d(y, A(x̂0)) at the last guided step, summed over variations
+
+
+Callback = Callable[[Step], None]
+
+
+def plan_window(song_length: int, edit_start: int, edit_end: int, hop: int, max_length: int,
+                context: int | None = None, sample_rate: int = 44100) -> Window:
+    """Centre the largest window the model takes (or `context` samples a side) on the edit.
+
+    Context missing on one side (near the song's start or end) goes to the other side. The window
+    length is rounded up to whole latent frames, growing leftward first; past the song's end it is
+    padded with silence (a continuation's free frames lie there)."""
+    gap = edit_end - edit_start
+    if gap <= 0:
+        raise UserError("the edit region is empty: start must be before end")
+    if gap > max_length - 2 * hop:
+        raise UserError(f"the region is {gap / sample_rate:.2f} s long; this model generates at most "
+                        f"{(max_length - 2 * hop) / sample_rate:.2f} s with context around it",
+                        hint="edit a shorter region, or several regions one after another")
+    budget = max_length - gap if context is None else min(max_length - gap, 2 * context)
+    before, after = edit_start, max(song_length - edit_end, 0)
+    left = min(budget // 2, before)
+    right = min(budget - left, after)
+    left = min(budget - right, before)
+    span = left + gap + right
+    length = -(-span // hop) * hop
+    grow_left = min(length - span, edit_start - left)
+    at = edit_start - left - grow_left
+    first = (edit_start - at) // hop
+    last = -(-(edit_end - at) // hop)
+    return Window(at=at, length=length, edit_start=edit_start, edit_end=edit_end, free=(first, last))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, strength: float | None = None,
+                  seconds_total: float | None = None, callback: Callback | None = None) -> tuple[Tensor, float | None]:
+    """Sample the window's free frames for a batch of songs [B, channels, N] (the variations).
+
+    Returns the decoded windows [B, channels, window.length] and the guidance loss d(y, A(x̂0))
+    at the last guided step (summed over the batch), or None without guidance."""
+    device = _device(model)
+    audio = torch.stack([cut_window(song, window.at, window.length) for song in songs]).to(device)
+    with torch.no_grad():
+        x_bar = model.encode(audio)
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    noise = torch.randn(x_bar.shape, generator=generator, device=device, dtype=x_bar.dtype)
+    if strength is None:
+        problem = tasks.from_noise(x_bar, window.free, noise)
+    else:
+        problem = tasks.from_mix(x_bar, window.free, noise, strength)
+
+    if settings.loss_space == "latent":
+        loss = latent_loss(problem.mask, problem.y, settings.distance)
+    else:
+        known = torch.ones(window.length, dtype=torch.bool)
+        known[window.edit_start - window.at : window.edit_end - window.at] = False
+        known[max(songs.shape[-1] - window.at, 0) :] = False  # silence padded past the song's end
+        mask = SampleMask(known)
+        loss = audio_loss(model.decode, mask, mask(audio), model.downsampling_ratio, settings.distance)
+    consistency = paste_known(problem.mask, problem.y, model.schedule) if settings.consistency else None
+    seconds_start = window.at / model.sample_rate
+
+    def denoiser(x: Tensor, t: Tensor) -> Tensor:
+        return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total)
+
+    x0 = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
+                 loss=loss, consistency=consistency)
+    with torch.no_grad():
+        decoded = model.decode(x0.value).float().cpu()
+    return decoded, x0.last_loss
+
+
+@dataclass
+class _Sampled:
+    value: Tensor
+    last_loss: float | None
+
+
+def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, generator: torch.Generator,
+            callback: Callback | None, **guidance) -> _Sampled:
+    last: list[float | None] = [None]
+
+    def on_step(step: Step) -> None:
+        last[0] = step.loss
+        if callback is not None:
+            callback(step)
+
+    extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
+    x0 = SAMPLERS[settings.sampler](denoiser, schedule, x_start, timesteps(settings.steps), guidance=settings.guidance,
+                                    generator=generator, callback=on_step, **guidance, **extra)
+    return _Sampled(x0, last[0])
+
+
+def _splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int) -> tuple[Tensor, list[int]]:
+    spliced = [splice(song, audio, window.at, window.edit_start, window.edit_end, fade_samples(sample_rate))
+               for song, audio in zip(songs, decoded)]
+    return torch.stack([s.audio for s in spliced]), spliced[0].seams
+
+
+def _check_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
+    length = song.shape[-1]
+    if start < 0:
+        raise UserError("--start must not be negative")
+    if start >= end:
+        raise UserError(f"--start ({start / sample_rate:.3f} s) must be before --end ({end / sample_rate:.3f} s)")
+    if end > length:
+        raise UserError(f"--end ({end / sample_rate:.3f} s) is past the end of the song ({length / sample_rate:.3f} s)")
+
+
+def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, variations: int = 1,
+           context: int | None = None, strength: float | None = None, callback: Callback | None = None) -> EditResult:
+    """Replace song[:, start:end] by new music that fits what comes before and after it.
+    With `strength` this is regeneration: the new music starts from a mix with the old."""
+    _check_region(song, start, end, model.sample_rate)
+    sr, hop = model.sample_rate, model.downsampling_ratio
+    window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr)
+    songs = song[None].expand(variations, -1, -1)
+    decoded, loss = sample_window(model, songs, window, settings, strength=strength,
+                                  seconds_total=song.shape[-1] / sr, callback=callback)
+    edited, seams = _splice_all(songs, decoded, window, sr)
+    return _result(edited, [window], seams, song, sr, loss)
+
+
+def _result(songs: Tensor, windows: list[Window], seams: list[int], reference: Tensor, sample_rate: int,
+            loss: float | None) -> EditResult:
+    reports = [seam_report(s, sample_rate, seams, reference=reference) if seams else [] for s in songs]
+    return EditResult(list(songs), windows, reports, loss)
+
+
+def regenerate(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, strength: float = tasks.DEFAULT_STRENGTH,
+               **kwargs) -> EditResult:
+    return infill(model, song, start, end, settings, strength=strength, **kwargs)
+
+
+def continuation_chunks(model, seconds: float) -> int:
+    """How many sampling runs `continue_song` makes: each adds at most half the model's window."""
+    half = model.max_frames * model.downsampling_ratio // 2
+    return max(1, -(-round(seconds * model.sample_rate) // half))
+
+
+def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings, *, variations: int = 1,
+                  context: int | None = None, callback: Callback | None = None) -> EditResult:
+    """Append `seconds` of music. Beyond half a model window it proceeds in chunks of at most half a
+    window, each guided by the audio before it (the song's, then its own), with its own seed."""
+    sr, hop = model.sample_rate, model.downsampling_ratio
+    max_length = model.max_frames * hop
+    total_new = round(seconds * sr)
+    if total_new <= 0:
+        raise UserError(f"--seconds must be positive, got {seconds}")
+    final_length = song.shape[-1] + total_new
+    songs = song[None].expand(variations, -1, -1)
+    windows, seams, loss = [], [], None
+    while songs.shape[-1] < final_length:
+        have = songs.shape[-1]
+        new = min(final_length - have, max_length // 2)
+        # a multiple of the hop whenever the model's length is what limits it, so the window fits
+        ctx = min(max_length - -(-new // hop) * hop, have, max_length if context is None else context)
+        length = -(-(ctx + new) // hop) * hop
+        window = Window(at=have - ctx, length=length, edit_start=have, edit_end=have + new, free=(ctx // hop, length // hop))
+        chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
+        decoded, loss = sample_window(model, songs, window, chunk, seconds_total=final_length / sr, callback=callback)
+        songs, chunk_seams = _splice_all(songs, decoded, window, sr)
+        windows.append(window)
+        seams += chunk_seams
+    return _result(songs, windows, seams, song, sr, loss)
+
+
+def transition(model, first: Tensor, second: Tensor, overlap: int, settings: SamplerSettings, *,
+               strength: float = tasks.DEFAULT_STRENGTH, **kwargs) -> EditResult:
+    """Join two tracks: their constant-power crossfade over `overlap` samples is the target, and
+    regenerating the overlap turns the crossfade into a transition."""
+    if not 0 < overlap <= min(first.shape[-1], second.shape[-1]):
+        raise UserError("--length must be positive and no longer than either track")
+    joined = tasks.join_with_crossfade(first, second, overlap)
+    start = first.shape[-1] - overlap
+    return infill(model, joined, start, start + overlap, settings, strength=strength, **kwargs)
+
+
+def generate(model, seconds: float, settings: SamplerSettings, *, variations: int = 1,
+             callback: Callback | None = None) -> EditResult:
+    """Unconditional generation: no measurement, the model's prior alone."""
+    sr, hop = model.sample_rate, model.downsampling_ratio
+    samples = round(seconds * sr)
+    max_length = model.max_frames * hop
+    if not 0 < samples <= max_length:
+        raise UserError(f"--seconds must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
+    frames = -(-samples // hop)
+    device = _device(model)
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    noise = torch.randn((variations, model.latent_channels, frames), generator=generator, device=device)
+
+    def denoiser(x: Tensor, t: Tensor) -> Tensor:
+        return model.denoise(x, t, seconds_start=0.0, seconds_total=seconds)
+
+    x0 = _sample(denoiser, model.schedule, noise, settings, generator, callback)
+    with torch.no_grad():
+        audio = model.decode(x0.value).float().cpu()[..., :samples]
+    return EditResult(list(audio), [Window(0, frames * hop, 0, samples, (0, frames))], [[] for _ in audio], None)

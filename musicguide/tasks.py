@@ -1,0 +1,75 @@
+"""The edits of the paper's Table 2 as measurement problems on one latent window.
+
+Each builder takes the window's latents x̄ (the VAE encoding of the original audio there) and
+the free frames, and returns what the sampler needs: the operator A (a time mask), the target
+y = A x̄ and the start sample x_T. Pure tensor code: windows, files and models live in `edit.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .operators import TimeMask
+from .splice import equal_power_fades
+
+# The paper's regeneration strength: the free region starts as 85 % noise, 15 % original.
+DEFAULT_STRENGTH = 0.85
+
+
+@dataclass(frozen=True)
+class EditProblem:
+    """A (mask), y and x_T for one window; mask is None for unconditional generation."""
+
+    mask: TimeMask | None
+    y: Tensor | None
+    x_start: Tensor
+
+
+def free_range_mask(frames: int, free: tuple[int, int]) -> TimeMask:
+    """Known = every frame outside [free[0], free[1]): A_L alone when the free range reaches the
+    end (continuation), A_R alone when it starts at 0, [A_L; A_R] otherwise."""
+    a, b = free
+    if not 0 <= a < b <= frames:
+        raise ValueError(f"free frames [{a}, {b}) must lie inside [0, {frames})")
+    return TimeMask.from_ranges(frames, [(0, a), (b, frames)])
+
+
+def from_noise(x_bar: Tensor, free: tuple[int, int], noise: Tensor) -> EditProblem:
+    """Continuation and infill: x_T = Aᵀy + (I − AᵀA) z."""
+    mask = free_range_mask(x_bar.shape[-1], free)
+    y = mask(x_bar)
+    return EditProblem(mask, y, mask.paste(noise, y))
+
+
+def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, strength: float = DEFAULT_STRENGTH) -> EditProblem:
+    """Regeneration (and transition, where x̄ is the crossfaded pair): the free region starts from
+    k z + (1 − k) x̄, so the result varies the original instead of replacing it."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    mask = free_range_mask(x_bar.shape[-1], free)
+    y = mask(x_bar)
+    return EditProblem(mask, y, mask.paste(strength * noise + (1 - strength) * x_bar, y))
+
+
+def unconditional(noise: Tensor) -> EditProblem:
+    return EditProblem(None, None, noise)
+
+
+def constant_power_crossfade(a_tail: Tensor, b_head: Tensor) -> Tensor:
+    """F_out a + F_in b over the overlap (cos/sin, so the power of uncorrelated music stays level)."""
+    if a_tail.shape != b_head.shape:
+        raise ValueError(f"crossfade needs equal shapes, got {tuple(a_tail.shape)} and {tuple(b_head.shape)}")
+    fade_out, fade_in = equal_power_fades(a_tail.shape[-1], a_tail.dtype)
+    return a_tail * fade_out.to(a_tail.device) + b_head * fade_in.to(b_head.device)
+
+
+def join_with_crossfade(a: Tensor, b: Tensor, overlap: int) -> Tensor:
+    """Track a, then track b, overlapping by `overlap` samples through a constant-power crossfade:
+    the transition's target and the plain-crossfade baseline. Length len(a) + len(b) − overlap."""
+    if not 0 < overlap <= min(a.shape[-1], b.shape[-1]):
+        raise ValueError(f"overlap {overlap} must be positive and no longer than either track")
+    mixed = constant_power_crossfade(a[..., -overlap:], b[..., :overlap])
+    return torch.cat([a[..., :-overlap], mixed, b[..., overlap:]], dim=-1)

@@ -1,0 +1,100 @@
+"""Times as users write them ("30", "1:05.250") and the sample and latent-frame indices behind them.
+
+Three units meet in an edit: seconds (what the user types and reads), samples (what the audio
+tensors are indexed by) and latent frames (what the diffusion model works on: one frame per
+`hop` samples, the VAE's downsampling ratio). Conversions between them live here so that every
+command rounds the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from musicguide.errors import UserError
+
+# "S", "S.fff", "M:SS", "M:SS.fff", "H:MM:SS", "H:MM:SS.fff". Inside a colon form the minutes and
+# seconds fields take exactly two digits, so "1:5" (1:05? 1:50?) is refused instead of guessed.
+_TIME_PATTERN = re.compile(
+    r"""
+    (?:(?:(?P<hours>\d+):(?P<minutes_after_hours>\d{2}))|(?P<minutes>\d+)):(?P<seconds_in_minute>\d{2}(?:\.\d+)?)
+    | (?P<seconds>\d+(?:\.\d+)?|\.\d+)
+    """,
+    re.VERBOSE,
+)
+TIME_FORMS = '"30", "30.5", "1:05", "1:05.250" or "1:02:03.5"'
+
+
+def parse_time(text: str, what: str = "time") -> float:
+    """Seconds from a user-typed time; `what` names the option in error messages."""
+    stripped = text.strip()
+    match = _TIME_PATTERN.fullmatch(stripped)
+    if match is None:
+        raise UserError(f"{what} {text!r} is {_why_not_a_time(stripped)}", hint=f"write it as {TIME_FORMS}")
+    if match["seconds"] is not None:
+        return float(match["seconds"])
+    seconds = float(match["seconds_in_minute"])
+    if seconds >= 60:
+        raise UserError(f"{what} {text!r} has {seconds:g} seconds; use less than 60 after a colon")
+    if match["hours"] is None:
+        return int(match["minutes"]) * 60 + seconds
+    minutes = int(match["minutes_after_hours"])
+    if minutes >= 60:
+        raise UserError(f"{what} {text!r} has {minutes} minutes; use less than 60 in h:mm:ss")
+    return int(match["hours"]) * 3600 + minutes * 60 + seconds
+
+
+def _why_not_a_time(text: str) -> str:
+    """The most specific reason a string failed the pattern, for a message that helps."""
+    if not text:
+        return "empty"
+    try:
+        if not math.isfinite(float(text)):
+            return "not a finite time"
+    except ValueError:
+        pass
+    return "negative" if text.startswith("-") else "not a time"
+
+
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    """The nearest sample index to a time (halves round up, unlike Python's banker's round)."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"time must be finite, got {seconds}")
+    return math.floor(seconds * sample_rate + 0.5)
+
+
+def samples_to_seconds(samples: int, sample_rate: int) -> float:
+    return samples / sample_rate
+
+
+def format_time(seconds: float) -> str:
+    """'m:ss.mmm' for messages and file names; minutes keep counting past 59 (75:00.000)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"cannot format {seconds} as a time")
+    # Round to whole milliseconds first so 59.9996 s becomes 1:00.000, never 0:60.000.
+    milliseconds = math.floor(seconds * 1000 + 0.5)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    return f"{minutes}:{milliseconds // 1000:02d}.{milliseconds % 1000:03d}"
+
+
+def samples_to_frames(start: int, end: int, hop: int) -> tuple[int, int]:
+    """The smallest latent-frame range [f0, f1) whose samples cover [start, end).
+
+    Frame f spans samples [f * hop, (f + 1) * hop), so the start rounds down and the end up: an
+    edit never loses a sample to rounding, it only grows to whole frames.
+    """
+    _check_range(start, end, hop)
+    return start // hop, -(-end // hop)
+
+
+def frames_to_samples(first_frame: int, end_frame: int, hop: int) -> tuple[int, int]:
+    """The sample range [first_frame * hop, end_frame * hop) that latent frames [f0, f1) decode to."""
+    _check_range(first_frame, end_frame, hop)
+    return first_frame * hop, end_frame * hop
+
+
+def _check_range(start: int, end: int, hop: int) -> None:
+    if hop <= 0:
+        raise ValueError(f"hop must be positive, got {hop}")
+    if not 0 <= start <= end:
+        raise ValueError(f"need 0 <= start <= end, got [{start}, {end})")
