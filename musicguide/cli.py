@@ -22,7 +22,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from . import __version__
 from .errors import UserError
@@ -494,7 +494,8 @@ def models_list() -> None:
     """Show the registry and whether each model is usable offline."""
     from .registry import list_models
 
-    table = Table("name", "source", "where", "revision", "gated", "offline", "licence", "about")
+    table = Table("source", "where", "revision", "gated", "offline", "licence", "about")
+    table.columns.insert(0, Column("name", no_wrap=True))
     for row in list_models():
         table.add_row(row.name, row.source, row.location, row.revision or "-", "yes" if row.gated else "no",
                       "[green]yes[/green]" if row.available else "no", row.license, row.description)

@@ -1,0 +1,515 @@
+"""Named checkpoints: `checkpoints.toml` → a model folder (Hub cache, shipped folder) or a built model.
+
+`--model` takes either a name from the registry or the path of a folder laid out like the Stable Audio
+Open Hub repositories (`model_config.json` + `model.safetensors`). Downloads go through
+`huggingface_hub`, so its cache, `HF_TOKEN`/login and `HF_HUB_OFFLINE` behave as users expect from
+other tools; weights are read with safetensors only, never pickle.
+
+Every failure a user can fix (no network, gated repo, typo in a name, corrupt download) becomes a
+one-line `UserError` with a hint; the Hub's own exceptions are translated here, by class.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from musicguide.errors import UserError
+from musicguide.models import LatentDiffusion, build_model, load_model_folder, tiny_random_config
+from musicguide.models.folder import CONFIG_FILE, WEIGHTS_FILE
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+Source = Literal["hub", "local", "builtin"]
+
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+
+DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints.toml"
+REGISTRY_ENV = "MUSICGUIDE_CHECKPOINTS"
+CACHE_ENV = "MUSICGUIDE_CACHE_DIR"
+
+_COMMON_FIELDS = {"source", "description", "license", "gated"}
+_FIELDS_BY_SOURCE: dict[str, tuple[set[str], set[str]]] = {
+    # source: (required fields besides the common ones, optional fields)
+    "hub": ({"repo", "revision", "files"}, {"sha256"}),
+    "local": ({"path"}, {"files", "sha256"}),
+    "builtin": ({"seed"}, set()),
+}
+_HASH_CHUNK_BYTES = 16 * 1024 * 1024
+_REGISTRY_HINT = "see the comment at the top of checkpoints.toml for the fields each source needs"
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One `[models."name"]` table of checkpoints.toml, validated.
+
+    `path` is already absolute (resolved against the registry file's folder), so callers never
+    depend on the working directory.
+    """
+
+    name: str
+    source: Source
+    description: str
+    license: str
+    gated: bool = False
+    repo: str | None = None
+    revision: str | None = None
+    files: tuple[str, ...] = MODEL_FILES
+    sha256: dict[str, str] = field(default_factory=dict)
+    seed: int | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a `--model` argument points, once any download is done.
+
+    `folder` is None only for builtin models, which are constructed from code (with `seed`).
+    """
+
+    name: str
+    kind: Source
+    folder: Path | None
+    repo: str | None
+    revision: str | None
+    description: str
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of `musicguide models list`; `available` means loadable without the network."""
+
+    name: str
+    source: Source
+    location: str
+    revision: str | None
+    gated: bool
+    license: str
+    available: bool
+    description: str
+
+
+def default_registry_path() -> Path:
+    """The registry in use: `$MUSICGUIDE_CHECKPOINTS` if set, else the one next to the package."""
+    override = os.environ.get(REGISTRY_ENV)
+    return Path(override).expanduser() if override else DEFAULT_REGISTRY_PATH
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, CheckpointEntry]:
+    """Read and validate checkpoints.toml, so that a typo fails here and not mid-download."""
+    registry_path = Path(path) if path is not None else default_registry_path()
+    try:
+        with registry_path.open("rb") as registry_file:
+            document = tomllib.load(registry_file)
+    except FileNotFoundError:
+        raise UserError(
+            f"model registry {registry_path} does not exist",
+            hint=f"unset {REGISTRY_ENV} or point it at a checkpoints.toml",
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"model registry {registry_path} is not valid TOML: {error}") from error
+
+    models = document.get("models")
+    if not isinstance(models, dict) or not models:
+        raise UserError(f"{registry_path}: no [models.\"name\"] tables found", hint=_REGISTRY_HINT)
+    unknown_top_level = sorted(set(document) - {"models"})
+    if unknown_top_level:
+        raise UserError(f"{registry_path}: unknown top-level key {unknown_top_level[0]!r}", hint=_REGISTRY_HINT)
+    return {name: _parse_entry(name, table, registry_path) for name, table in models.items()}
+
+
+def _parse_entry(name: str, table: Any, registry_path: Path) -> CheckpointEntry:
+    """Check one entry's fields and types; every message names the file and the entry."""
+
+    def fail(problem: str) -> UserError:
+        return UserError(f"{registry_path}: model {name!r}: {problem}", hint=_REGISTRY_HINT)
+
+    def text(key: str) -> str:
+        value = table[key]
+        if not isinstance(value, str) or not value.strip():
+            raise fail(f"{key!r} must be a non-empty string")
+        return value
+
+    if not isinstance(table, dict):
+        raise fail("must be a table")
+    source = table.get("source")
+    if source not in _FIELDS_BY_SOURCE:
+        raise fail(f"'source' must be one of {sorted(_FIELDS_BY_SOURCE)}, got {source!r}")
+    required, optional = _FIELDS_BY_SOURCE[source]
+    missing = sorted((required | {"source", "description", "license"}) - set(table))
+    if missing:
+        raise fail(f"missing field {missing[0]!r}")
+    unknown = sorted(set(table) - required - optional - _COMMON_FIELDS)
+    if unknown:
+        raise fail(f"unknown field {unknown[0]!r} for source {source!r}")
+
+    gated = table.get("gated", False)
+    if not isinstance(gated, bool):
+        raise fail("'gated' must be true or false")
+    files = _parse_files(table.get("files", list(MODEL_FILES)), fail)
+    sha256 = _parse_hashes(table.get("sha256", {}), files, fail)
+    seed = table.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise fail("'seed' must be an integer")
+
+    repo = text("repo") if "repo" in table else None
+    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
+        raise fail(f"'repo' must look like 'owner/name', got {repo!r}")
+
+    return CheckpointEntry(
+        name=name,
+        source=source,
+        description=text("description"),
+        license=text("license"),
+        gated=gated,
+        repo=repo,
+        revision=text("revision") if "revision" in table else None,
+        files=files,
+        sha256=sha256,
+        seed=seed,
+        path=(registry_path.parent / text("path")).resolve() if "path" in table else None,
+    )
+
+
+def _parse_files(value: Any, fail: Callable[[str], UserError]) -> tuple[str, ...]:
+    """The loader reads the config and weights side by side, so both must be listed, without folders."""
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise fail("'files' must be a list of file names")
+    nested = [item for item in value if "/" in item or "\\" in item]
+    if nested:
+        raise fail(f"'files' must name files at the top of the repository, got {nested[0]!r}")
+    absent = [required for required in MODEL_FILES if required not in value]
+    if absent:
+        raise fail(f"'files' must include {absent[0]!r}")
+    return tuple(value)
+
+
+def _parse_hashes(value: Any, files: tuple[str, ...], fail: Callable[[str], UserError]) -> dict[str, str]:
+    """Digests are optional per file; a listed one must be 64 hex digits and name a listed file."""
+    if not isinstance(value, dict):
+        raise fail("'sha256' must be a table of file name = hex digest")
+    hashes: dict[str, str] = {}
+    for filename, digest in value.items():
+        if filename not in files:
+            raise fail(f"'sha256' lists {filename!r}, which is not in 'files'")
+        if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+            raise fail(f"sha256 of {filename!r} must be 64 hexadecimal digits")
+        hashes[filename] = digest.lower()
+    return hashes
+
+
+def _is_hex(text: str) -> bool:
+    return all(character in "0123456789abcdefABCDEF" for character in text)
+
+
+def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = None) -> ResolvedModel:
+    """Turn a `--model` argument into something loadable, downloading and hash-checking if needed.
+
+    An existing folder wins over a registry name of the same spelling, because a user who typed a
+    path means that path. `token` overrides huggingface_hub's own (HF_TOKEN or `hf auth login`).
+    """
+    argument = os.fspath(name_or_path)
+    candidate = Path(argument).expanduser()
+    if candidate.is_dir():
+        folder = candidate.resolve()
+        return ResolvedModel(
+            name=folder.name, kind="local", folder=folder, repo=None, revision=None,
+            description=f"model folder {folder}",
+        )
+    if candidate.is_file():
+        raise UserError(
+            f"--model expects a model folder or a registry name, got the file {argument}",
+            hint=f"pass the folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}",
+        )
+
+    registry = load_registry()
+    entry = registry.get(argument)
+    if entry is None:
+        if _looks_like_path(argument):
+            raise UserError(
+                f"model folder {argument} does not exist",
+                hint=f"known model names: {', '.join(sorted(registry))}",
+            )
+        raise _unknown_name_error(argument, registry)
+
+    if entry.source == "builtin":
+        folder = None
+    elif entry.source == "local":
+        folder = _checked_local_folder(entry)
+    else:
+        folder = _download_hub_files(entry, token)
+    return ResolvedModel(
+        name=entry.name, kind=entry.source, folder=folder, repo=entry.repo, revision=entry.revision,
+        description=entry.description, seed=entry.seed,
+    )
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    token: str | None = None,
+) -> tuple[LatentDiffusion, ResolvedModel]:
+    """Resolve `--model` and build the model (eval mode, frozen); the single entry point the CLI uses."""
+    resolved = resolve_model(name_or_path, token=token)
+    if resolved.kind == "builtin":
+        # Fork the RNG so that building the model neither depends on nor advances the caller's
+        # seed: the same seed then gives the same weights, and the user's --seed stays reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(resolved.seed)
+            model = build_model(tiny_random_config())
+        return model.to(device=device, dtype=dtype), resolved
+    assert resolved.folder is not None
+    return load_model_folder(resolved.folder, device=device, dtype=dtype), resolved
+
+
+def list_models() -> list[ModelRow]:
+    """The registry with what is usable offline; reads the Hub cache only, never the network."""
+    return [
+        ModelRow(
+            name=entry.name,
+            source=entry.source,
+            location=_location(entry),
+            revision=entry.revision,
+            gated=entry.gated,
+            license=entry.license,
+            available=_available_offline(entry),
+            description=entry.description,
+        )
+        for entry in load_registry().values()
+    ]
+
+
+def _location(entry: CheckpointEntry) -> str:
+    if entry.source == "hub":
+        return str(entry.repo)
+    if entry.source == "local":
+        return str(entry.path)
+    return f"built in (seed {entry.seed})"
+
+
+def _available_offline(entry: CheckpointEntry) -> bool:
+    """try_to_load_from_cache only looks at the cache folder; it returns a path string when cached."""
+    if entry.source == "hub":
+        return all(
+            isinstance(try_to_load_from_cache(str(entry.repo), filename, revision=entry.revision), str)
+            for filename in entry.files
+        )
+    if entry.source == "local":
+        return entry.path is not None and all((entry.path / filename).is_file() for filename in entry.files)
+    return True
+
+
+def verify_sha256(path: Path, expected: str, *, hint: str | None = None) -> None:
+    """Check a file against its pinned digest, remembering a pass so multi-GB weights hash once.
+
+    The pass is recorded in the musicguide cache as the file's resolved path, size and mtime: the
+    Hub cache never rewrites a blob in place, so a changed file shows up as a changed stamp.
+    """
+    blob = path.resolve()
+    try:
+        stat = blob.stat()
+    except FileNotFoundError:
+        raise UserError(f"cannot check the sha256 of {path}: the file does not exist") from None
+    stamp = {"path": str(blob), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    marker = _cache_dir() / "verified" / f"{expected}.json"
+    if _read_marker(marker) == stamp:
+        return
+    actual = _sha256_of(blob)
+    if actual != expected:
+        raise UserError(
+            f"sha256 mismatch for {path}: expected {expected}, got {actual}",
+            hint=hint or f"the download is corrupt or was replaced; delete {blob} and run again to fetch it afresh",
+        )
+    _write_marker(marker, stamp)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_dir() -> Path:
+    """musicguide's own cache (only verification stamps live here; weights stay in the Hub cache)."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    xdg_cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg_cache) if xdg_cache else Path.home() / ".cache") / "musicguide"
+
+
+def _read_marker(marker: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_marker(marker: Path, stamp: dict[str, Any]) -> None:
+    # An unwritable cache only costs a re-hash next time, so it must not fail a load that succeeded.
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        partial = marker.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(stamp))
+        os.replace(partial, marker)
+    except OSError:
+        return
+
+
+def _looks_like_path(argument: str) -> bool:
+    """Registry names are bare words; anything with a separator or a leading dot/tilde is a path."""
+    return (
+        "/" in argument
+        or os.sep in argument
+        or argument.startswith((".", "~"))
+        or Path(argument).suffix in {".json", ".safetensors"}
+    )
+
+
+def _unknown_name_error(name: str, registry: dict[str, CheckpointEntry]) -> UserError:
+    known = sorted(registry)
+    # difflib catches typos; the prefix test catches abbreviations it scores too low ("tiny").
+    close = difflib.get_close_matches(name, known, n=1) or [k for k in known if k.startswith(name)][:1]
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    return UserError(
+        f"unknown model {name!r}: not a registry name and not an existing folder",
+        hint=f"{suggestion}known models: {', '.join(known)}; `musicguide models list` describes them",
+    )
+
+
+def _checked_local_folder(entry: CheckpointEntry) -> Path:
+    """A shipped folder must be present (e.g. not an un-pulled Git LFS checkout) and match its hashes."""
+    assert entry.path is not None
+    if not entry.path.is_dir():
+        raise UserError(
+            f"model {entry.name!r} points to {entry.path}, which does not exist",
+            hint="restore the folder from the repository or fix 'path' in checkpoints.toml",
+        )
+    for filename, expected in entry.sha256.items():
+        verify_sha256(
+            entry.path / filename,
+            expected,
+            hint=f"restore {entry.path / filename} from the repository (e.g. `git lfs pull`)",
+        )
+    return entry.path
+
+
+def _download_hub_files(entry: CheckpointEntry, token: str | None) -> Path:
+    """Fetch (or find in the Hub cache) every listed file, check listed hashes, return their folder."""
+    assert entry.repo is not None and entry.revision is not None
+    paths = {filename: _download_hub_file(entry, filename, token) for filename in entry.files}
+    for filename, expected in entry.sha256.items():
+        verify_sha256(paths[filename], expected)
+    return paths[CONFIG_FILE].parent
+
+
+def _download_hub_file(entry: CheckpointEntry, filename: str, token: str | None) -> Path:
+    assert entry.repo is not None and entry.revision is not None
+    try:
+        return Path(
+            hf_hub_download(repo_id=entry.repo, filename=filename, revision=entry.revision, token=token)
+        )
+    except (HfHubHTTPError, EntryNotFoundError, *_NETWORK_ERRORS) as error:
+        raise _hub_user_error(error, entry, filename) from error
+
+
+def _hub_user_error(error: BaseException, entry: CheckpointEntry, filename: str) -> UserError:
+    """Map huggingface_hub's exceptions to one-line messages.
+
+    Order matters: GatedRepoError subclasses RepositoryNotFoundError, and LocalEntryNotFoundError
+    (not cached + no network or offline mode) subclasses EntryNotFoundError (missing in the repo).
+    """
+    repo, revision = entry.repo, entry.revision
+    where = f"{repo}@{revision}"
+    download_command = (
+        f"`hf download {repo} {' '.join(entry.files)} --revision {revision}`"
+        " or, with older huggingface_hub, `huggingface-cli download …` and the same arguments"
+    )
+    if isinstance(error, GatedRepoError):
+        return UserError(
+            f"model {entry.name!r} ({repo}) is gated and this Hugging Face account has no access to it",
+            hint=f"accept the licence at https://huggingface.co/{repo} and set HF_TOKEN",
+        )
+    if isinstance(error, RepositoryNotFoundError):
+        return UserError(
+            f"repository {repo} was not found on the Hugging Face Hub",
+            hint="check 'repo' in checkpoints.toml; if the repository is private, set HF_TOKEN",
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return UserError(
+            f"revision {revision!r} was not found in {repo}",
+            hint="check 'revision' in checkpoints.toml (a commit hash or branch that exists)",
+        )
+    if isinstance(error, (LocalEntryNotFoundError, *_NETWORK_ERRORS)):
+        offline = hub_constants.HF_HUB_OFFLINE or any(
+            isinstance(reason, OfflineModeIsEnabled) for reason in (error, error.__cause__)
+        )
+        if offline:
+            return UserError(
+                f"HF_HUB_OFFLINE is set and {filename} of {where} is not in the local Hugging Face cache",
+                hint=f"unset HF_HUB_OFFLINE, or pre-download with {download_command}",
+            )
+        return UserError(
+            f"cannot reach the Hugging Face Hub to download {filename} of {where}, and it is not cached",
+            hint=f"check the network connection, or download on a connected machine with {download_command}",
+        )
+    if isinstance(error, EntryNotFoundError):
+        return UserError(
+            f"file {filename} does not exist in {where}",
+            hint="check 'files' and 'revision' in checkpoints.toml",
+        )
+    status = getattr(getattr(error, "response", None), "status_code", "?")
+    return UserError(
+        f"the Hugging Face Hub refused to serve {filename} of {where} (HTTP {status})",
+        hint="retry later; if it persists, check HF_TOKEN and the repository page",
+    )
+
+
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    """Transport errors of the HTTP client this huggingface_hub version uses.
+
+    hf_hub_download turns a failed metadata request into LocalEntryNotFoundError, but a connection
+    lost mid-download surfaces raw from the client: requests before huggingface_hub 1.0, httpx in
+    1.x, httpx2 after. The client in use was imported along with hf_hub_download, so looking in
+    sys.modules finds it without importing the others.
+    """
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name, class_names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.extend(getattr(module, class_name) for class_name in class_names)
+    return tuple(found)
+
+
+_NETWORK_ERRORS = _network_error_types()

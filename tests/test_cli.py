@@ -1,0 +1,208 @@
+"""The commands end to end on the tiny random model: files, lengths, exactness, seeds, sidecars, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicguide import cli
+from musicguide.splice import DEFAULT_FADE_SECONDS
+
+from conftest import synth_song
+
+FAST = ["--steps", "3", "--context", "2", "--quiet", "--seed", "7", "--model", "tiny-random", "--device", "cpu"]
+SR = 44100
+FADE = round(DEFAULT_FADE_SECONDS * SR)
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_ints(path: Path) -> np.ndarray:
+    data, rate = sf.read(path, dtype="int16", always_2d=True)
+    assert rate == SR
+    return data
+
+
+def check_sidecar(path: Path, command: str) -> dict:
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["command"] == command
+    for key in ("inputs", "model", "settings", "seed", "windows", "seams", "output", "musicguide"):
+        assert key in meta
+    assert meta["model"]["name"] == "tiny-random"
+    assert meta["seed"] == 7 and meta["settings"]["seed"] == 7
+    for key in ("sampler", "steps", "guidance", "eta", "loss_space", "distance", "consistency", "device"):
+        assert key in meta["settings"]
+    return meta
+
+
+def test_infill_keeps_everything_outside_the_gap(song_wav, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out.wav"
+    code, _, err = run_cli(["infill", song_wav, "--start", "2", "--end", "3.5", "-o", out, *FAST], monkeypatch, capsys)
+    assert code == 0, err
+    original, edited = read_ints(song_wav), read_ints(out)
+    assert edited.shape == original.shape and edited.shape[1] == 2
+    a, b = 2 * SR - FADE, round(3.5 * SR) + FADE
+    assert np.array_equal(edited[:a], original[:a]) and np.array_equal(edited[b:], original[b:])
+    assert not np.array_equal(edited[2 * SR : round(3.5 * SR)], original[2 * SR : round(3.5 * SR)])
+    meta = check_sidecar(out, "infill")
+    assert meta["settings"]["start_s"] == 2 and meta["settings"]["end_s"] == 3.5
+    assert len(meta["seams"]) == 2 and meta["output"]["subtype"] == "PCM_16"
+    assert meta["inputs"][0]["sha256"] and meta["inputs"][0]["frames"] == original.shape[0]
+
+
+def test_default_output_name_and_mm_ss_times(song_wav, monkeypatch, capsys):
+    code, _, err = run_cli(["infill", song_wav, "--start", "0:01.5", "--end", "0:02", *FAST], monkeypatch, capsys)
+    assert code == 0, err
+    out = song_wav.with_name("song.infill.wav")
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["start_s"] == 1.5
+
+
+def test_regenerate(song_wav, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "regen.flac"
+    code, _, err = run_cli(["regenerate", song_wav, "--start", "1", "--end", "2", "--strength", "0.5", "-o", out, *FAST],
+                           monkeypatch, capsys)
+    assert code == 0, err
+    original, edited = read_ints(song_wav), read_ints(out)
+    assert edited.shape == original.shape
+    assert np.array_equal(edited[: SR - FADE], original[: SR - FADE])
+    assert np.array_equal(edited[2 * SR + FADE :], original[2 * SR + FADE :])
+    assert check_sidecar(out, "regenerate")["settings"]["strength"] == 0.5
+
+
+def test_continue_across_chunks(song_wav, tmp_path, monkeypatch, capsys):
+    """8 s is more than half the tiny model's 11.9 s window, so it takes two chunks."""
+    out = tmp_path / "cont.wav"
+    code, _, err = run_cli(["continue", song_wav, "--seconds", "8", "-o", out, *FAST], monkeypatch, capsys)
+    assert code == 0, err
+    original, edited = read_ints(song_wav), read_ints(out)
+    assert edited.shape == (original.shape[0] + 8 * SR, 2)
+    assert np.array_equal(edited[: original.shape[0] - FADE], original[: original.shape[0] - FADE])
+    meta = check_sidecar(out, "continue")
+    assert len(meta["windows"]) == 2 and len(meta["seams"]) == 2
+    assert meta["seconds"] == pytest.approx(6 + 8)
+
+
+def test_transition(tmp_path, monkeypatch, capsys):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(a, synth_song(5, seed=1), SR, subtype="PCM_16")
+    sf.write(b, synth_song(4, seed=2)[:, ::-1].copy(), SR, subtype="PCM_16")
+    out = tmp_path / "ab.wav"
+    code, _, err = run_cli(["transition", a, b, "--length", "1.5", "-o", out, *FAST], monkeypatch, capsys)
+    assert code == 0, err
+    ia, ib, io = read_ints(a), read_ints(b), read_ints(out)
+    overlap = round(1.5 * SR)
+    assert io.shape[0] == ia.shape[0] + ib.shape[0] - overlap
+    keep_a = ia.shape[0] - overlap - FADE
+    assert np.array_equal(io[:keep_a], ia[:keep_a])
+    assert np.array_equal(io[ia.shape[0] + FADE :], ib[overlap + FADE :])
+    assert len(check_sidecar(out, "transition")["inputs"]) == 2
+
+
+def test_generate_length(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gen.wav"
+    args = [a for a in FAST if a not in ("--context", "2")]
+    code, _, err = run_cli(["generate", "--seconds", "2.5", "-o", out, *args], monkeypatch, capsys)
+    assert code == 0, err
+    data, rate = sf.read(out, always_2d=True)
+    assert rate == SR and data.shape == (round(2.5 * SR), 2)
+    assert np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_seed_reproduces_bit_for_bit_and_variations_differ(song_wav, tmp_path, monkeypatch, capsys):
+    outs = []
+    for name in ("one.wav", "two.wav"):
+        code, _, err = run_cli(["infill", song_wav, "--start", "2", "--end", "3", "-o", tmp_path / name,
+                                "--sampler", "ddpm", *FAST], monkeypatch, capsys)
+        assert code == 0, err
+        outs.append(read_ints(tmp_path / name))
+    assert np.array_equal(*outs)
+    code, _, err = run_cli(["infill", song_wav, "--start", "2", "--end", "3", "-o", tmp_path / "v.wav",
+                            "--variations", "2", "--sampler", "ddpm", *FAST], monkeypatch, capsys)
+    assert code == 0, err
+    first, second = read_ints(tmp_path / "v_1.wav"), read_ints(tmp_path / "v_2.wav")
+    assert np.array_equal(first, outs[0]), "variation 1 of a batch is the single run with the same seed"
+    assert not np.array_equal(first, second)
+
+
+def test_progress_and_message_without_quiet(song_wav, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "loud.wav"
+    args = [a for a in FAST if a != "--quiet"]
+    code, stdout, stderr = run_cli(["infill", song_wav, "--start", "2", "--end", "3", "-o", out, *args], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert f"wrote {out}" in stdout.replace("\n", "")
+    assert "3/3" in stderr  # the progress bar reached the last step
+
+
+def long_song(tmp_path: Path) -> Path:
+    path = tmp_path / "long.wav"
+    sf.write(path, synth_song(14), SR, subtype="PCM_16")
+    return path
+
+
+def _bad_inputs(tmp_path: Path, song: Path) -> list[tuple[list, str]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros((3 * SR, 2), dtype=np.float32), SR)
+    existing = tmp_path / "exists.wav"
+    existing.write_bytes(b"keep me")
+    out = ["-o", tmp_path / "never.wav"]
+    return [
+        (["infill", tmp_path / "missing.wav", "--start", "1", "--end", "2", *out], "no such file"),
+        (["infill", text, "--start", "1", "--end", "2", *out], "cannot read"),
+        (["infill", song, "--start", "3", "--end", "2", *out], "must be before"),
+        (["infill", song, "--start", "2", "--end", "2", *out], "must be before"),
+        (["infill", song, "--start", "5", "--end", "9", *out], "past the end"),
+        (["infill", song, "--start", "7", "--end", "9", *out], "past the end"),
+        (["infill", song, "--start", "1:5", "--end", "2", *out], "--start"),
+        (["infill", song, "--start", "-1", "--end", "2", *out], "--start"),
+        (["infill", silent, "--start", "1", "--end", "2", *out], "silent"),
+        (["infill", song, "--start", "1", "--end", "2", "-o", existing], "pass --overwrite"),
+        (["infill", song, "--start", "1", "--end", "2", "-o", song, "--overwrite"], "overwrite the input"),
+        (["infill", song, "--start", "1", "--end", "2", "-o", tmp_path / "x.mp3"], ".wav or .flac"),
+        (["infill", song, "--start", "1", "--end", "2", "--model", "no-such-model", *out], "unknown model"),
+        (["infill", song, "--start", "1", "--end", "2", "--model", "./no/such/folder", *out], "does not exist"),
+        (["infill", song, "--start", "1", "--end", "2", "--steps", "0", *out], "--steps"),
+        (["infill", song, "--start", "1", "--end", "2", "--variations", "0", *out], "--variations"),
+        (["infill", song, "--start", "1", "--end", "2", "--device", "cuda", *out], "no CUDA"),
+        (["infill", long_song(tmp_path), "--start", "0.5", "--end", "13", *out], "generates at most"),
+        (["regenerate", song, "--start", "1", "--end", "2", "--strength", "1.5", *out], "--strength"),
+        (["continue", song, "--seconds", "-3", *out], "--seconds"),
+        (["transition", song, song, "--length", "60", *out], "--length"),
+        (["generate", "--seconds", "600", *out], "--seconds"),
+    ]
+
+
+def test_bad_input_gives_one_line_and_exit_2(song_wav, tmp_path, monkeypatch, capsys):
+    for args, expected in _bad_inputs(tmp_path, song_wav):
+        device = [] if "--device" in args or args[0] == "models" else ["--device", "cpu"]
+        code, stdout, stderr = run_cli([*args, "--quiet", *device], monkeypatch, capsys)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2, (args, stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, stderr)
+        assert expected in lines[0], (args, lines[0])
+        assert "Traceback" not in stderr
+        assert not (tmp_path / "never.wav").exists() and not (tmp_path / "never.json").exists()
+    assert (tmp_path / "exists.wav").read_bytes() == b"keep me"
+
+
+def test_models_list(monkeypatch, capsys):
+    code, stdout, _ = run_cli(["models", "list"], monkeypatch, capsys)
+    assert code == 0
+    for name in ("sao-1.0", "sao-small", "tiny-random"):
+        assert name in stdout
