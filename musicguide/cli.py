@@ -489,6 +489,106 @@ def generate(
     _run_edit("generate", common, [], run, 1, {"seconds": seconds})
 
 
+class Tagger(str, Enum):
+    msd = "MSD_musicnn"
+    mtt = "MTT_musicnn"
+
+
+TaggerOpt = Annotated[Tagger, typer.Option(help="musicnn tagger: MSD (genres, moods, eras) or MTT (instruments, tempo, mood).")]
+
+
+@app.command()
+def restyle(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    like: Annotated[Optional[list[Path]], typer.Option(help="Reference clip(s) whose style to move toward (embedding guidance).")] = None,
+    toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
+    away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
+    strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = 0.6,
+    keep: Annotated[float, typer.Option(help="Weight of the input's log-mel envelope (keeps rhythm and dynamics).")] = 1.0,
+    start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the start).")] = None,
+    end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
+    tagger: TaggerOpt = Tagger.msd,
+    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50,
+    guidance: Annotated[float, typer.Option(help="Guidance step size ξ. The style loss's gradient through decoder and "
+                                            "tagger is small, so restyle needs a far larger ξ than the edits (untuned).")] = 100.0,
+    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
+    consistency: Consistency = True, context: Context = None, format_: Format = SampleFormat.auto,
+) -> None:
+    """Steer a clip toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
+    params = dict(locals())
+    common = _common(**{k: v for k, v in params.items() if k not in ("song", "like", "toward", "away_from", "strength",
+                                                                     "keep", "start", "end", "tagger")},
+                     loss_space=LossSpace.audio)
+    from . import edit, losses
+    from .musicnn import load_musicnn
+
+    like, toward, away_from = like or [], toward or [], away_from or []
+    if not (like or toward or away_from):
+        raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
+    if not 0 < strength <= 1:
+        raise UserError(f"--strength must be in (0, 1], got {strength}")
+    if keep < 0:
+        raise UserError(f"--keep must be >= 0, got {keep}")
+    references = [_load_song(p, common.quiet)[0] for p in like]
+
+    def run(model, songs, settings, callback):
+        import torch
+
+        audio, sr = songs[0], model.sample_rate
+        net = load_musicnn(tagger.value, device=next(model.parameters()).device)
+        a = _samples(parse_or(start, 0.0, "--start"), sr)
+        b = audio.shape[-1] if end is None else _samples(parse_or(end, 0.0, "--end"), sr)
+        terms = []
+        if like:
+            with torch.no_grad():
+                device = next(model.parameters()).device
+                target = torch.stack([net.embedding(r[None].to(device), sr)[0] for r in references]).mean(dim=0)
+            terms.append(losses.embedding_distance(net, target, sr))
+        if toward or away_from:
+            terms.append(losses.tag_bce(net, [net.tag_index(t) for t in toward], [net.tag_index(t) for t in away_from], sr))
+        return edit.restyle(model, audio, a, b, settings, style_loss=lambda x: sum(term(x) for term in terms),
+                            structure=losses.log_mel_envelope(net, sr), keep=keep, strength=strength,
+                            variations=common.variations, context=_context_samples(common, sr), callback=callback)
+
+    extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
+             "keep": keep, "start": start, "end": end, "tagger": tagger.value}
+    _run_edit("restyle", common, [song], run, 1, extra)
+
+
+def parse_or(text: str | None, default: float, what: str) -> float:
+    from .timespec import parse_time
+
+    return default if text is None else parse_time(text, what)
+
+
+@app.command()
+def tags(
+    song: Annotated[Path, typer.Argument(help="The audio to tag.")],
+    tagger: TaggerOpt = Tagger.msd,
+    top: Annotated[int, typer.Option(help="How many tags to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What the musicnn tagger hears: the top tags with their probabilities (mean over 3 s patches)."""
+    import torch
+
+    from .musicnn import load_musicnn
+
+    audio, _ = _load_song(song, quiet=as_json)
+    net = load_musicnn(tagger.value)
+    with torch.no_grad():
+        probs = net.tag_probs(audio[None]).mean(dim=1)[0]
+    order = probs.argsort(descending=True)[: max(top, 1)]
+    rows = [(net.config.tags[i], float(probs[i])) for i in order]
+    if as_json:
+        out.print_json(json.dumps({"file": str(song), "tagger": tagger.value, "tags": dict(rows)}))
+        return
+    table = Table("tag", "probability", title=f"{song.name} — {tagger.value}")
+    for name, p in rows:
+        table.add_row(name, f"{p:.3f}")
+    out.print(table)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Show the registry and whether each model is usable offline."""

@@ -45,18 +45,41 @@ def embedding_l2(target: Tensor, embedding: Tensor) -> Tensor:
     return (embedding - target).square().sum()
 
 
-def class_bce(probs: Tensor, toward: Tensor, away: Tensor | None = None, eps: float = 1e-6) -> Tensor:
-    """Binary cross-entropy pushing the named classes' probabilities toward 1 (`toward`, a bool or
-    weight vector over classes) and optionally others toward 0 (`away`). Summed over classes and
-    time patches."""
-    probs = probs.clamp(eps, 1 - eps)
-    loss = -(toward * probs.log()).sum()
-    if away is not None:
-        loss = loss - (away * (1 - probs).log()).sum()
-    return loss
-
-
 def combine(*terms: tuple[float, Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
     """Weighted sum of losses of the same x̂0; terms with weight 0 are skipped."""
     live = [(w, f) for w, f in terms if w]
     return lambda x0: sum(w * f(x0) for w, f in live)
+
+
+def tag_bce(tagger, toward: list[int], away: list[int], sample_rate: int) -> Callable[[Tensor], Tensor]:
+    """Classifier guidance: BCE on the tagger's logits pushing `toward` tags up and `away` tags down,
+    summed over tags and 3 s patches (logits, not probabilities: a saturated sigmoid keeps a gradient)."""
+
+    def loss(audio: Tensor) -> Tensor:
+        logits = tagger.tag_logits(audio, sample_rate)
+        total = logits.new_zeros(())
+        if toward:
+            total = total + torch.nn.functional.softplus(-logits[..., toward]).sum()
+        if away:
+            total = total + torch.nn.functional.softplus(logits[..., away]).sum()
+        return total
+
+    return loss
+
+
+def embedding_distance(tagger, target: Tensor, sample_rate: int) -> Callable[[Tensor], Tensor]:
+    """Embedding guidance: squared L2 between the tagger's time-averaged penultimate layer and
+    `target` (the mean embedding of the reference clips)."""
+    return lambda audio: embedding_l2(target, tagger.embedding(audio, sample_rate))
+
+
+def log_mel_envelope(tagger, sample_rate: int, pool: int = 8) -> Callable[[Tensor], Tensor]:
+    """The input's structure for `--keep`: its log-mel (the tagger's front end) averaged over `pool`
+    frames (~128 ms), which keeps rhythm, dynamics and register but not timbre detail."""
+    from .musicnn import SAMPLE_RATE, resample
+
+    def structure(audio: Tensor) -> Tensor:
+        mel = tagger.log_mel(resample(audio.float().mean(dim=1), sample_rate, SAMPLE_RATE))
+        return torch.nn.functional.avg_pool1d(mel.transpose(1, 2), pool, ceil_mode=True)
+
+    return structure
