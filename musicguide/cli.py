@@ -69,7 +69,7 @@ class SampleFormat(str, Enum):
 
 # ---- shared options -----------------------------------------------------------------------------
 
-Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .wav/.flac (default: next to the input, e.g. song.infill.wav).")]
+Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .wav/.flac (default: next to the input, named after the command, e.g. song.infill.wav).")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name (see `musicguide models list`) or a model folder.")]
 Steps = Annotated[int, typer.Option(help="Sampling steps.")]
 Guidance = Annotated[float, typer.Option(help="Guidance step size ξ (0 turns the gradient off).")]
@@ -247,6 +247,14 @@ def _load_model(common: Common):
     from .registry import load_model
 
     device = _pick_device(common.device)
+    if device.type == "cuda":
+        # --seed promises bit-for-bit results on the same device: cuDNN must not pick kernels by timing
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    if common.quiet:
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
     if common.variations < 1:
         raise UserError(f"--variations must be at least 1, got {common.variations}")
     model, resolved = load_model(common.model, device=device, dtype=torch.float32)
@@ -276,7 +284,7 @@ def _write_results(verb: str, common: Common, result, settings, model, resolved,
         sidecar = {
             "musicguide": __version__,
             "command": verb,
-            "inputs": [{"path": str(p.resolve()), "sha256": _sha256(p), **info.to_dict()} for p, info in inputs],
+            "inputs": [{**info.to_dict(), "path": str(p.resolve()), "sha256": _sha256(p)} for p, info in inputs],
             "model": {"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
                       "folder": None if resolved.folder is None else str(resolved.folder), "objective": model.objective},
             "settings": {**settings.to_dict(), **edit_settings, "variation": i + 1, "variations": common.variations,
