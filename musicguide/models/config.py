@@ -1,0 +1,533 @@
+"""The model's configuration, read from (and written back to) a Stable Audio Open `model_config.json`.
+
+The file is stable-audio-tools' own layout, so a folder holding a published checkpoint can be used
+as it is:
+
+    {"model_type": "diffusion_cond", "sample_size": ..., "sample_rate": ..., "audio_channels": ...,
+     "model": {"pretransform": {"type": "autoencoder", "config": {encoder, decoder, bottleneck, ...}},
+               "conditioning": {"configs": [...], "cond_dim": ...},
+               "diffusion": {"type": "dit", "config": {...}, "cross_attention_cond_ids": [...], ...},
+               "io_channels": ...}}
+
+Every setting that changes what the weights compute is either implemented or refused with a
+`UserError` naming the field: a setting we silently ignored would give wrong audio from the right
+weights. Settings that only change how the reference trains or schedules its work
+(`INERT_SETTINGS`) are accepted and not kept. Defaults are the reference's constructor defaults, so
+a missing key means what it means to stable-audio-tools.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from musicguide.errors import UserError
+
+OBJECTIVES = ("v", "rectified_flow", "rf_denoiser")
+
+# Accepted and dropped: they choose training behaviour, initialisation, precision or memory-saving
+# execution strategies of the reference, never the function the weights compute.
+INERT_SETTINGS = {
+    "model.pretransform": {"iterate_batch", "model_half", "chunked"},
+    "model.pretransform.config.encoder": {"requires_grad"},
+    "model.pretransform.config.decoder": {"requires_grad"},
+    "model.diffusion.config": {"zero_init_branch_outputs"},
+    "model.conditioning.configs[t5].config": {"enable_grad"},
+}
+_IGNORED_TOP_LEVEL = {"training", "demo"}  # trainer settings that ship in published configs
+
+
+@dataclass(frozen=True)
+class OobleckEncoderConfig:
+    """`model.pretransform.config.encoder.config`: waveform -> 2 * latent channels (mean, scale)."""
+
+    in_channels: int = 2
+    channels: int = 128
+    latent_dim: int = 32
+    c_mults: tuple[int, ...] = (1, 2, 4, 8)
+    strides: tuple[int, ...] = (2, 4, 8, 8)
+    use_snake: bool = False
+
+
+@dataclass(frozen=True)
+class OobleckDecoderConfig:
+    """`model.pretransform.config.decoder.config`: latents -> waveform."""
+
+    out_channels: int = 2
+    channels: int = 128
+    latent_dim: int = 32
+    c_mults: tuple[int, ...] = (1, 2, 4, 8)
+    strides: tuple[int, ...] = (2, 4, 8, 8)
+    use_snake: bool = False
+    final_tanh: bool = True
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """`model.pretransform`: the Oobleck VAE that maps audio to the diffusion model's latents."""
+
+    encoder: OobleckEncoderConfig
+    decoder: OobleckDecoderConfig
+    latent_dim: int
+    downsampling_ratio: int
+    io_channels: int
+    scale: float = 1.0  # latents are divided by it after encoding and multiplied before decoding
+
+
+@dataclass(frozen=True)
+class NumberConditionerConfig:
+    """A float (seconds_start, seconds_total) clamped to [min_val, max_val], embedded to cond_dim."""
+
+    id: str
+    min_val: float = 0.0
+    max_val: float = 1.0
+
+
+@dataclass(frozen=True)
+class TextConditionerConfig:
+    """A T5 prompt encoder. musicguide does not run it: its output is replaced by the null
+    conditioning (see LatentDiffusion.denoise), or given as tokens by the caller."""
+
+    id: str
+    t5_model_name: str = "t5-base"
+    max_length: int = 128
+    project_out: bool = False
+
+
+@dataclass(frozen=True)
+class ConditioningConfig:
+    """`model.conditioning`."""
+
+    cond_dim: int
+    numbers: tuple[NumberConditionerConfig, ...] = ()
+    texts: tuple[TextConditionerConfig, ...] = ()
+    order: tuple[str, ...] = ()  # ids in file order, so to_dict writes them back as they were read
+
+    def text(self, cond_id: str) -> TextConditionerConfig | None:
+        return next((c for c in self.texts if c.id == cond_id), None)
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """`model.diffusion.config` of type "dit" with transformer_type "continuous_transformer"."""
+
+    io_channels: int = 32
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 8
+    patch_size: int = 1
+    cond_token_dim: int = 0
+    project_cond_tokens: bool = True
+    global_cond_dim: int = 0
+    project_global_cond: bool = True
+    qk_norm: str = "none"  # attn_kwargs.qk_norm: "none" | "ln" | "l2"
+    ff_mult: float = 4.0  # ff_kwargs.mult
+    ff_no_bias: bool = False  # ff_kwargs.no_bias
+    norm_eps: float = 1e-5  # norm_kwargs.eps
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """The reference rotates the first max(head_dim / 2, 32) channels of every head."""
+        return max(self.head_dim // 2, 32)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """`model.diffusion`."""
+
+    dit: DiTConfig
+    objective: str = "v"
+    cross_attention_cond_ids: tuple[str, ...] = ()
+    global_cond_ids: tuple[str, ...] = ()
+    # Timestep shift the reference applies to its sampling and training schedules (not to the
+    # network); kept verbatim for samplers that want to follow it.
+    distribution_shift_options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole latent diffusion model: window, VAE, conditioners, DiT."""
+
+    sample_size: int
+    sample_rate: int
+    audio_channels: int
+    autoencoder: AutoencoderConfig
+    conditioning: ConditioningConfig
+    diffusion: DiffusionConfig
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path} not found", hint="a model folder holds model_config.json and model.safetensors")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{path} is not valid JSON: {err}") from None
+        try:
+            return cls.from_dict(data)
+        except UserError as err:
+            raise UserError(f"{path.name}: {err.message}", hint=err.hint) from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        top = _Section(data, "")
+        model_type = top.take("model_type", "diffusion_cond")
+        if model_type != "diffusion_cond":
+            raise UserError(f"unsupported model_type {model_type!r} (only 'diffusion_cond' models are supported)")
+        sample_size = top.require("sample_size", int)
+        sample_rate = top.require("sample_rate", int)
+        audio_channels = top.take("audio_channels", 2)
+        model = top.section("model")
+        top.finish(ignore=_IGNORED_TOP_LEVEL)
+
+        autoencoder = _read_autoencoder(model.section("pretransform"))
+        conditioning = _read_conditioning(model.section("conditioning"))
+        diffusion = _read_diffusion(model.section("diffusion"))
+        io_channels = model.take("io_channels", diffusion.dit.io_channels)
+        model.finish()
+
+        config = cls(sample_size, sample_rate, audio_channels, autoencoder, conditioning, diffusion)
+        _validate(config, io_channels)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model_config.json layout stable-audio-tools' create_model_from_config reads."""
+        ae, cond, diff, dit = self.autoencoder, self.conditioning, self.diffusion, self.diffusion.dit
+        pretransform: dict[str, Any] = {
+            "type": "autoencoder",
+            "config": {
+                "encoder": {"type": "oobleck", "config": _plain(asdict(ae.encoder))},
+                "decoder": {"type": "oobleck", "config": _plain(asdict(ae.decoder))},
+                "bottleneck": {"type": "vae"},
+                "latent_dim": ae.latent_dim,
+                "downsampling_ratio": ae.downsampling_ratio,
+                "io_channels": ae.io_channels,
+            },
+        }
+        if ae.scale != 1.0:
+            pretransform["scale"] = ae.scale
+        conditioners = {c.id: {"id": c.id, "type": "number", "config": {"min_val": c.min_val, "max_val": c.max_val}}
+                        for c in cond.numbers}
+        conditioners.update({c.id: {"id": c.id, "type": "t5", "config": {
+            "t5_model_name": c.t5_model_name, "max_length": c.max_length, "project_out": c.project_out}}
+            for c in cond.texts})
+        dit_dict: dict[str, Any] = {
+            "io_channels": dit.io_channels, "patch_size": dit.patch_size, "embed_dim": dit.embed_dim,
+            "depth": dit.depth, "num_heads": dit.num_heads, "cond_token_dim": dit.cond_token_dim,
+            "project_cond_tokens": dit.project_cond_tokens, "global_cond_dim": dit.global_cond_dim,
+            "project_global_cond": dit.project_global_cond, "transformer_type": "continuous_transformer",
+            "attn_kwargs": {"qk_norm": dit.qk_norm},
+            "ff_kwargs": {"mult": dit.ff_mult, "no_bias": dit.ff_no_bias},
+            "norm_kwargs": {"eps": dit.norm_eps},
+        }
+        diffusion: dict[str, Any] = {
+            "type": "dit",
+            "diffusion_objective": diff.objective,
+            "cross_attention_cond_ids": list(diff.cross_attention_cond_ids),
+            "global_cond_ids": list(diff.global_cond_ids),
+            "config": dit_dict,
+        }
+        if diff.distribution_shift_options is not None:
+            diffusion["distribution_shift_options"] = dict(diff.distribution_shift_options)
+        return {
+            "model_type": "diffusion_cond",
+            "sample_size": self.sample_size,
+            "sample_rate": self.sample_rate,
+            "audio_channels": self.audio_channels,
+            "model": {
+                "pretransform": pretransform,
+                "conditioning": {"configs": [conditioners[i] for i in cond.order or conditioners],
+                                 "cond_dim": cond.cond_dim},
+                "diffusion": diffusion,
+                "io_channels": dit.io_channels,
+            },
+        }
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def tiny_random_config() -> ModelConfig:
+    """A model of the same family, small enough that guided samplers run through it in CI.
+
+    Same structure as Stable Audio Open 1.0 (Oobleck VAE with Snake, VAE bottleneck, DiT with
+    rotary self-attention, cross-attention and timing conditioning prepended as a global token,
+    v-prediction), but a 1024x VAE with 8 latent channels and a 2-layer, 64-wide DiT. The VAE's
+    full-rate stage, which dominates the cost of decoding 12 s, is 4 channels wide and its first
+    stride is 16, so one DiT pass + decode + backward stays well under a second on 2 CPU cores.
+    Its weights are random: it produces noise, not music.
+    """
+    strides = (16, 4, 4, 4)
+    return ModelConfig.from_dict({
+        "model_type": "diffusion_cond",
+        "sample_size": 524288,
+        "sample_rate": 44100,
+        "audio_channels": 2,
+        "model": {
+            "pretransform": {"type": "autoencoder", "config": {
+                "encoder": {"type": "oobleck", "config": {
+                    "in_channels": 2, "channels": 4, "c_mults": [2, 4, 8, 16], "strides": list(strides),
+                    "latent_dim": 16, "use_snake": True}},
+                "decoder": {"type": "oobleck", "config": {
+                    "out_channels": 2, "channels": 4, "c_mults": [2, 4, 8, 16], "strides": list(strides),
+                    "latent_dim": 8, "use_snake": True, "final_tanh": False}},
+                "bottleneck": {"type": "vae"},
+                "latent_dim": 8, "downsampling_ratio": math.prod(strides), "io_channels": 2}},
+            "conditioning": {"cond_dim": 32, "configs": [
+                {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
+                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}]},
+            "diffusion": {
+                "type": "dit", "diffusion_objective": "v",
+                "cross_attention_cond_ids": ["seconds_start", "seconds_total"],
+                "global_cond_ids": ["seconds_start", "seconds_total"],
+                "config": {"io_channels": 8, "embed_dim": 64, "depth": 2, "num_heads": 2,
+                           "cond_token_dim": 32, "global_cond_dim": 64, "project_cond_tokens": False,
+                           "transformer_type": "continuous_transformer"}},
+            "io_channels": 8,
+        },
+    })
+
+
+class _Section:
+    """A dict being read: remembers its path for error messages and which keys were used."""
+
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, dict):
+            raise UserError(f"{path or 'the config'} must be a JSON object, not {type(data).__name__}")
+        self.data, self.path, self.used = data, path, set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def take(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if default is not None and value is not None and not _same_kind(value, default):
+            raise UserError(f"{self._name(key)} must be {type(default).__name__}, not {value!r}")
+        return tuple(value) if isinstance(value, list) else value
+
+    def require(self, key: str, kind: type) -> Any:
+        if key not in self.data:
+            raise UserError(f"missing {self._name(key)}")
+        return self.take(key, kind())
+
+    def section(self, key: str) -> _Section:
+        if key not in self.data:
+            raise UserError(f"missing {self._name(key)}")
+        self.used.add(key)
+        return _Section(self.data[key], self._name(key))
+
+    def choice(self, key: str, default: Any, allowed: tuple[Any, ...]) -> Any:
+        value = self.take(key, default)
+        if value is None and None not in allowed:
+            raise UserError(f"missing {self._name(key)}")
+        if value not in allowed:
+            raise UserError(f"unsupported {self._name(key)} = {value!r} (supported: {', '.join(map(repr, allowed))})")
+        return value
+
+    def finish(self, ignore: set[str] = frozenset(), inert_key: str | None = None) -> None:
+        """Refuse keys nobody read: an unknown setting might change what the weights compute."""
+        inert = INERT_SETTINGS.get(inert_key or self.path, set())
+        unknown = [k for k in self.data if k not in self.used | ignore | inert]
+        if unknown:
+            raise UserError(f"unsupported setting {self._name(unknown[0])}",
+                            hint="musicguide implements the Stable Audio Open family; this key would change the model")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _read_oobleck(side: _Section, cls: type) -> Any:
+    side.choice("type", None, ("oobleck",))
+    cfg = side.section("config")
+    defaults = cls()
+    values = {name: cfg.take(name, getattr(defaults, name)) for name in defaults.__dataclass_fields__}
+    # Options of the reference Oobleck that SAO does not use; refuse rather than compute without them.
+    cfg.choice("antialias_activation", False, (False,))
+    if cls is OobleckDecoderConfig:
+        cfg.choice("use_nearest_upsample", False, (False,))
+    cfg.finish()
+    side.finish()
+    return cls(**values)
+
+
+def _read_autoencoder(pre: _Section) -> AutoencoderConfig:
+    pre.choice("type", None, ("autoencoder",))
+    scale = float(pre.take("scale", 1.0))
+    cfg = pre.section("config")
+    encoder = _read_oobleck(cfg.section("encoder"), OobleckEncoderConfig)
+    decoder = _read_oobleck(cfg.section("decoder"), OobleckDecoderConfig)
+    cfg.section("bottleneck").choice("type", None, ("vae",))
+    ae = AutoencoderConfig(
+        encoder=encoder,
+        decoder=decoder,
+        latent_dim=cfg.require("latent_dim", int),
+        downsampling_ratio=cfg.require("downsampling_ratio", int),
+        io_channels=cfg.require("io_channels", int),
+        scale=scale,
+    )
+    cfg.finish()
+    pre.finish()
+    return ae
+
+
+def _read_conditioning(cond: _Section) -> ConditioningConfig:
+    cond_dim = cond.require("cond_dim", int)
+    numbers, texts, order = [], [], []
+    for i, raw in enumerate(cond.take("configs", ())):
+        item = _Section(raw, f"{cond.path}.configs[{i}]")
+        cond_id = item.require("id", str)
+        kind = item.choice("type", None, ("number", "t5"))
+        cfg = item.section("config") if "config" in raw else _Section({}, f"{item.path}.config")
+        if kind == "number":
+            numbers.append(NumberConditionerConfig(cond_id, float(cfg.take("min_val", 0.0)),
+                                                   float(cfg.take("max_val", 1.0))))
+            cfg.finish()
+        else:
+            texts.append(TextConditionerConfig(cond_id, cfg.take("t5_model_name", "t5-base"),
+                                               cfg.take("max_length", 128), cfg.take("project_out", False)))
+            cfg.finish(inert_key="model.conditioning.configs[t5].config")
+        item.finish()
+        order.append(cond_id)
+    if len(set(order)) != len(order):
+        raise UserError(f"{cond.path}.configs has duplicate ids: {order}")
+    cond.finish()
+    return ConditioningConfig(cond_dim, tuple(numbers), tuple(texts), tuple(order))
+
+
+def _read_diffusion(diff: _Section) -> DiffusionConfig:
+    diff.choice("type", None, ("dit",))
+    objective = diff.choice("diffusion_objective", "v", OBJECTIVES)
+    cross_ids = diff.take("cross_attention_cond_ids", ())
+    global_ids = diff.take("global_cond_ids", ())
+    for key in ("input_concat_ids", "prepend_cond_ids"):
+        if diff.take(key, ()):
+            raise UserError(f"unsupported {diff.path}.{key} "
+                            "(musicguide's DiT takes cross-attention and global conditioning only)")
+    shift = diff.take("distribution_shift_options", None)
+    cfg = diff.section("config")
+    defaults = DiTConfig()
+    dit = DiTConfig(
+        io_channels=cfg.take("io_channels", defaults.io_channels),
+        embed_dim=cfg.take("embed_dim", defaults.embed_dim),
+        depth=cfg.take("depth", defaults.depth),
+        num_heads=cfg.take("num_heads", defaults.num_heads),
+        patch_size=cfg.take("patch_size", defaults.patch_size),
+        cond_token_dim=cfg.take("cond_token_dim", defaults.cond_token_dim),
+        project_cond_tokens=cfg.take("project_cond_tokens", defaults.project_cond_tokens),
+        global_cond_dim=cfg.take("global_cond_dim", defaults.global_cond_dim),
+        project_global_cond=cfg.take("project_global_cond", defaults.project_global_cond),
+        qk_norm=_kwargs(cfg, "attn_kwargs", {"qk_norm": (defaults.qk_norm, ("none", "ln", "l2"))})["qk_norm"],
+        **_ff_and_norm(cfg, defaults),
+    )
+    # The reference's alternatives to what SAO uses; each would change the network.
+    cfg.choice("transformer_type", "continuous_transformer", ("continuous_transformer",))
+    cfg.choice("global_cond_type", "prepend", ("prepend",))
+    cfg.choice("timestep_cond_type", "global", ("global",))
+    cfg.choice("input_concat_dim", 0, (0,))
+    cfg.choice("prepend_cond_dim", 0, (0,))
+    cfg.choice("rotary_pos_emb", True, (True,))
+    for off in ("causal", "conformer", "use_sinusoidal_emb", "use_abs_pos_emb", "layer_scale", "remove_norms",
+                "add_rope"):
+        cfg.choice(off, False, (False,))
+    cfg.choice("num_memory_tokens", 0, (0,))
+    cfg.choice("final_cross_attn_ix", -1, (-1,))
+    cfg.choice("sliding_window", None, (None,))
+    cfg.finish()
+    diff.finish()
+    return DiffusionConfig(dit, objective, cross_ids, global_ids, shift)
+
+
+def _kwargs(cfg: _Section, key: str, known: dict[str, tuple[Any, tuple[Any, ...] | None]]) -> dict[str, Any]:
+    """A nested kwargs dict (attn_kwargs, ff_kwargs, norm_kwargs) with its own allowed keys."""
+    sub = cfg.section(key) if key in cfg.data else _Section({}, f"{cfg.path}.{key}")
+    out = {name: (sub.choice(name, default, allowed) if allowed else sub.take(name, default))
+           for name, (default, allowed) in known.items()}
+    sub.finish()
+    return out
+
+
+def _ff_and_norm(cfg: _Section, defaults: DiTConfig) -> dict[str, Any]:
+    ff = _kwargs(cfg, "ff_kwargs", {"mult": (defaults.ff_mult, None), "no_bias": (defaults.ff_no_bias, None),
+                                    "glu": (True, (True,)), "use_conv": (False, (False,))})
+    norm = _kwargs(cfg, "norm_kwargs", {"eps": (defaults.norm_eps, None), "bias": (False, (False,)),
+                                        "fix_scale": (False, (False,)), "force_fp32": (False, (False, True))})
+    return {"ff_mult": ff["mult"], "ff_no_bias": ff["no_bias"], "norm_eps": float(norm["eps"])}
+
+
+def _validate(config: ModelConfig, io_channels: int) -> None:
+    """Cross-field checks: shapes that must agree for the checkpoint to load and the model to run."""
+    ae, cond, diff, dit = config.autoencoder, config.conditioning, config.diffusion, config.diffusion.dit
+    enc, dec = ae.encoder, ae.decoder
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    check(math.prod(enc.strides) == ae.downsampling_ratio,
+          f"model.pretransform.config.encoder.config.strides {list(enc.strides)} multiply to "
+          f"{math.prod(enc.strides)}, not downsampling_ratio {ae.downsampling_ratio}")
+    check(math.prod(dec.strides) == ae.downsampling_ratio,
+          f"model.pretransform.config.decoder.config.strides {list(dec.strides)} multiply to "
+          f"{math.prod(dec.strides)}, not downsampling_ratio {ae.downsampling_ratio}")
+    for side, cfg in (("encoder", enc), ("decoder", dec)):
+        check(len(cfg.strides) == len(cfg.c_mults),
+              f"model.pretransform.config.{side}.config: strides and c_mults differ in length")
+    check(enc.latent_dim == 2 * ae.latent_dim,
+          f"model.pretransform.config.encoder.config.latent_dim must be 2 x latent_dim (mean and scale), "
+          f"got {enc.latent_dim}")
+    check(dec.latent_dim == ae.latent_dim, "model.pretransform.config.decoder.config.latent_dim must equal latent_dim")
+    check(enc.in_channels == dec.out_channels == ae.io_channels == config.audio_channels,
+          "audio_channels, the autoencoder's io_channels and the encoder/decoder channels must agree")
+    check(dit.io_channels == io_channels == ae.latent_dim,
+          f"model.diffusion.config.io_channels ({dit.io_channels}) and model.io_channels ({io_channels}) "
+          f"must equal the autoencoder's latent_dim ({ae.latent_dim})")
+    check(config.sample_size % (ae.downsampling_ratio * dit.patch_size) == 0,
+          "sample_size must be a multiple of downsampling_ratio x patch_size")
+    check(dit.embed_dim % dit.num_heads == 0, "model.diffusion.config.embed_dim must be a multiple of num_heads")
+    check(dit.head_dim >= dit.rotary_dim,
+          f"model.diffusion.config: heads of {dit.head_dim} channels are narrower than the reference's "
+          f"32-channel rotary embedding; use embed_dim / num_heads >= 32")
+    known = set(cond.order)
+    for name, ids in (("cross_attention_cond_ids", diff.cross_attention_cond_ids),
+                      ("global_cond_ids", diff.global_cond_ids)):
+        missing = [i for i in ids if i not in known]
+        check(not missing, f"model.diffusion.{name} names {missing[0] if missing else ''!r}, "
+                           "which model.conditioning does not define")
+    texts_in_global = [i for i in diff.global_cond_ids if cond.text(i)]
+    check(not texts_in_global, "model.diffusion.global_cond_ids may only name number conditioners")
+    if diff.cross_attention_cond_ids:
+        check(dit.cond_token_dim == cond.cond_dim,
+              f"model.diffusion.config.cond_token_dim ({dit.cond_token_dim}) must equal "
+              f"model.conditioning.cond_dim ({cond.cond_dim})")
+        cond_embed_dim = dit.embed_dim if dit.project_cond_tokens else dit.cond_token_dim
+        check(cond_embed_dim % dit.head_dim == 0 and dit.num_heads % (cond_embed_dim // dit.head_dim) == 0,
+              "model.diffusion.config: the cross-attention context width must be a whole number of heads "
+              "that divides num_heads")
+    if diff.global_cond_ids:
+        check(dit.project_global_cond or dit.global_cond_dim == dit.embed_dim,
+              "model.diffusion.config.global_cond_dim must equal embed_dim when project_global_cond is false")
+        check(dit.global_cond_dim == cond.cond_dim * len(diff.global_cond_ids),
+              f"model.diffusion.config.global_cond_dim ({dit.global_cond_dim}) must be cond_dim x "
+              f"{len(diff.global_cond_ids)} global conditioners ({cond.cond_dim * len(diff.global_cond_ids)})")
