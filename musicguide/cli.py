@@ -40,7 +40,7 @@ app.add_typer(models_app, name="models")
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 DEBUG = {"on": bool(os.environ.get("MUSICGUIDE_DEBUG"))}
-DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "tiny-random")
+DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
 
 
 class Sampler(str, Enum):
@@ -602,12 +602,14 @@ def models_list() -> None:
     """Show the registry and whether each model is usable offline."""
     from .registry import list_models
 
-    table = Table("source", "where", "revision", "gated", "offline", "licence", "about")
-    table.columns.insert(0, Column("name", no_wrap=True))
-    for row in list_models():
-        table.add_row(row.name, row.source, row.location, row.revision or "-", "yes" if row.gated else "no",
-                      "[green]yes[/green]" if row.available else "no", row.license, row.description)
+    rows = list_models()
+    table = Table(Column("name", no_wrap=True), Column("where", overflow="fold"), "revision", "gated", "offline")
+    for row in rows:
+        table.add_row(row.name, row.location, row.revision or "-", "yes" if row.gated else "no",
+                      "[green]yes[/green]" if row.available else "no")
     out.print(table)
+    for row in rows:
+        out.print(f"[bold]{row.name}[/bold]: {row.description.rstrip('.')}. Licence: {row.license}.")
 
 
 if __name__ == "__main__":
