@@ -122,18 +122,25 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _encode_window(model, songs: Tensor, window: Window, seed: int) -> tuple[Tensor, Tensor, torch.Generator, Tensor]:
+    """The window's audio [B, channels, length] and latents x̄, and the seeded generator with the
+    start noise drawn from it (the noise is drawn first, so a seed fixes the start sample)."""
+    device = _device(model)
+    audio = torch.stack([cut_window(song, window.at, window.length) for song in songs]).to(device)
+    with torch.no_grad():
+        x_bar = model.encode(audio)
+    generator = torch.Generator(device).manual_seed(seed)
+    noise = torch.randn(x_bar.shape, generator=generator, device=device, dtype=x_bar.dtype)
+    return audio, x_bar, generator, noise
+
+
 def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, strength: float | None = None,
                   seconds_total: float | None = None, callback: Callback | None = None) -> tuple[Tensor, float | None]:
     """Sample the window's free frames for a batch of songs [B, channels, N] (the variations).
 
     Returns the decoded windows [B, channels, window.length] and the guidance loss d(y, A(x̂0))
     at the last guided step (summed over the batch), or None without guidance."""
-    device = _device(model)
-    audio = torch.stack([cut_window(song, window.at, window.length) for song in songs]).to(device)
-    with torch.no_grad():
-        x_bar = model.encode(audio)
-    generator = torch.Generator(device).manual_seed(settings.seed)
-    noise = torch.randn(x_bar.shape, generator=generator, device=device, dtype=x_bar.dtype)
+    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed)
     if strength is None:
         problem = tasks.from_noise(x_bar, window.free, noise)
     else:
@@ -304,12 +311,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     sr, hop = model.sample_rate, model.downsampling_ratio
     window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr)
     songs = song[None].expand(variations, -1, -1)
-    device = _device(model)
-    audio = torch.stack([cut_window(s, window.at, window.length) for s in songs]).to(device)
-    with torch.no_grad():
-        x_bar = model.encode(audio)
-    generator = torch.Generator(device).manual_seed(settings.seed)
-    noise = torch.randn(x_bar.shape, generator=generator, device=device, dtype=x_bar.dtype)
+    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed)
     schedule = model.schedule
     mask = tasks.free_range_mask(x_bar.shape[-1], window.free)
     y = mask(x_bar)

@@ -45,12 +45,6 @@ def embedding_l2(target: Tensor, embedding: Tensor) -> Tensor:
     return (embedding - target).square().sum()
 
 
-def combine(*terms: tuple[float, Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
-    """Weighted sum of losses of the same x̂0; terms with weight 0 are skipped."""
-    live = [(w, f) for w, f in terms if w]
-    return lambda x0: sum(w * f(x0) for w, f in live)
-
-
 def tag_bce(tagger, toward: list[int], away: list[int], sample_rate: int) -> Callable[[Tensor], Tensor]:
     """Classifier guidance: BCE on the tagger's logits pushing `toward` tags up and `away` tags down,
     summed over tags and 3 s patches (logits, not probabilities: a saturated sigmoid keeps a gradient)."""
