@@ -36,6 +36,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="The models musicguide knows and what is cached.")
 app.add_typer(models_app, name="models")
+train_app = typer.Typer(no_args_is_help=True, help="Train the model family on your own audio (VAE first, then the DiT).")
+app.add_typer(train_app, name="train")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -595,6 +597,98 @@ def tags(
     for name, p in rows:
         table.add_row(name, f"{p:.3f}")
     out.print(table)
+
+
+DataDir = Annotated[Path, typer.Argument(help="Folder of audio files (.wav/.flac/.ogg, searched recursively), 44.1 kHz stereo preferred.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Output folder (refused if it holds a run, unless --resume).")]
+Preset = Annotated[str, typer.Option(help="tiny (CPU seconds), demo (what ships), sao (SAO 1.0 shapes).")]
+TrainSteps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the preset's).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Examples per step (default: the preset's).")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the preset's).")]
+MaxMinutes = Annotated[Optional[float], typer.Option(help="Wall-clock budget; stops cleanly and saves.")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")]
+Holdout = Annotated[Optional[list[str]], typer.Option(help="File names held out for validation (default: a deterministic 15%).")]
+TrainDevice = Annotated[Device, typer.Option("--device", help="Where to train.")]
+
+
+@train_app.command("vae")
+def train_vae_cmd(data: DataDir, out_dir: OutDir, preset: Preset = "demo", steps: TrainSteps = None,
+                  batch_size: BatchSize = None, lr: LearningRate = None, max_minutes: MaxMinutes = None,
+                  resume: Resume = False, holdout: Holdout = None, device: TrainDevice = Device.auto,
+                  quiet: Quiet = False) -> None:
+    """Train the Oobleck VAE (multi-resolution STFT + L1 + KL)."""
+    from .train import VAETrainConfig, train_vae
+
+    config = VAETrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
+    _train("vae", lambda progress: train_vae(data, out_dir, config, device=_pick_device(device), resume=resume,
+                                             holdout=holdout, progress=progress), config, quiet)
+
+
+@train_app.command("dit")
+def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder written by `train vae` (or any model folder).")],
+                  out_dir: OutDir, preset: Preset = "demo", steps: TrainSteps = None, batch_size: BatchSize = None,
+                  lr: LearningRate = None, max_minutes: MaxMinutes = None, resume: Resume = False,
+                  holdout: Holdout = None, device: TrainDevice = Device.auto, quiet: Quiet = False) -> None:
+    """Train the DiT (v-prediction) on the VAE's latents; writes a complete model folder for --model."""
+    from .train import DiTTrainConfig, train_dit
+
+    config = DiTTrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
+    _train("dit", lambda progress: train_dit(data, vae, out_dir, config, device=_pick_device(device), resume=resume,
+                                             holdout=holdout, progress=progress), config, quiet)
+
+
+def _train(stage: str, run, config, quiet: bool) -> None:
+    if quiet:
+        result = run(None)
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task(f"train {stage}", total=config.steps, info="")
+
+            def report(event) -> None:
+                info = f"loss {event.loss:.4f}" if event.loss is not None else ""
+                if event.val_loss is not None:
+                    info = f"validation {event.val_loss:.4f}"
+                progress.update(task, completed=event.step, total=event.steps, info=info)
+
+            result = run(report)
+    if not quiet:
+        val = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
+        out.print(f"{stage}: {result.step} steps ({result.stopped}) in {result.seconds:.0f} s; validation loss {val}; "
+                  f"wrote {result.out_dir}")
+
+
+@app.command()
+def evaluate(
+    clips_dir: Annotated[Path, typer.Argument(help="Folder of held-out audio files to cut 6 s clips from.")],
+    report_path: Annotated[Path, typer.Option("--out", help="Markdown report; the JSON goes next to it.")] = Path("report.md"),
+    model: ModelOpt = DEFAULT_MODEL,
+    steps: Annotated[int, typer.Option(help="Sampling steps for every variant.")] = 50,
+    clips: Annotated[int, typer.Option(help="How many clips (taken in turn from each file).")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed; clip k samples with seed + k.")] = 0,
+    tracks: Annotated[Optional[Path], typer.Option(help="Only these tracks (a list like eval/holdout.txt).")] = None,
+    context: Annotated[Optional[float], typer.Option(help="Seconds of context per side (default: the whole clip).")] = None,
+    device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
+) -> None:
+    """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
+    from .evaluate import TASKS, Protocol, run_evaluate
+
+    if context is not None and not (context > 0 and math.isfinite(context)):
+        raise UserError(f"--context must be a positive number of seconds, got {context}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, disable=quiet) as bar:
+        task = bar.add_task("evaluate", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        report = run_evaluate(clips_dir, model, report_path, steps, clips, seed, device.value, quiet, tracks=tracks,
+                              overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress)
+    if not quiet:
+        out.print(f"wrote {report_path} and {report_path.with_suffix('.json').name}")
+        for name in TASKS:
+            err.print(report.verdicts[name], markup=False)
 
 
 @models_app.command("list")

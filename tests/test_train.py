@@ -1,0 +1,360 @@
+"""Training: presets, data split, losses that go down, checkpoints that resume, folders that load.
+
+Everything runs the `tiny` preset on a few seconds of generated stereo tones, on CPU. The VAE and
+DiT folders are trained once per module and shared by the tests that read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from musicguide.errors import UserError
+from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
+from musicguide.train import (
+    PRESETS,
+    Crops,
+    DiTTrainConfig,
+    TrackBank,
+    VAETrainConfig,
+    encode_track,
+    holdout_names,
+    learning_rate,
+    load_corpus,
+    merge_parts,
+    preset_config,
+    split_weights,
+    stft_loss,
+    train_dit,
+    train_vae,
+    v_loss,
+    vae_loss,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RATE = 44100
+HELD_OUT = "song_c.wav"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead; a second OpenMP thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tones(seconds: float, base_hz: float, seed: int) -> np.ndarray:
+    """A stereo chord with a decaying envelope per note: music-like structure a VAE can learn."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    left = sum(np.sin(2 * np.pi * base_hz * k * t + rng.uniform(0, 6)) / k for k in (1, 1.5, 2, 3))
+    envelope = np.exp(-3 * (t % 0.5))
+    right = np.roll(left, 40)
+    return (0.2 * envelope[:, None] * np.stack([left, right], axis=1)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("songs")
+    (folder / "album").mkdir()
+    for i, (name, hz) in enumerate([("song_a.wav", 220), ("album/song_b.flac", 330), (HELD_OUT, 262),
+                                    ("song_d.wav", 196)]):
+        sf.write(folder / name, tones(2.0, hz, i), RATE)
+    (folder / "notes.txt").write_text("not audio")
+    return folder
+
+
+def tiny_vae_config(**overrides) -> VAETrainConfig:
+    settings = dict(segment_samples=4096, batch_size=2, steps=6, val_every=3, log_every=2, checkpoint_every=3,
+                    val_examples=2, warmup_steps=2)
+    return VAETrainConfig.for_preset("tiny", **{**settings, **overrides})
+
+
+def tiny_dit_config(**overrides) -> DiTTrainConfig:
+    settings = dict(window_frames=16, batch_size=4, steps=6, val_every=3, log_every=2, checkpoint_every=3,
+                    val_examples=4, warmup_steps=2, short_crops=0.5)
+    return DiTTrainConfig.for_preset("tiny", **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def vae_dir(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae")
+    train_vae(data_dir, out, tiny_vae_config(), device="cpu", holdout=[HELD_OUT])
+    return out
+
+
+@pytest.fixture(scope="module")
+def dit_dir(data_dir, vae_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dit")
+    train_dit(data_dir, vae_dir, out, tiny_dit_config(), device="cpu", holdout=[HELD_OUT])
+    return out
+
+
+# --- Presets and settings ------------------------------------------------------------------------
+
+def parameters(config: ModelConfig, prefix: str = "") -> int:
+    with torch.device("meta"):
+        model = LatentDiffusion(config)
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+def test_demo_preset_fits_the_shipping_budget():
+    config = preset_config("demo")
+    total = parameters(config)
+    assert total <= 14e6, f"{total / 1e6:.1f}M parameters: fp16 weights would exceed 28 MB"
+    assert config.sample_size == 2**19 and config.sample_size % config.autoencoder.downsampling_ratio == 0
+    # 64x compression, as Stable Audio Open 1.0: 2 channels x ratio / latent channels
+    assert 2 * config.autoencoder.downsampling_ratio / config.autoencoder.latent_dim == 64
+
+
+def test_sao_preset_has_the_published_shapes():
+    reference = json.loads((REPO / "tests/data/sao_reference_keys.json").read_text())
+    assert preset_config("sao").to_dict() == ModelConfig.from_dict(reference["config"]).to_dict()
+    assert parameters(preset_config("sao")) > 1e9
+    assert parameters(preset_config("tiny")) < parameters(preset_config("demo"))
+
+
+def test_presets_round_trip_through_model_config_json(tmp_path):
+    for name in PRESETS:
+        preset_config(name).to_json(tmp_path / "model_config.json")
+        assert ModelConfig.from_json(tmp_path / "model_config.json") == preset_config(name)
+    with pytest.raises(UserError, match="unknown preset"):
+        preset_config("huge")
+
+
+def test_train_config_overrides_ignore_none_and_refuse_unknown_names():
+    config = VAETrainConfig.for_preset("demo", steps=None, lr=1e-3)
+    assert config.steps == VAETrainConfig.for_preset("demo").steps and config.lr == 1e-3
+    with pytest.raises(TypeError, match="no setting"):
+        DiTTrainConfig.for_preset("demo", kl_weight=1.0)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_a_tenth():
+    config = VAETrainConfig.for_preset("demo", lr=1e-3, warmup_steps=10)
+    assert learning_rate(config, 0, 0.0) == pytest.approx(1e-4)
+    assert learning_rate(config, 10, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(config, 500, 0.5) == pytest.approx(0.55e-3)
+    assert learning_rate(config, 900, 1.0) == pytest.approx(1e-4)
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+def test_holdout_rule_depends_on_names_only():
+    names = [f"track_{i:02d}.ogg" for i in range(41)]
+    chosen = holdout_names(names, 0.15)
+    assert len(chosen) == 6
+    assert holdout_names(list(reversed(names)), 0.15) == chosen
+    assert set(holdout_names(names + ["new.ogg"], 0.15)) & set(chosen)  # adding a file keeps most of the split
+    assert holdout_names(["only.wav"], 0.5) == []
+
+
+def test_load_corpus_reads_every_audio_file_and_holds_out_by_name(data_dir):
+    corpus = load_corpus(data_dir, holdout=["song_c"], workers=1)
+    assert corpus.names == ["album/song_b.flac", "song_a.wav", "song_c.wav", "song_d.wav"]
+    assert corpus.holdout == ["song_c.wav"]
+    names, tracks = corpus.split(held_out=True)
+    assert names == ["song_c.wav"] and tracks[0].shape == (2, 2 * RATE) and tracks[0].dtype == torch.float16
+    assert corpus.seconds == pytest.approx(8.0)
+    with pytest.raises(UserError, match="not in the data folder"):
+        load_corpus(data_dir, holdout=["missing.wav"], workers=1)
+
+
+def test_track_bank_crops_stay_inside_their_track():
+    tracks = [torch.arange(10.0).repeat(2, 1), 100 + torch.arange(30.0).repeat(2, 1)]
+    bank = TrackBank(tracks, rate=10.0, min_length=4, device=torch.device("cpu"))
+    crops = bank.random_crops(64, 4, torch.Generator().manual_seed(0))
+    x = crops.x[:, 0]
+    assert torch.all(x[:, 1:] - x[:, :-1] == 1), "a crop crossed a track boundary"
+    from_second = x[:, 0] >= 100
+    assert torch.allclose(crops.seconds_start, torch.where(from_second, x[:, 0] - 100, x[:, 0]) / 10)
+    assert torch.allclose(crops.seconds_total, torch.where(from_second, 3.0, 1.0))
+    assert 0 < from_second.float().mean() < 1  # both tracks drawn
+
+
+def test_chunked_encoding_matches_encoding_the_whole_track():
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny"))
+    audio = 0.1 * torch.randn(2, 200 * 1024 + 300)
+    whole = model.encode(torch.nn.functional.pad(audio, (0, 1024 - 300))[None])[0]
+    chunked = encode_track(model, audio, chunk_frames=48)
+    assert chunked.shape == whole.shape
+    # Away from the track's two ends (where explicit silence stands in for the encoder's own zero
+    # padding) the chunk seams are invisible.
+    assert torch.allclose(chunked[:, 40:-40], whole[:, 40:-40], atol=1e-5)
+
+
+# --- Losses go down ------------------------------------------------------------------------------
+
+def test_stft_loss_is_zero_for_a_perfect_reconstruction_and_grows_with_the_error():
+    audio = torch.from_numpy(tones(0.2, 220, 0).T.copy())[None]
+    noise = torch.randn_like(audio)
+    assert stft_loss(audio, audio).item() == pytest.approx(0.0, abs=1e-5)
+    small, large = stft_loss(audio + 0.01 * noise, audio), stft_loss(audio + 0.1 * noise, audio)
+    assert 0 < small < large
+    # The right channel is the left one delayed, so both have the same magnitude spectra: swapping
+    # them costs little, but collapsing to mono loses the side signal, which the loss also measures.
+    mono = audio[:, :1].expand(-1, 2, -1)
+    assert stft_loss(audio.flip(1), audio) < 0.5 * stft_loss(mono, audio)
+
+
+def overfit(model: torch.nn.Module, loss_of_batch, steps: int, lr: float) -> tuple[float, float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of_batch()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses[0], min(losses[-3:])
+
+
+def test_vae_overfits_one_batch():
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny"))
+    model.pretransform.requires_grad_(True)
+    model.train()
+    audio = torch.from_numpy(tones(4096 / RATE, 220, 0).T.copy())[None]
+    first, last = overfit(model, lambda: vae_loss(model, audio, tiny_vae_config())[0], steps=20, lr=3e-3)
+    assert last < 0.6 * first, f"VAE loss went from {first:.3f} to {last:.3f}"
+
+
+def test_dit_overfits_one_batch():
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny"))
+    model.model.requires_grad_(True)
+    model.conditioner.requires_grad_(True)
+    model.train()
+    x0 = torch.sin(torch.linspace(0, 12, 16))[None, None] * torch.randn(4, 8, 1)  # smooth latents
+    t = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    noise = torch.randn_like(x0)
+    crops = Crops(x0, torch.zeros(4), torch.full((4,), 10.0))
+    first, last = overfit(model, lambda: v_loss(model, x0, t, noise, crops), steps=40, lr=3e-3)
+    assert last < 0.5 * first, f"v loss went from {first:.3f} to {last:.3f}"
+
+
+# --- Whole stages --------------------------------------------------------------------------------
+
+def test_train_vae_writes_weights_log_and_validates_on_the_held_out_file(vae_dir, data_dir):
+    log = json.loads((vae_dir / "train_log.json").read_text())
+    assert log["holdout_files"] == [HELD_OUT] and HELD_OUT not in log["train_files"]
+    assert log["result"]["step"] == 6 and log["result"]["stopped"] == "steps"
+    assert [v["step"] for v in log["validation"]][:2] == [3, 6]
+    assert all(math.isfinite(h["loss"]) for h in log["history"])
+
+    # The last validation loss is the reconstruction loss of the held-out file's segments.
+    config = ModelConfig.from_json(vae_dir / "model_config.json")
+    model = build_model(config)
+    model.load_state_dict(load_file(vae_dir / "vae.safetensors"), strict=False)
+    corpus = load_corpus(data_dir, holdout=[HELD_OUT], workers=1)
+    _, held_out = corpus.split(held_out=True)
+    bank = TrackBank(held_out, RATE, 4096, torch.device("cpu"), torch.float16)
+    track, start = bank.spread_crops(4096, 2)
+    audio = bank.crops(track, start, 4096).x
+    with torch.no_grad():
+        decoded = model.decode(model.encode(audio))
+    expected = stft_loss(decoded, audio).item() + (decoded - audio).abs().mean().item()
+    assert log["validation"][-1]["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_train_vae_resumes_from_its_checkpoint(vae_dir, data_dir, tmp_path):
+    run = tmp_path / "vae"
+    run.mkdir()
+    for name in ("checkpoint.pt", "train_log.json", "model_config.json", "vae.safetensors"):
+        (run / name).write_bytes((vae_dir / name).read_bytes())
+    with pytest.raises(UserError, match="already holds a training run"):
+        train_vae(data_dir, run, tiny_vae_config(), device="cpu", holdout=[HELD_OUT])
+
+    result = train_vae(data_dir, run, tiny_vae_config(steps=8), device="cpu", holdout=[HELD_OUT], resume=True)
+    assert result.step == 8
+    log = json.loads((run / "train_log.json").read_text())
+    steps = [h["step"] for h in log["history"]]
+    assert steps[:3] == [2, 4, 6] and steps[-1] == 8  # the old history, continued
+    assert log["resumed_at"] == [6] and log["train_config"]["steps"] == 8
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 8 and checkpoint["optimizer"]["state"]
+    assert not torch.equal(load_file(run / "vae.safetensors")["pretransform.model.decoder.layers.0.weight_v"],
+                           load_file(vae_dir / "vae.safetensors")["pretransform.model.decoder.layers.0.weight_v"])
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_vae(data_dir, tmp_path / "empty", tiny_vae_config(), device="cpu", resume=True)
+
+
+def test_train_dit_makes_a_model_folder_that_loads(dit_dir, vae_dir):
+    model = load_model_folder(dit_dir)
+    log = json.loads((dit_dir / "train_log.json").read_text())
+    assert log["result"]["step"] == 6 and log["validation"] and log["holdout_files"] == [HELD_OUT]
+    # The latents were normalised: the stored scale is their measured standard deviation.
+    assert model.config.autoencoder.scale == pytest.approx(log["latent_scale"]) and log["latent_scale"] != 1.0
+    # The VAE was copied in unchanged (up to fp16); the DiT is the EMA of the trained weights.
+    vae = load_file(vae_dir / "vae.safetensors")
+    for key, value in model.state_dict().items():
+        if key in vae:
+            assert torch.allclose(value, vae[key].half().float())
+    checkpoint = torch.load(dit_dir / "checkpoint.pt", weights_only=True)
+    ema, trained = checkpoint["ema"], checkpoint["trained"]
+    assert set(ema) == {n for n, _ in model.named_parameters() if not n.startswith("pretransform.")}
+    for name in ema:
+        assert torch.allclose(model.state_dict()[name], ema[name].half().float())
+    some = "model.model.transformer.layers.0.ff.ff.2.weight"
+    assert not torch.allclose(ema[some], trained[some])
+    with torch.no_grad():
+        z = model.encode(torch.zeros(1, 2, 16 * 1024))
+        out = model.denoise(torch.randn_like(z), 0.5, seconds_start=0.0, seconds_total=2.0)
+    assert out.shape == z.shape and torch.isfinite(out).all()
+
+
+def test_train_dit_resumes(dit_dir, vae_dir, data_dir, tmp_path):
+    run = tmp_path / "dit"
+    run.mkdir()
+    for path in dit_dir.iterdir():
+        (run / path.name).write_bytes(path.read_bytes())
+    result = train_dit(data_dir, vae_dir, run, tiny_dit_config(steps=8), device="cpu", holdout=[HELD_OUT], resume=True)
+    assert result.step == 8 and result.val_loss is not None
+    assert load_model_folder(run).config == load_model_folder(dit_dir).config  # same latent scale
+    with pytest.raises(UserError, match="not a dit one"):
+        train_dit(data_dir, vae_dir, vae_dir, tiny_dit_config(), device="cpu", resume=True)
+
+
+def test_weights_split_into_parts_and_merge_back(dit_dir, tmp_path):
+    parts = split_weights(dit_dir, tmp_path / "parts", max_bytes=200_000)
+    names = [p.name for p in parts]
+    assert names[0] == "vae-1.safetensors" and "dit-2.safetensors" in names
+    assert all(p.stat().st_size <= 200_000 for p in parts)
+    merged = merge_parts(parts, dit_dir / "model_config.json", tmp_path / "merged")
+    original, rebuilt = load_model_folder(dit_dir).state_dict(), load_model_folder(merged).state_dict()
+    assert all(torch.equal(original[k], rebuilt[k]) for k in original)
+    with pytest.raises(UserError, match="missing"):
+        merge_parts(parts[1:], dit_dir / "model_config.json", tmp_path / "incomplete")
+
+
+# --- The GPU demo script, on CPU -----------------------------------------------------------------
+
+def test_demo_script_smoke_run_leaves_a_mergeable_model(data_dir, tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import train_demo
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    out = tmp_path / "out"
+    code = train_demo.main(["--smoke", "--data", str(data_dir), "--out", str(out), "--work", str(tmp_path / "work"),
+                            "--vae-minutes", "0.04", "--dit-minutes", "0.04", "--workers", "2", "--device", "cpu"])
+    assert code == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["dit.safetensors", "model_config.json", "summary.txt", "train_log.json", "vae.safetensors"]
+    assert all((out / f).stat().st_size <= 16 << 20 for f in files)
+    log = json.loads((out / "train_log.json").read_text())
+    assert set(log) == {"vae", "dit"} and log["dit"]["result"]["stopped"] in ("time", "steps")
+    assert "VAE:" in (out / "summary.txt").read_text() and "DiT:" in (out / "summary.txt").read_text()
+    merged = merge_parts([out / "vae.safetensors", out / "dit.safetensors"], out / "model_config.json", tmp_path / "m")
+    assert load_model_folder(merged).config.sample_size == preset_config("tiny").sample_size
