@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import soxr
 import torch
 from torch import Tensor
 
+from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
 
 # Extension -> libsndfile container. WAV and FLAC are lossless and universally read by DAWs.
@@ -270,18 +270,10 @@ def save_audio(
     else:
         data, clipped = frames_first, 0
 
-    # The temporary file lives next to the target so os.replace is an atomic rename on the same
-    # file system; it is created by libsndfile, so it gets the usual permissions (not mkstemp's 0600).
-    temporary = file.with_name(f".{file.name}.{secrets.token_hex(4)}.partial")
     try:
-        sf.write(temporary, data, sample_rate, subtype=subtype, format=container)
-        os.replace(temporary, file)
+        write_atomically(file, lambda path: sf.write(path, data, sample_rate, subtype=subtype, format=container))
     except (sf.SoundFileError, OSError) as error:
         raise UserError(f"cannot write {file}: {error}") from error
-    finally:
-        # After a successful os.replace there is nothing left to remove; after any failure
-        # (including Ctrl-C) this removes the half-written file.
-        temporary.unlink(missing_ok=True)
     return SavedAudio(path=str(file), sample_rate=sample_rate, subtype=subtype, peak=peak, clipped=clipped)
 
 

@@ -305,14 +305,11 @@ def _write_results(verb: str, common: Common, result, settings, model, resolved,
 
 
 def _write_json(path: Path, data: dict, *, overwrite: bool) -> None:
+    from .atomic import write_text_atomically
+
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        temporary.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def _report(path: Path, song, sample_rate: int, saved, seams) -> None:

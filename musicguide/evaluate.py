@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import __version__, edit
+from .atomic import write_text_atomically
 from .audio import load_audio, rms_db
 from .edit import SamplerSettings
 from .errors import UserError
@@ -782,17 +782,10 @@ def _finite_or_none(value):
 
 
 def write_report(report: EvalReport, out_md: Path, out_json: Path) -> None:
-    _write_text(out_md, render_markdown(report))
-    _write_text(out_json, json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False) + "\n")
+    write_text_atomically(out_md, render_markdown(report))
+    write_text_atomically(out_json, json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False) + "\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # ---- command line ------------------------------------------------------------------------------

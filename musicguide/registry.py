@@ -33,6 +33,7 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
+from musicguide.atomic import write_text_atomically
 from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, build_model, load_model_folder, tiny_random_config
 from musicguide.models.folder import CONFIG_FILE, WEIGHTS_FILE
@@ -376,9 +377,7 @@ def _write_marker(marker: Path, stamp: dict[str, Any]) -> None:
     # An unwritable cache only costs a re-hash next time, so it must not fail a load that succeeded.
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        partial = marker.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(stamp))
-        os.replace(partial, marker)
+        write_text_atomically(marker, json.dumps(stamp))
     except OSError:
         return
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -35,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from musicguide.audio import load_audio
+from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder, save_model_folder
 
@@ -512,7 +512,7 @@ def _save_checkpoint(run: _Run) -> None:
         "ema": run.ema.shadow if run.ema else {},
         "log": json.dumps(run.log),
     }
-    _write_atomically(run.out_dir / CHECKPOINT_FILE, lambda p: torch.save(state, p))
+    write_atomically(run.out_dir / CHECKPOINT_FILE, lambda p: torch.save(state, p))
 
 
 def _load_checkpoint(out_dir: Path, stage: str) -> dict:
@@ -538,19 +538,10 @@ def _restore(run: _Run, state: dict) -> None:
                    resumed_at=earlier.get("resumed_at", []) + [run.step])
 
 
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_log(run: _Run) -> None:
-    _write_atomically(run.out_dir / LOG_FILE, lambda p: p.write_text(json.dumps(run.log, indent=1) + "\n"))
+    write_atomically(run.out_dir / LOG_FILE, lambda p: p.write_text(json.dumps(run.log, indent=1) + "\n"))
 
 
 def _report(run: _Run, clock: _Clock, loss: float | None, val_loss: float | None = None) -> None:
@@ -735,9 +726,9 @@ def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, conf
 
     def export() -> None:
         config_dict = model.config.to_dict()
-        _write_atomically(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config_dict, indent=2) + "\n"))
+        write_atomically(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config_dict, indent=2) + "\n"))
         state = {k: v.detach().float().cpu().contiguous() for k, v in run.trained_state().items()}
-        _write_atomically(out_dir / VAE_WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        write_atomically(out_dir / VAE_WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
 
     return _train(run, step_loss, validate, export)
 

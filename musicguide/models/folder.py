@@ -10,13 +10,13 @@ Weights are read with safetensors only (never pickle) into a model built on the 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
 from musicguide.models.config import ModelConfig
 from musicguide.models.latent_diffusion import LatentDiffusion
@@ -107,16 +107,7 @@ def save_model_folder(model: LatentDiffusion, path: str | os.PathLike[str], dtyp
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (_cast(v, dtype) if dtype is not None else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
-    _write_atomically(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _write_atomically(folder / CONFIG_FILE, model.config.to_json)
+    write_atomically(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    write_atomically(folder / CONFIG_FILE, model.config.to_json)
 
 
-def _write_atomically(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
