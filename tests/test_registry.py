@@ -235,7 +235,7 @@ def test_local_registry_entry_loads_relative_to_the_registry_and_checks_hashes(
     digest = sha256_of(tmp_path / "models" / "demo" / "model.safetensors")
     entry = (
         '[models.demo]\nsource = "local"\npath = "models/demo"\nlicense = "MIT"\ndescription = "demo"\n'
-        f"[models.demo.sha256]\n'model.safetensors' = '{{digest}}'\n"
+        "[models.demo.sha256]\n'model.safetensors' = '{digest}'\n"
     )
     write_registry(tmp_path, entry.format(digest=digest), monkeypatch)
     model, resolved = load_model("demo")
