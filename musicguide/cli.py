@@ -666,6 +666,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed; clip k samples with seed + k.")] = 0,
     tracks: Annotated[Optional[Path], typer.Option(help="Only these tracks (a list like eval/holdout.txt).")] = None,
     context: Annotated[Optional[float], typer.Option(help="Seconds of context per side (default: the whole clip).")] = None,
+    variants: Annotated[Optional[list[str]], typer.Option("--variant", help="Run only these sampler variants "
+                                                            "(repeatable; default all; 'guided DDIM, latent loss' always runs).")] = None,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
 ) -> None:
     """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
@@ -681,7 +683,8 @@ def evaluate(
             bar.update(task, completed=done, total=total, description=what)
 
         report = run_evaluate(clips_dir, model, report_path, steps, clips, seed, device.value, quiet, tracks=tracks,
-                              overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress)
+                              overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress,
+                              variant_names=variants)
     if not quiet:
         out.print(f"wrote {report_path} and {report_path.with_suffix('.json').name}")
         for name in TASKS:

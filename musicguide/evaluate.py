@@ -810,8 +810,10 @@ def report_paths(out: Path) -> tuple[Path, Path]:
 
 def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clips: int = 24, seed: int = 0,
                  device: str = "auto", quiet: bool = False, *, tracks: Path | None = None, overwrite: bool = False,
-                 protocol: Protocol = Protocol(), progress: Progress | None = None) -> EvalReport:
-    """Load the model, evaluate, write OUT (Markdown) and OUT with .json; returns the report."""
+                 protocol: Protocol = Protocol(), progress: Progress | None = None,
+                 variant_names: Sequence[str] | None = None) -> EvalReport:
+    """Load the model, evaluate, write OUT (Markdown) and OUT with .json; returns the report.
+    `variant_names` picks some of MODEL_VARIANTS (the primary one is always run: the verdicts use it)."""
     from .registry import load_model
 
     out_md, out_json = report_paths(out)
@@ -825,12 +827,19 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
     if steps < 1 or n_clips < 2:
         raise UserError(f"need --steps >= 1 and --clips >= 2, got {steps} and {n_clips}")
     names = None if tracks is None else read_track_list(tracks)
+    variants = None
+    if variant_names:
+        unknown = sorted(set(variant_names) - set(MODEL_VARIANTS))
+        if unknown:
+            raise UserError(f"unknown variant {unknown[0]!r}", hint=f"choose from: {', '.join(MODEL_VARIANTS)}")
+        keep = {PRIMARY_VARIANT, *variant_names}
+        variants = {name: v for name, v in model_variants(steps, seed).items() if name in keep}
     net, resolved = load_model(model, device=_pick_device(device), dtype=torch.float32)
     net.eval().requires_grad_(False)
     info = {"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
             "folder": None if resolved.folder is None else str(resolved.folder), "objective": net.objective,
             "device": str(next(net.parameters()).device), "tracks": names}
-    report = evaluate(net, clips_dir, steps=steps, n_clips=n_clips, seed=seed, protocol=protocol, tracks=names,
-                      model_info=info, progress=None if quiet else progress)
+    report = evaluate(net, clips_dir, variants=variants, steps=steps, n_clips=n_clips, seed=seed, protocol=protocol,
+                      tracks=names, model_info=info, progress=None if quiet else progress)
     write_report(report, out_md, out_json)
     return report

@@ -362,3 +362,5 @@ def test_evaluate_command_refuses_bad_input_before_loading_anything(tmp_path):
     assert isinstance(result.exception, UserError) and "--overwrite" in str(result.exception)
     result = runner.invoke(app, ["evaluate", str(tmp_path), "--out", str(tmp_path / "s.md"), "--clips", "1"])
     assert isinstance(result.exception, UserError) and "--clips" in str(result.exception)
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--out", str(tmp_path / "s.md"), "--variant", "nope"])
+    assert isinstance(result.exception, UserError) and "unknown variant 'nope'" in str(result.exception)
