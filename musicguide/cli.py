@@ -32,7 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Edit real music with a latent diffusion model and guidance gradients: "
-    "continue, infill, regenerate, transition, generate.",
+    "continue, infill, regenerate, transition, restyle, generate.",
 )
 models_app = typer.Typer(no_args_is_help=True, help="The models musicguide knows and what is cached.")
 app.add_typer(models_app, name="models")
