@@ -274,11 +274,10 @@ def _context_samples(common: Common, sample_rate: int) -> int | None:
     return round(common.context * sample_rate)
 
 
-def _write_results(verb: str, common: Common, result, settings, model, resolved, device, inputs: list[tuple[Path, object]],
-                   edit_settings: dict, elapsed: float) -> None:
+def _write_results(verb: str, paths: list[Path], common: Common, result, settings, model, resolved, device,
+                   inputs: list[tuple[Path, object]], edit_settings: dict, elapsed: float) -> None:
     from .audio import output_subtype, save_audio
 
-    paths = _output_paths(inputs[0][0] if inputs else None, common, verb)
     input_subtype = getattr(inputs[0][1], "subtype", None) if inputs else None
     for i, (path, song) in enumerate(zip(paths, result.songs)):
         subtype = output_subtype(input_subtype, path) if common.sample_format == SampleFormat.auto else common.sample_format.value
@@ -330,7 +329,8 @@ def _report(path: Path, song, sample_rate: int, saved, seams) -> None:
 def _run_edit(verb: str, common: Common, inputs: list[Path], run, runs, edit_settings: dict) -> None:
     """Check outputs, load inputs and the model, run `run(model, songs, settings, callback)`, write.
     `runs` is how many sampling runs the edit takes (a number, or a function of the model)."""
-    _check_outputs(_output_paths(inputs[0] if inputs else None, common, verb), inputs, common.overwrite)
+    paths = _output_paths(inputs[0] if inputs else None, common, verb)
+    _check_outputs(paths, inputs, common.overwrite)
     loaded = [(_load_song(p, common.quiet), p) for p in inputs]
     settings = _settings(common)
     model, resolved, device = _load_model(common)
@@ -339,7 +339,7 @@ def _run_edit(verb: str, common: Common, inputs: list[Path], run, runs, edit_set
     with _progress(common.quiet, runs * settings.steps, f"{verb} ({settings.sampler}, seed {settings.seed})") as callback:
         result = run(model, [song for (song, _), _ in loaded], settings, callback)
     elapsed = time.perf_counter() - started
-    _write_results(verb, common, result, settings, model, resolved, device,
+    _write_results(verb, paths, common, result, settings, model, resolved, device,
                    [(p, info) for (_, info), p in loaded], edit_settings, elapsed)
 
 
