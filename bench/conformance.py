@@ -6,6 +6,10 @@ them in the published layout (model.safetensors + model_config.json), and musicg
 folder with its own strict loader. Both then run the same inputs through the VAE (encode mean, KL,
 decode) and the DiT (null text conditioning, text tokens, timing conditioning, several t), and we
 check that musicguide's schedule reads the same x̂0 off the output as the reference's sampler does.
+For rectified-flow models two sampler rows follow: the time grid of `sample_rf` (8 steps, t_max 1
+and 0.7) against `sampling_times`, and a whole unguided 8-step ping-pong run from the same start
+noise and the same per-step noise (`sample_rf(..., sampler_type="pingpong")` on a seeded global
+RNG against `guided_pingpong` on a Generator with that seed).
 
 Cases: "sao-1.0" (the published SAO 1.0 config: full VAE, full-width DiT at depth 2), "sao-small-rf"
 (shaped like Stable Audio Open Small: width 1024, rf_denoiser, seconds_total only, qk LayerNorm,
@@ -44,6 +48,12 @@ DEFAULT_SHIMS = SHARED / "tools" / "reference-shims"
 DEFAULT_SAO_CONFIG = SHARED / "docs" / "models" / "sao-1.0.model_config.json"
 TOLERANCE = 1e-4  # max relative error (max |ours - reference| / max |reference|), fp32
 SEED = 20240716
+# Rectified-flow models only: the sampler's time grid (steps, t_max), and one whole ping-pong run
+# on the 8-step grid Stable Audio Open Small is sampled with, its per-step noise from this seed.
+RF_STEPS = 8
+RF_GRIDS = {"rf_grid_8": 1.0, "rf_grid_8_tmax_0.7": 0.7}
+PINGPONG = "pingpong_8"
+PINGPONG_SEED = 1234
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,6 +184,34 @@ def _reference_cases(root: Path) -> None:
         _reference_case(name, config, root / name)
 
 
+def _reference_rf(model_fn, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference's rf sampling path, `sample_rf(..., sampler_type="pingpong")`: its time grids
+    (taken where sample_rf hands them to `sample_flow_pingpong`, so they are its own, not a copy of
+    its formula) and a whole ping-pong run from x. That run draws its per-step noise with
+    randn_like from the global RNG, seeded here; ours draws the same numbers from a Generator."""
+    from unittest import mock
+
+    from stable_audio_tools.inference import sampling
+
+    grids: list[torch.Tensor] = []
+    pingpong = sampling.sample_flow_pingpong
+
+    def recording(fn, x, sigmas=None, **kwargs):
+        grids.append(sigmas.clone())
+        return pingpong(fn, x, sigmas=sigmas, **kwargs)
+
+    outputs = {}
+    with mock.patch.object(sampling, "sample_flow_pingpong", recording):
+        for name, t_max in RF_GRIDS.items():  # the grid alone: a zero velocity on a scrap of x
+            sampling.sample_rf(lambda x, t: torch.zeros_like(x), x[:1, :1], steps=RF_STEPS,
+                               sampler_type="pingpong", sigma_max=t_max)
+            outputs[name] = grids[-1]
+        torch.manual_seed(PINGPONG_SEED)
+        outputs[PINGPONG] = sampling.sample_rf(model_fn, x, steps=RF_STEPS, sampler_type="pingpong", sigma_max=1.0)
+    assert torch.equal(grids[-1], outputs["rf_grid_8"]), "the run used another grid than the one compared"
+    return outputs
+
+
 def _reference_case(name: str, config: dict, out: Path) -> None:
     from stable_audio_tools.inference.sampling import sample, sample_flow_pingpong
     from stable_audio_tools.models.factory import create_model_from_config
@@ -238,6 +276,8 @@ def _reference_case(name: str, config: dict, out: Path) -> None:
             else:
                 sample_flow_pingpong(unconditional, inputs["x"], sigmas=torch.tensor([t, 0.0]), callback=steps.append)
                 outputs[f"x0_hat_{i}"] = steps[-1]["denoised"]
+        if model.diffusion_objective != "v":
+            outputs.update(_reference_rf(unconditional, inputs["x"]))
     save_file({k: v.contiguous() for k, v in inputs.items()}, str(out / "inputs.safetensors"))
     save_file({k: v.contiguous() for k, v in outputs.items()}, str(out / "outputs.safetensors"))
     (out / "objective").write_text(model.diffusion_objective)
@@ -283,6 +323,8 @@ def _run_reference(reference_python: str, shims: Path, *args: str) -> None:
 def compare_case(case_dir: Path) -> list[tuple[str, float, float]]:
     """(component, max abs error, relative error) rows for one case computed by the reference."""
     from musicguide.models import load_model_folder
+    from musicguide.sampling import guided_pingpong
+    from musicguide.schedules import sampling_times
 
     model = load_model_folder(case_dir / "model")  # strict: any missing/unexpected key fails here
     inputs = load_file(str(case_dir / "inputs.safetensors"))
@@ -302,6 +344,14 @@ def compare_case(case_dir: Path) -> list[tuple[str, float, float]]:
         for i, t in enumerate(inputs["x0_times"].tolist()):
             out = model.denoise(inputs["x"], t, **timing)
             ours[f"x0_hat_{i}"] = model.schedule.x0_hat(inputs["x"], out, t)
+        if PINGPONG in reference:  # rf models: the grid our editor samples on, and a whole unguided run
+            for name, t_max in RF_GRIDS.items():
+                ours[name] = sampling_times(model.schedule, RF_STEPS, t_max)
+            # the reference also draws (and multiplies by 0) noise at the last step; ours stops one
+            # draw earlier, so the first RF_STEPS - 1 draws, the ones that count, line up
+            ours[PINGPONG] = guided_pingpong(lambda x, t: model.denoise(x, t, **timing), model.schedule, inputs["x"],
+                                             sampling_times(model.schedule, RF_STEPS),
+                                             generator=torch.Generator().manual_seed(PINGPONG_SEED))
     _check_sensitivity(reference)
     rows = []
     for name, ref in reference.items():

@@ -84,7 +84,7 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, seconds: float 
         decode = best(lambda: model.decode(x), repeats, device)
         encode = best(lambda: model.encode(audio), repeats, device)
     step_latent = best(lambda: predict(denoiser, model.schedule, x, t, latent_loss(mask, mask(x))), repeats, device)
-    step_audio = best(lambda: predict(denoiser, model.schedule, x, t, audio_loss(model.decode, samples, samples(audio), hop)),
+    step_audio = best(lambda: predict(denoiser, model.schedule, x, t, audio_loss(model.decode, samples, samples(audio))),
                       repeats, device)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "–"
     window = frames * hop / model.sample_rate

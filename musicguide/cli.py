@@ -46,8 +46,10 @@ DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
 
 
 class Sampler(str, Enum):
+    auto = "auto"
     ddim = "ddim"
     ddpm = "ddpm"
+    pingpong = "pingpong"
 
 
 class Device(str, Enum):
@@ -74,8 +76,8 @@ class SampleFormat(str, Enum):
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .wav/.flac (default: next to the input, named after the command, e.g. song.infill.wav).")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name (see `musicguide models list`) or a model folder.")]
 Steps = Annotated[int, typer.Option(help="Sampling steps.")]
-Guidance = Annotated[float, typer.Option(help="Guidance step size ξ (0 turns the gradient off).")]
-SamplerOpt = Annotated[Sampler, typer.Option(help="ddim (deterministic for a seed) or ddpm (ancestral).")]
+Guidance = Annotated[Optional[float], typer.Option(help="Guidance step size ξ at 50 steps (0 turns the gradient off; default 0.03 with --loss-space latent, 0.003 with audio; other --steps keep the same total push).")]
+SamplerOpt = Annotated[Sampler, typer.Option(help="auto (ddim for v-prediction models, pingpong for rectified-flow models such as SAO Small), ddim (deterministic for a seed), ddpm (ancestral) or pingpong (fresh noise each step).")]
 Eta = Annotated[float, typer.Option(help="DDIM noise: 0 deterministic, 1 ancestral.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed on the same device gives the same audio bit for bit.")]
 Variations = Annotated[int, typer.Option(help="Number of results (a batch); written as NAME_1 … NAME_N.")]
@@ -93,7 +95,7 @@ class Common:
     output: Path | None
     model: str
     steps: int
-    guidance: float
+    guidance: float | None
     sampler: Sampler
     eta: float
     seed: int | None
@@ -334,6 +336,7 @@ def _run_edit(verb: str, common: Common, inputs: list[Path], run, runs, edit_set
     loaded = [(_load_song(p, common.quiet), p) for p in inputs]
     settings = _settings(common)
     model, resolved, device = _load_model(common)
+    settings = settings.for_model(model)
     started = time.perf_counter()
     runs = runs(model) if callable(runs) else runs
     with _progress(common.quiet, runs * settings.steps, f"{verb} ({settings.sampler}, seed {settings.seed})") as callback:
@@ -371,8 +374,8 @@ def infill(
     song: Annotated[Path, typer.Argument(help="The song (any format libsndfile reads).")],
     start: Annotated[str, typer.Option(help="Start of the gap: seconds (30.5) or m:ss(.ms).")],
     end: Annotated[str, typer.Option(help="End of the gap.")],
-    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = 3e-2,
-    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = None,
+    sampler: SamplerOpt = Sampler.auto, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
     loss_space: LossSpaceOpt = LossSpace.latent, consistency: Consistency = True, context: Context = None,
     format_: Format = SampleFormat.auto,
@@ -389,8 +392,8 @@ def regenerate(
     start: Annotated[str, typer.Option(help="Start of the section: seconds or m:ss(.ms).")],
     end: Annotated[str, typer.Option(help="End of the section.")],
     strength: Annotated[float, typer.Option(help="How much noise replaces the original (0 < k ≤ 1; 1 = infill).")] = 0.85,
-    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = 3e-2,
-    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = None,
+    sampler: SamplerOpt = Sampler.auto, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
     loss_space: LossSpaceOpt = LossSpace.latent, consistency: Consistency = True, context: Context = None,
     format_: Format = SampleFormat.auto,
@@ -426,8 +429,8 @@ def _region_edit(verb: str, common: Common, song: Path, start_s: float, end_s: f
 def continue_(
     song: Annotated[Path, typer.Argument(help="The song to continue.")],
     seconds: Annotated[float, typer.Option(help="How many seconds to add.")],
-    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = 3e-2,
-    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = None,
+    sampler: SamplerOpt = Sampler.auto, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
     loss_space: LossSpaceOpt = LossSpace.latent, consistency: Consistency = True, context: Context = None,
     format_: Format = SampleFormat.auto,
@@ -452,8 +455,8 @@ def transition(
     second: Annotated[Path, typer.Argument(help="The track that follows.")],
     length: Annotated[float, typer.Option(help="Seconds of overlap the transition spans.")] = 8.0,
     strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = 0.85,
-    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = 3e-2,
-    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50, guidance: Guidance = None,
+    sampler: SamplerOpt = Sampler.auto, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
     loss_space: LossSpaceOpt = LossSpace.latent, consistency: Consistency = True, context: Context = None,
     format_: Format = SampleFormat.auto,
@@ -479,7 +482,7 @@ def transition(
 def generate(
     seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = 10.0,
     output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50,
-    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    sampler: SamplerOpt = Sampler.auto, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
     format_: Format = SampleFormat.auto,
 ) -> None:
@@ -511,14 +514,14 @@ def restyle(
     toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
     away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
     strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = 0.6,
-    keep: Annotated[float, typer.Option(help="Weight of the input's log-mel envelope (keeps rhythm and dynamics).")] = 1.0,
+    keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = 1e-3,
     start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the start).")] = None,
     end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
     tagger: TaggerOpt = Tagger.msd,
     output: Output = None, model: ModelOpt = DEFAULT_MODEL, steps: Steps = 50,
-    guidance: Annotated[float, typer.Option(help="Guidance step size ξ. The style loss's gradient through decoder and "
-                                            "tagger is small, so restyle needs a far larger ξ than the edits (untuned).")] = 100.0,
-    sampler: SamplerOpt = Sampler.ddim, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
+    guidance: Annotated[float, typer.Option(help="Step size ξ of the style term. Its gradient through decoder and tagger "
+                                            "is small, so it is far larger than an edit's; the context keeps the edits' ξ.")] = 100.0,
+    sampler: SamplerOpt = Sampler.auto, eta: Eta = 0.0, seed: Seed = None, variations: Variations = 1,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
     consistency: Consistency = True, context: Context = None, format_: Format = SampleFormat.auto,
 ) -> None:
@@ -535,22 +538,19 @@ def restyle(
         raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
     if not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
-    if keep < 0:
-        raise UserError(f"--keep must be >= 0, got {keep}")
     references = [_load_song(p, common.quiet)[0] for p in like]
 
     def run(model, songs, settings, callback):
         import torch
 
         audio, sr = songs[0], model.sample_rate
-        net = load_musicnn(tagger.value, device=next(model.parameters()).device)
+        net = load_musicnn(tagger.value, device=model.device)
         a = _samples(parse_or(start, 0.0, "--start"), sr)
         b = audio.shape[-1] if end is None else _samples(parse_or(end, 0.0, "--end"), sr)
         terms = []
         if like:
             with torch.no_grad():
-                device = next(model.parameters()).device
-                target = torch.stack([net.embedding(r[None].to(device), sr)[0] for r in references]).mean(dim=0)
+                target = torch.stack([net.embedding(r[None].to(model.device), sr)[0] for r in references]).mean(dim=0)
             terms.append(losses.embedding_distance(net, target, sr))
         if toward or away_from:
             terms.append(losses.tag_bce(net, [net.tag_index(t) for t in toward], [net.tag_index(t) for t in away_from], sr))
@@ -668,6 +668,8 @@ def evaluate(
     context: Annotated[Optional[float], typer.Option(help="Seconds of context per side (default: the whole clip).")] = None,
     variants: Annotated[Optional[list[str]], typer.Option("--variant", help="Run only these sampler variants "
                                                             "(repeatable; default all; 'guided DDIM, latent loss' always runs).")] = None,
+    tasks: Annotated[Optional[list[str]], typer.Option("--task", help="Run only these tasks (repeatable: infill, "
+                                                         "regeneration, continuation, transition; default all).")] = None,
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
 ) -> None:
     """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
@@ -684,10 +686,10 @@ def evaluate(
 
         report = run_evaluate(clips_dir, model, report_path, steps, clips, seed, device.value, quiet, tracks=tracks,
                               overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress,
-                              variant_names=variants)
+                              variant_names=variants, tasks=tasks or TASKS)
     if not quiet:
         out.print(f"wrote {report_path} and {report_path.with_suffix('.json').name}")
-        for name in TASKS:
+        for name in report.tasks:
             err.print(report.verdicts[name], markup=False)
 
 

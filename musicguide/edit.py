@@ -8,7 +8,7 @@ its short equal-power seams. No files and no printing here: the CLI does those.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -19,20 +19,37 @@ from .errors import UserError
 from .losses import audio_loss, latent_loss
 from .operators import SampleMask
 from .sampling import SAMPLERS, Step, paste_known
-from .schedules import timesteps
+from .schedules import RectifiedFlow, sampling_times
 from .splice import SeamMetric, cut_window, fade_samples, seam_report, splice
 
-# The paper's step sizes: ξ = 3e-2 for its latent model (DDIM and DDPM alike).
-DEFAULT_GUIDANCE = 3e-2
+# Default step sizes ξ, one per loss term, chosen by the sweep in docs/guidance.md on held-out
+# clips. They are per-element sums (latent elements, or audio samples for "audio") and apply at
+# REFERENCE_STEPS steps; other step counts scale ξ with the step width, so that --steps changes
+# the accuracy of the sampler, not the strength of the guidance.
+DEFAULT_GUIDANCE = {"latent": 3e-2, "audio": 3e-3}
+REFERENCE_STEPS = 50
+# Restyle's terms: the style loss through decoder and tagger (its gradient is tiny), the latent L1
+# on the context frames (the same term as an infill's, so the same ξ), and --keep's log-mel
+# envelope distance (summed over mel bands and ~128 ms frames).
+DEFAULT_STYLE_GUIDANCE = 100.0
+DEFAULT_KEEP = 1e-3
+
+
+def default_sampler(schedule) -> str:
+    """DDIM for v-prediction models; ping-pong (their own sampler) for rectified-flow models."""
+    return "pingpong" if isinstance(schedule, RectifiedFlow) else "ddim"
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Everything that decides the sampled result besides the model and the input."""
+    """Everything that decides the sampled result besides the model and the input.
 
-    sampler: str = "ddim"
+    `sampler` "auto" and `guidance` None take the model's and the loss space's defaults;
+    `for_model` resolves them, so that a sidecar records the values that were used."""
+
+    sampler: str = "auto"
     steps: int = 50
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None
     eta: float = 0.0
     loss_space: str = "latent"  # "latent": d on latents; "audio": d on the decoded waveform
     distance: str = "l1"
@@ -40,19 +57,31 @@ class SamplerSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}", hint=f"use one of {', '.join(SAMPLERS)}")
+        if self.sampler not in SAMPLERS and self.sampler != "auto":
+            raise UserError(f"unknown sampler {self.sampler!r}", hint=f"use one of auto, {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if self.guidance < 0 or not math.isfinite(self.guidance):
+        if self.guidance is not None and (self.guidance < 0 or not math.isfinite(self.guidance)):
             raise UserError(f"--guidance must be a finite number >= 0, got {self.guidance}")
         if not 0 <= self.eta <= 1:
             raise UserError(f"--eta must be in [0, 1], got {self.eta}")
         if self.loss_space not in ("latent", "audio"):
             raise UserError(f"--loss-space must be 'latent' or 'audio', got {self.loss_space!r}")
+        if self.guidance is None:
+            object.__setattr__(self, "guidance", DEFAULT_GUIDANCE[self.loss_space])
+
+    def for_model(self, model) -> "SamplerSettings":
+        return replace(self, sampler=default_sampler(model.schedule)) if self.sampler == "auto" else self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def step_size(xi: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """ξ for a step t → s: ξ · (t − s) · REFERENCE_STEPS. Each step moves x by about ξσ²g, so a
+    constant ξ would guide 50 steps 2.5× harder than 20; scaled by the step's width, the total
+    push over the trajectory is the same at any step count (and equals the paper's at 50 steps)."""
+    return lambda t, s: xi * (t - s) * REFERENCE_STEPS
 
 
 @dataclass(frozen=True)
@@ -91,20 +120,23 @@ Callback = Callable[[Step], None]
 
 
 def plan_window(song_length: int, edit_start: int, edit_end: int, hop: int, max_length: int,
-                context: int | None = None, sample_rate: int = 44100) -> Window:
+                context: int | None = None, sample_rate: int = 44100, min_context: int | None = None) -> Window:
     """Centre the largest window the model takes (or `context` samples a side) on the edit.
 
     Context missing on one side (near the song's start or end) goes to the other side. The window
     length is rounded up to whole latent frames, growing leftward first; past the song's end it is
-    padded with silence (a continuation's free frames lie there)."""
+    padded with silence (a continuation's free frames lie there). A `context` below `min_context`
+    (default one latent frame; callers pass `context_floor(model)`) is rounded up to it: with less,
+    no latent frame would be known and the edit would silently ignore the song around it."""
+    floor = hop if min_context is None else min_context
     gap = edit_end - edit_start
     if gap <= 0:
         raise UserError("the edit region is empty: start must be before end")
-    if gap > max_length - 2 * hop:
+    if gap > max_length - 2 * floor:
         raise UserError(f"the region is {gap / sample_rate:.2f} s long; this model generates at most "
-                        f"{(max_length - 2 * hop) / sample_rate:.2f} s with context around it",
+                        f"{(max_length - 2 * floor) / sample_rate:.2f} s with context around it",
                         hint="edit a shorter region, or several regions one after another")
-    budget = max_length - gap if context is None else min(max_length - gap, 2 * context)
+    budget = max_length - gap if context is None else min(max_length - gap, 2 * max(context, floor))
     before, after = edit_start, max(song_length - edit_end, 0)
     left = min(budget // 2, before)
     right = min(budget - left, after)
@@ -118,20 +150,38 @@ def plan_window(song_length: int, edit_start: int, edit_end: int, hop: int, max_
     return Window(at=at, length=length, edit_start=edit_start, edit_end=edit_end, free=(first, last))
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _encode_window(model, songs: Tensor, window: Window, seed: int) -> tuple[Tensor, Tensor, torch.Generator, Tensor]:
+def _encode_window(model, songs: Tensor, window: Window, seed: int, hide: bool = False
+                   ) -> tuple[Tensor, Tensor, torch.Generator, Tensor]:
     """The window's audio [B, channels, length] and latents x̄, and the seeded generator with the
-    start noise drawn from it (the noise is drawn first, so a seed fixes the start sample)."""
-    device = _device(model)
+    start noise drawn from it (the noise is drawn first, so a seed fixes the start sample).
+
+    With `hide`, the edited region is muted before encoding: an infill must not depend on what the
+    gap held (and an evaluation must not let the held-out audio leak into the known frames)."""
+    device = model.device
     audio = torch.stack([cut_window(song, window.at, window.length) for song in songs]).to(device)
+    encoded = audio
+    if hide:
+        encoded = audio.clone()
+        encoded[..., window.edit_start - window.at : window.edit_end - window.at] = 0
     with torch.no_grad():
-        x_bar = model.encode(audio)
+        x_bar = model.encode(encoded)
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn(x_bar.shape, generator=generator, device=device, dtype=x_bar.dtype)
     return audio, x_bar, generator, noise
+
+
+def context_floor(model) -> int:
+    """The least context a side (samples) that leaves a known latent frame beyond the frames that
+    the encoder carries across the boundary."""
+    return (model.encoder_leak_frames() + 1) * model.downsampling_ratio
+
+
+def _known_audio(window: Window, song_length: int) -> SampleMask:
+    """The window's samples that the original has and the edit keeps: the audio loss measures these."""
+    known = torch.ones(window.length, dtype=torch.bool)
+    known[window.edit_start - window.at : window.edit_end - window.at] = False
+    known[max(song_length - window.at, 0) :] = False  # silence padded past the song's end
+    return SampleMask(known)
 
 
 def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, strength: float | None = None,
@@ -140,41 +190,36 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
 
     Returns the decoded windows [B, channels, window.length] and the guidance loss d(y, A(x̂0))
     at the last guided step (summed over the batch), or None without guidance."""
-    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed)
+    settings = settings.for_model(model)
+    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed, hide=strength is None)
+    margin = model.encoder_leak_frames()
     if strength is None:
-        problem = tasks.from_noise(x_bar, window.free, noise)
+        problem = tasks.from_noise(x_bar, window.free, noise, model.schedule, margin)
     else:
-        problem = tasks.from_mix(x_bar, window.free, noise, strength)
+        problem = tasks.from_mix(x_bar, window.free, noise, model.schedule, strength, margin)
 
     if settings.loss_space == "latent":
         loss = latent_loss(problem.mask, problem.y, settings.distance)
     else:
-        known = torch.ones(window.length, dtype=torch.bool)
-        known[window.edit_start - window.at : window.edit_end - window.at] = False
-        known[max(songs.shape[-1] - window.at, 0) :] = False  # silence padded past the song's end
-        mask = SampleMask(known)
-        loss = audio_loss(model.decode, mask, mask(audio), model.downsampling_ratio, settings.distance)
+        mask = _known_audio(window, songs.shape[-1])
+        loss = audio_loss(model.decode, mask, mask(audio), settings.distance)
     consistency = paste_known(problem.mask, problem.y, model.schedule) if settings.consistency else None
     seconds_start = window.at / model.sample_rate
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total)
 
-    x0 = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
-                 loss=loss, consistency=consistency)
+    x0, last_loss = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
+                            loss=loss, guidance=settings.guidance, consistency=consistency)
     with torch.no_grad():
-        decoded = model.decode(x0.value).float().cpu()
-    return decoded, x0.last_loss
-
-
-@dataclass
-class _Sampled:
-    value: Tensor
-    last_loss: float | None
+        decoded = model.decode(x0).float().cpu()
+    return decoded, last_loss
 
 
 def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, generator: torch.Generator,
-            callback: Callback | None, t_max: float = 1.0, **guidance) -> _Sampled:
+            callback: Callback | None, *, guidance: float = 0.0, t_max: float = 1.0, loss=None,
+            consistency=None) -> tuple[Tensor, float | None]:
+    """Run the settings' sampler on the model's own time grid; returns x0 and the last guidance loss."""
     last: list[float | None] = [None]
 
     def on_step(step: Step) -> None:
@@ -183,9 +228,10 @@ def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, gene
             callback(step)
 
     extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    x0 = SAMPLERS[settings.sampler](denoiser, schedule, x_start, timesteps(settings.steps, t_max), guidance=settings.guidance,
-                                    generator=generator, callback=on_step, **guidance, **extra)
-    return _Sampled(x0, last[0])
+    ts = sampling_times(schedule, settings.steps, t_max)
+    x0 = SAMPLERS[settings.sampler](denoiser, schedule, x_start, ts, loss=loss, guidance=step_size(guidance) if guidance else 0.0,
+                                    consistency=consistency, generator=generator, callback=on_step, **extra)
+    return x0, last[0]
 
 
 def _splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int) -> tuple[Tensor, list[int]]:
@@ -210,7 +256,7 @@ def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings,
     With `strength` this is regeneration: the new music starts from a mix with the old."""
     _check_region(song, start, end, model.sample_rate)
     sr, hop = model.sample_rate, model.downsampling_ratio
-    window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr)
+    window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     songs = song[None].expand(variations, -1, -1)
     decoded, loss = sample_window(model, songs, window, settings, strength=strength,
                                   seconds_total=song.shape[-1] / sr, callback=callback)
@@ -251,7 +297,8 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
         have = songs.shape[-1]
         new = min(final_length - have, max_length // 2)
         # a multiple of the hop whenever the model's length is what limits it, so the window fits
-        ctx = min(max_length - -(-new // hop) * hop, have, max_length if context is None else context)
+        ctx = min(max_length - -(-new // hop) * hop, have,
+                  max_length if context is None else max(context, context_floor(model)))
         length = -(-(ctx + new) // hop) * hop
         window = Window(at=have - ctx, length=length, edit_start=have, edit_end=have + new, free=(ctx // hop, length // hop))
         chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
@@ -282,38 +329,44 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
     if not 0 < samples <= max_length:
         raise UserError(f"--seconds must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
     frames = -(-samples // hop)
-    device = _device(model)
+    settings = settings.for_model(model)
+    device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed)
     noise = torch.randn((variations, model.latent_channels, frames), generator=generator, device=device)
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t, seconds_start=0.0, seconds_total=seconds)
 
-    x0 = _sample(denoiser, model.schedule, noise, settings, generator, callback)
+    x0, _ = _sample(denoiser, model.schedule, noise, settings, generator, callback)
     with torch.no_grad():
-        audio = model.decode(x0.value).float().cpu()[..., :samples]
+        audio = model.decode(x0).float().cpu()[..., :samples]
     return EditResult(list(audio), [Window(0, frames * hop, 0, samples, (0, frames))], [[] for _ in audio], None)
 
 
 def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *,
             style_loss: Callable[[Tensor], Tensor], structure: Callable[[Tensor], Tensor] | None = None,
-            keep: float = 0.0, strength: float = 0.6, variations: int = 1, context: int | None = None,
-            callback: Callback | None = None) -> EditResult:
+            keep: float = DEFAULT_KEEP, context_guidance: float | None = None, strength: float = 0.6,
+            variations: int = 1, context: int | None = None, callback: Callback | None = None) -> EditResult:
     """Steer song[:, start:end] toward a style (paper's Table 2, embedding/classifier guidance).
 
     SDEdit start: the window's latents noised to t = `strength`, so the result keeps the input's
-    timing. The guidance loss, taken through the VAE decoder on the restyled region's audio, is
-    style_loss(audio) + keep · |structure(audio) − structure(input)|₁ (mean) + the latent L1 on
-    the context frames, which keeps the seams in place."""
+    timing. Each guidance term has its own step size, because their gradients differ by orders of
+    magnitude: ξ_style · style_loss(audio) on the restyled region's decoded audio (ξ_style is
+    `settings.guidance`), + keep · |structure(audio) − structure(input)|₁ (summed), + ξ_context ·
+    the latent L1 on the context frames, which keeps the seams in place (an infill's latent ξ)."""
     _check_region(song, start, end, model.sample_rate)
     if not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
+    if not keep >= 0 or not math.isfinite(keep):
+        raise UserError(f"--keep must be a finite number >= 0, got {keep}")
+    settings = settings.for_model(model)
+    xi_context = DEFAULT_GUIDANCE["latent"] if context_guidance is None else context_guidance
     sr, hop = model.sample_rate, model.downsampling_ratio
-    window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr)
+    window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     songs = song[None].expand(variations, -1, -1)
     audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed)
     schedule = model.schedule
-    mask = tasks.free_range_mask(x_bar.shape[-1], window.free)
+    mask = tasks.free_range_mask(x_bar.shape[-1], window.free, model.encoder_leak_frames())
     y = mask(x_bar)
     t_max = torch.tensor(strength, dtype=torch.float64)
     x_start = schedule.alpha(t_max).to(x_bar) * x_bar + schedule.sigma(t_max).to(x_bar) * noise
@@ -323,19 +376,21 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
 
     def loss(x0: Tensor) -> Tensor:
         region = model.decode(x0)[..., a:b]
-        total = style_loss(region)
+        total = settings.guidance * style_loss(region)
         if target is not None:
-            total = total + keep * (structure(region) - target).abs().mean() * region.shape[0]
+            total = total + keep * (structure(region) - target).abs().sum()
         if context_loss is not None:
-            total = total + context_loss(x0)
+            total = total + xi_context * context_loss(x0)
         return total
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t, seconds_start=window.at / sr, seconds_total=song.shape[-1] / sr)
 
     consistency = paste_known(mask, y, schedule) if settings.consistency and mask.n_known else None
-    x0 = _sample(denoiser, schedule, x_start, settings, generator, callback, t_max=strength, loss=loss, consistency=consistency)
+    # the step sizes live inside the loss, so the sampler's ξ is 1 (still scaled by step width)
+    x0, last_loss = _sample(denoiser, schedule, x_start, settings, generator, callback, guidance=1.0, t_max=strength,
+                            loss=loss, consistency=consistency)
     with torch.no_grad():
-        decoded = model.decode(x0.value).float().cpu()
+        decoded = model.decode(x0).float().cpu()
     edited, seams = _splice_all(songs, decoded, window, sr)
-    return _result(edited, [window], seams, song, sr, x0.last_loss)
+    return _result(edited, [window], seams, song, sr, last_loss)

@@ -468,6 +468,7 @@ def model_variants(steps: int, seed: int, table: Mapping[str, dict] = MODEL_VARI
 @dataclass
 class CaseScore:
     mr: float | None
+    level_error_db: float | None  # |RMS level of the generated region − the original's there|, dB
     level_jump_db: float | None  # mean over the case's seams
     spectral_distance_db: float | None
     flagged: float | None  # fraction of the case's seams flagged
@@ -487,23 +488,28 @@ class Scores:
     seams: int
     fd: float | None
     per_case: dict[str, list[float]]
+    level_error_db: float | None = None  # last, with a default: older reports' JSON has none
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-METRICS = ("mr", "level_jump_db", "spectral_distance_db", "flagged", "fd")
-METRIC_NAMES = {"mr": "MR", "level_jump_db": "level jump dB", "spectral_distance_db": "spectral dB",
-                "flagged": "flagged", "fd": "FD"}
+METRICS = ("mr", "level_error_db", "level_jump_db", "spectral_distance_db", "flagged", "fd")
+METRIC_NAMES = {"mr": "MR", "level_error_db": "level error dB", "level_jump_db": "level jump dB",
+                "spectral_distance_db": "spectral dB", "flagged": "flagged", "fd": "FD"}
+# metrics averaged over cases (FD is over the set, flagged over all seams)
+CASE_METRICS = METRICS[:5]
 
 
 def score_case(case: Case, output: Output, sample_rate: int) -> CaseScore:
     """MR and seam measures of one output (its embedding is taken in batches, see `Embedder`)."""
     if output.audio.shape[-1] != case.length:
         raise ValueError(f"{case.task} output has {output.audio.shape[-1]} samples, expected {case.length}")
-    mr = None
+    mr = level_error = None
     if case.original is not None:
-        mr = mel_distance(output.audio[:, case.start : case.end], case.original[:, case.start : case.end], sample_rate)
+        made, was = output.audio[:, case.start : case.end], case.original[:, case.start : case.end]
+        mr = mel_distance(made, was, sample_rate)
+        level_error = abs(rms_db(made) - rms_db(was))
     level = spectral = flagged = None
     seams = output.measured
     if seams is None:
@@ -512,7 +518,7 @@ def score_case(case: Case, output: Output, sample_rate: int) -> CaseScore:
         level = float(np.mean([s.level_jump_db.value for s in seams]))
         spectral = float(np.mean([s.spectral_distance_db.value for s in seams]))
         flagged = float(np.mean([s.flagged for s in seams]))
-    return CaseScore(mr, level, spectral, flagged, len(seams))
+    return CaseScore(mr, level_error, level, spectral, flagged, len(seams))
 
 
 class Embedder:
@@ -538,11 +544,12 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def aggregate(scores: list[CaseScore], embeddings: np.ndarray, reference_embeddings: np.ndarray) -> Scores:
-    per_case = {m: [getattr(s, m) for s in scores] for m in METRICS[:4]}
+    per_case = {m: [getattr(s, m) for s in scores] for m in CASE_METRICS}
     seams = sum(s.seams for s in scores)
     flagged = None if not seams else sum(s.flagged * s.seams for s in scores if s.seams) / seams
     fd = embedding_fd(embeddings, reference_embeddings) if len(scores) >= 2 else None
-    return Scores(n=len(scores), mr=_mean(per_case["mr"]), level_jump_db=_mean(per_case["level_jump_db"]),
+    return Scores(n=len(scores), mr=_mean(per_case["mr"]), level_error_db=_mean(per_case["level_error_db"]),
+                  level_jump_db=_mean(per_case["level_jump_db"]),
                   spectral_distance_db=_mean(per_case["spectral_distance_db"]), flagged=flagged, seams=seams, fd=fd,
                   per_case={m: v for m, v in per_case.items() if v and v[0] is not None})
 
@@ -579,6 +586,7 @@ class EvalReport:
     embedding_model: str = "musicnn MSD_musicnn, 200-d penultimate layer, mean over 3 s patches"
     elapsed_s: float = 0.0
     musicguide: str = __version__
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -596,10 +604,16 @@ Progress = Callable[[int, int, str], None]
 
 def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] | None = None, steps: int = 50,
              n_clips: int = 24, seed: int = 0, protocol: Protocol = Protocol(), tracks: Sequence[str] | None = None,
-             model_info: dict | None = None, progress: Progress | None = None) -> EvalReport:
+             model_info: dict | None = None, progress: Progress | None = None,
+             tasks: Sequence[str] = TASKS) -> EvalReport:
     """Run the protocol with `model` (on its own device) on clips cut from the files in `clips_dir`
     (only `tracks`, when given). `variants` defaults to MODEL_VARIANTS with `steps` and `seed`;
-    clip k samples with seed + k. progress(done, total, what) is called after every output."""
+    clip k samples with seed + k. progress(done, total, what) is called after every output. `tasks`
+    runs a subset of the protocol's tasks (a sweep of one setting needs only some)."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise UserError(f"unknown task {unknown[0]!r}" if unknown else "no task to run", hint=f"choose from: {', '.join(TASKS)}")
+    tasks = [t for t in TASKS if t in tasks]
     started = time.perf_counter()
     variants = dict(model_variants(steps, seed) if variants is None else variants)
     sr = model.sample_rate
@@ -610,7 +624,9 @@ def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] 
     cases = build_cases(clips, protocol, sr)
     embed = Embedder(next(model.parameters()).device, sr)
     originals = embed([c.audio for c in clips])
-    table = method_table(model, variants, protocol, fade_samples(sr))
+    table = {name: {t: m for t, m in methods.items() if t in tasks}
+             for name, methods in method_table(model, variants, protocol, fade_samples(sr)).items()}
+    table = {name: methods for name, methods in table.items() if methods}
     total = sum(len(cases[task]) for methods in table.values() for task in methods)
     done = [0]
 
@@ -628,8 +644,8 @@ def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] 
         protocol=protocol.to_dict(), model=model_info or {}, seed=seed, steps=steps,
         clips=[c.to_dict(sr) for c in clips], skipped=skipped,
         cases={task: [c.label for c in task_cases] for task, task_cases in cases.items()},
-        fd_floor=split_half_fd(originals), verdicts=verdicts(rows, primary, variants),
-        elapsed_s=round(time.perf_counter() - started, 1),
+        fd_floor=split_half_fd(originals), verdicts=verdicts(rows, primary, variants, tasks),
+        elapsed_s=round(time.perf_counter() - started, 1), tasks=list(tasks),
     )
 
 
@@ -694,16 +710,37 @@ def verdict(task: str, rows: dict[str, dict[str, Scores]], primary: str, baselin
     return sentence + f" (n = {guided.n}, lower is better, ties count as not beating.)"
 
 
-def verdicts(rows: dict[str, dict[str, Scores]], primary: str | None, variants: Mapping[str, SamplerSettings]) -> dict[str, str]:
+def verdicts(rows: dict[str, dict[str, Scores]], primary: str | None, variants: Mapping[str, SamplerSettings],
+             tasks: Sequence[str] = TASKS) -> dict[str, str]:
     if primary is None:
-        return {task: f"{task}: no guided variant was run." for task in TASKS}
+        return {task: f"{task}: no guided variant was run." for task in tasks}
     baselines = list(BASELINES) + [name for name, s in variants.items() if s.guidance == 0]
-    return {task: verdict(task, rows, primary, baselines) for task in TASKS}
+    return {task: verdict(task, rows, primary, baselines) for task in tasks}
+
+
+PAIRED_METRICS = ("mr", "level_error_db", "level_jump_db")
+
+
+def paired_differences(report: EvalReport, task: str, row: str, baseline: str) -> str:
+    """A Markdown table of `row` − `baseline` clip by clip (negative: `row` is better), with the
+    mean, two standard errors of it, and how many clips `row` wins."""
+    ours, theirs = report.rows[row][task], report.rows[baseline][task]
+    metrics = [m for m in PAIRED_METRICS if m in ours.per_case and m in theirs.per_case]
+    lines = [f"| {task} clip | " + " | ".join(f"Δ {METRIC_NAMES[m]}" for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    diffs = {m: np.asarray(ours.per_case[m]) - np.asarray(theirs.per_case[m]) for m in metrics}
+    for i, label in enumerate(report.cases[task]):
+        lines.append(f"| {label} | " + " | ".join(f"{diffs[m][i]:+.2f}" for m in metrics) + " |")
+    lines.append("| **mean ± 2 SE** | " + " | ".join(
+        f"**{diffs[m].mean():+.2f} ± {_paired_noise(ours.per_case[m], theirs.per_case[m]):.2f}**" for m in metrics) + " |")
+    lines.append(f"| {row} better on | " + " | ".join(f"{int((diffs[m] < 0).sum())} of {len(diffs[m])}" for m in metrics) + " |")
+    return "\n".join(lines)
 
 
 # ---- writing -----------------------------------------------------------------------------------
 
-TABLE_METRICS = {task: METRICS if task != "transition" else METRICS[1:] for task in TASKS}
+# a transition has no original to compare with: no MR, no level error
+TABLE_METRICS = {task: METRICS if task != "transition" else METRICS[2:] for task in TASKS}
 
 
 def _cell(value: float | None, metric: str) -> str:
@@ -714,7 +751,7 @@ def _cell(value: float | None, metric: str) -> str:
 
 def markdown_table(report: EvalReport) -> str:
     """Rows = methods, columns = task × metric (lower is better in every column)."""
-    columns = [(task, metric) for task in TASKS for metric in TABLE_METRICS[task]]
+    columns = [(task, metric) for task in report.tasks for metric in TABLE_METRICS[task]]
     header = "| method | " + " | ".join(f"{task} {METRIC_NAMES[m]}" for task, m in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for name, tasks in report.rows.items():
@@ -740,7 +777,7 @@ def render_markdown(report: EvalReport) -> str:
         f"# Evaluation: {model}" + (f" @ {revision}" if revision else ""),
         "",
         f"{len(report.clips)} clips of {protocol['clip_seconds']:g} s from {len(files)} files ({', '.join(files)}); "
-        f"{len(report.cases['transition'])} transition pairs. Infill and regeneration (strength {protocol['strength']:g}) "
+        f"{len(report.cases['transition'])} transition pairs (tasks run: {', '.join(report.tasks)}). Infill and regeneration (strength {protocol['strength']:g}) "
         f"redo the middle {protocol['gap_seconds']:g} s; continuation keeps {protocol['continuation_context_seconds']:g} s; "
         f"transitions regenerate a {protocol['transition_overlap_seconds']:g} s constant-power crossfade. "
         f"{report.steps} sampling steps; clip k samples with seed {report.seed} + k.",
@@ -751,6 +788,8 @@ def render_markdown(report: EvalReport) -> str:
         "",
         "Lower is better in every column.",
         "",
+        "- Level error: |RMS level of the generated region − the original's there| in dB, per clip (a hole or a "
+        "blow-up shows here).",
         "- MR: multi-resolution log-mel L1 distance to the original over the generated region (7 STFTs of 32 to "
         "2048 samples, 5 to 320 mel bands, summed). Regeneration starts from 15 % of the original, so its MR is "
         "not comparable with infill's.",
@@ -765,9 +804,15 @@ def render_markdown(report: EvalReport) -> str:
         "",
         "## Where guided sampling does not beat a baseline",
         "",
-        *[f"- {report.verdicts[task]}" for task in TASKS],
+        *[f"- {report.verdicts[task]}" for task in report.tasks],
         "",
     ]
+    references = [n for n, v in report.variants.items() if not v["guidance"] and n != report.primary]
+    for task in [t for t in report.tasks if t != "transition"]:
+        for baseline in references:
+            if report.primary and task in report.rows.get(baseline, {}):
+                parts += [f"### Paired per-clip differences, {task}: {report.primary} − {baseline}", "",
+                          paired_differences(report, task, report.primary, baseline), ""]
     return "\n".join(parts)
 
 
@@ -811,7 +856,7 @@ def report_paths(out: Path) -> tuple[Path, Path]:
 def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clips: int = 24, seed: int = 0,
                  device: str = "auto", quiet: bool = False, *, tracks: Path | None = None, overwrite: bool = False,
                  protocol: Protocol = Protocol(), progress: Progress | None = None,
-                 variant_names: Sequence[str] | None = None) -> EvalReport:
+                 variant_names: Sequence[str] | None = None, tasks: Sequence[str] = TASKS) -> EvalReport:
     """Load the model, evaluate, write OUT (Markdown) and OUT with .json; returns the report.
     `variant_names` picks some of MODEL_VARIANTS (the primary one is always run: the verdicts use it)."""
     from .registry import load_model
@@ -840,6 +885,6 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
             "folder": None if resolved.folder is None else str(resolved.folder), "objective": net.objective,
             "device": str(next(net.parameters()).device), "tracks": names}
     report = evaluate(net, clips_dir, variants=variants, steps=steps, n_clips=n_clips, seed=seed, protocol=protocol,
-                      tracks=names, model_info=info, progress=None if quiet else progress)
+                      tracks=names, model_info=info, progress=None if quiet else progress, tasks=tasks)
     write_report(report, out_md, out_json)
     return report

@@ -3,8 +3,7 @@
 Reconstruction losses are *summed* over the measured elements (and the batch, whose items are
 independent so each gets its own gradient). With a sum, one latent element's gradient does not
 shrink as the window grows, so the step size ξ means the same thing at every window length — the
-paper's ξ = 3e-2 is stated per element in this sense. The waveform-space loss divides by the
-number of samples per latent frame so that one frame's worth of audio weighs like one frame.
+paper's ξ = 3e-2 is stated per element in this sense, and its waveform ξ = 3e-3 per sample.
 """
 
 from __future__ import annotations
@@ -32,12 +31,13 @@ def latent_loss(operator, y: Tensor, distance: str = "l1") -> Callable[[Tensor],
     return lambda x0: dist(y, operator(x0))
 
 
-def audio_loss(decode: Callable[[Tensor], Tensor], operator, y_audio: Tensor, samples_per_frame: int,
+def audio_loss(decode: Callable[[Tensor], Tensor], operator, y_audio: Tensor,
                distance: str = "l1") -> Callable[[Tensor], Tensor]:
-    """d(y, A(decode(x̂0))) measured on the waveform: exact at the sample level, costs a decoder
+    """d(y, A(decode(x̂0))) measured on the waveform, summed over samples as the paper's waveform
+    loss is (so its ξ = 3e-3 means the same here): exact at the sample level, costs a decoder
     forward and backward per step."""
     dist = DISTANCES[distance]
-    return lambda x0: dist(y_audio, operator(decode(x0))) / samples_per_frame
+    return lambda x0: dist(y_audio, operator(decode(x0)))
 
 
 def embedding_l2(target: Tensor, embedding: Tensor) -> Tensor:

@@ -2,15 +2,18 @@
 
     denoiser(x_t, t) -> raw network output (v, or a flow velocity; `schedule` reads x̂0, ε̂ off it)
     loss(x̂0) -> scalar d(y, A(x̂0))      the guidance gradient is ∇_{x_t} of it, through the denoiser
-    consistency(x_s, t, noise) -> x_s    optional data consistency: paste the known part, noised to s
+    consistency                          optional data consistency (`PasteKnown`): after each step
+                                         the known frames are y noised to level s, carrying the
+                                         same mix of old and fresh noise as the free frames
 
+Every sampler moves x_s by −ξ σ_t σ_s g per step (DDPM: −ξ g), downhill on d.
 No I/O, no model loading: the samplers see tensors and callables only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -25,8 +28,28 @@ Loss = Callable[[Tensor], Tensor]
 StepSize = float | Callable[[Tensor, Tensor], Tensor]
 
 
-class Consistency(Protocol):
-    def __call__(self, x_s: Tensor, s: Tensor, noise: Tensor) -> Tensor: ...
+@dataclass(frozen=True)
+class PasteKnown:
+    """Data consistency for a mask A (RePaint-style, done so the known frames look like the rest).
+
+    The known frames of x_t are y noised to level t: x_t = α_t y + σ_t n. `noise(x_t, t)` reads n
+    back off them (exactly, not through the network, so neither the model's error nor the guidance
+    gradient ever reaches them), and `paste(x_s, s, mixed)` writes α_s y + A(mixed) after a step,
+    where `mixed` is the same combination of n and fresh noise that the sampler gave the free
+    frames. Deterministic DDIM therefore keeps one noise draw in the known frames all the way down,
+    exactly as DDIM on a known x0 would, and they never drift towards clean, rescaled y."""
+
+    operator: object
+    y: Tensor
+    schedule: Schedule
+
+    def noise(self, x_t: Tensor, t: Tensor) -> Tensor:
+        known = self.operator(x_t)
+        n = (known - _bcast(self.schedule.alpha(t), known) * self.y) / _bcast(self.schedule.sigma(t), known)
+        return self.operator.transpose(n)
+
+    def paste(self, x_s: Tensor, s: Tensor, mixed: Tensor) -> Tensor:
+        return self.operator.paste(x_s, _bcast(self.schedule.alpha(s), self.y) * self.y + self.operator(mixed))
 
 
 @dataclass
@@ -67,48 +90,79 @@ def predict(denoiser: Denoiser, schedule: Schedule, x: Tensor, t: Tensor, loss: 
 
 
 def guided_ddim(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *, loss: Loss | None = None,
-                guidance: StepSize = 0.0, eta: float = 0.0, consistency: Consistency | None = None,
+                guidance: StepSize = 0.0, eta: float = 0.0, consistency: PasteKnown | None = None,
                 generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None) -> Tensor:
     """DDIM from ts[0] down to ts[-1], guided: ε̂ ← ε̂ − ξ σ_t g keeps x̂0 and moves x_s by −ξ σ_s σ_t g,
     downhill on d. eta = 0 is deterministic; eta = 1 is ancestral sampling."""
+    return _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, callback,
+                   lambda a_t, s_t, a_s, s_s: eta * _posterior_std(a_t, s_t, a_s, s_s))
+
+
+def guided_pingpong(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *, loss: Loss | None = None,
+                    guidance: StepSize = 0.0, consistency: PasteKnown | None = None,
+                    generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None) -> Tensor:
+    """Ping-pong sampling (stable-audio-tools' `sample_flow_pingpong`, for distilled few-step models
+    such as Stable Audio Open Small): x_s = α_s x̂0 + σ_s z with fresh noise every step. Guided, it
+    moves x_s by −ξ σ_s σ_t g like DDIM (ε̂ does not enter, so the move goes to x̂0 instead)."""
+    return _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, callback,
+                   lambda a_t, s_t, a_s, s_s: s_s, guide_x0=True)
+
+
+def _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, callback, fresh_std,
+            guide_x0: bool = False) -> Tensor:
+    """The DDIM family: x_s = α_s x̂0 + sqrt(σ_s² − c²) ε̂ + c z, with c = fresh_std(α_t, σ_t, α_s, σ_s)."""
     use_loss = loss if guidance else None
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
         p = predict(denoiser, schedule, x, t, use_loss)
-        a_s, s_s = schedule.alpha(s), schedule.sigma(s)
-        a_t, s_t = schedule.alpha(t), schedule.sigma(t)
-        eps = p.eps if p.grad is None else p.eps - _bcast(_xi(guidance, t, s) * s_t, x) * p.grad
-        c = eta * _posterior_std(a_t, s_t, a_s, s_s)
-        noise_scale = (s_s**2 - c**2).clamp(min=0).sqrt()
-        x = _bcast(a_s, x) * p.x0 + _bcast(noise_scale, x) * eps
-        if eta and s > 0:
-            x = x + _bcast(c, x) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        a_t, s_t, a_s, s_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
+        known_noise = consistency.noise(x, t) if consistency is not None else None
+        c = torch.as_tensor(fresh_std(a_t, s_t, a_s, s_s), dtype=torch.float64)
+        keep = (s_s**2 - c**2).clamp(min=0).sqrt()
+        x0, eps = p.x0, p.eps
+        if p.grad is not None:
+            move = _bcast(_xi(guidance, t, s) * s_t, x) * p.grad  # ε̂ ← ε̂ − ξ σ_t g
+            if guide_x0:  # no ε̂ in the update: the same −ξ σ_s σ_t g, carried by x̂0
+                x0 = x0 - _bcast(s_s / a_s if a_s > 0 else 0.0, x) * move
+            else:
+                eps = eps - move
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if c > 0 and s > 0 else None
+        x = _bcast(a_s, x) * x0 + _bcast(keep, x) * eps
+        if z is not None:
+            x = x + _bcast(c, x) * z
         if consistency is not None:
-            x = consistency(x, s, eps)
+            mixed = _bcast(keep, x) * known_noise + (_bcast(c, x) * z if z is not None else 0)
+            x = consistency.paste(x, s, mixed)
         if callback is not None:
             callback(Step(i, len(ts) - 1, float(t), x, p.x0, None if p.loss is None else float(p.loss)))
     return x
 
 
 def guided_ddpm(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *, loss: Loss | None = None,
-                guidance: StepSize = 0.0, consistency: Consistency | None = None,
+                guidance: StepSize = 0.0, consistency: PasteKnown | None = None,
                 generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None) -> Tensor:
-    """Ancestral DDPM: x_s ~ q(x_s | x_t, x̂0), then x_s −= ξ g."""
+    """Ancestral DDPM: x_s ~ q(x_s | x_t, x̂0), then x_s −= ξ g. With consistency the known frames
+    are drawn from q(x_s | x_t, y), the exact posterior step of the forward process."""
     use_loss = loss if guidance else None
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
         p = predict(denoiser, schedule, x, t, use_loss)
         a_t, s_t, a_s, s_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
+        known_noise = consistency.noise(x, t) if consistency is not None else None
         # q(x_t | x_s) = N(a_ts x_s, v_ts I) with a_ts = a_t/a_s, v_ts = s_t² − a_ts² s_s²; its posterior:
         a_ts = a_t / a_s
         v_ts = s_t**2 - a_ts**2 * s_s**2
         mean = _bcast(a_s * v_ts / s_t**2, x) * p.x0 + _bcast(a_ts * s_s**2 / s_t**2, x) * x
+        std = _posterior_std(a_t, s_t, a_s, s_s)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = mean + _bcast(_posterior_std(a_t, s_t, a_s, s_s), x) * z if s > 0 else mean
+        x = mean + _bcast(std, x) * z if s > 0 else mean
         if p.grad is not None:
             x = x - _bcast(_xi(guidance, t, s), x) * p.grad
         if consistency is not None:
-            x = consistency(x, s, z)
+            # the posterior mean's coefficient on x_t is a_ts s_s²/s_t², so the old noise n enters
+            # with weight a_ts s_s² / s_t = sqrt(σ_s² − std²): the same mix as a DDIM step with c = std
+            mixed = _bcast(a_ts * s_s**2 / s_t, x) * known_noise + (_bcast(std, x) * z if s > 0 else 0)
+            x = consistency.paste(x, s, mixed)
         if callback is not None:
             callback(Step(i, len(ts) - 1, float(t), x, p.x0, None if p.loss is None else float(p.loss)))
     return x
@@ -123,16 +177,8 @@ def _posterior_std(a_t: Tensor, s_t: Tensor, a_s: Tensor, s_s: Tensor) -> Tensor
     return ((s_s**2 / s_t**2) * (s_t**2 - (a_t / a_s) ** 2 * s_s**2)).clamp(min=0).sqrt()
 
 
-def paste_known(operator, y: Tensor, schedule: Schedule) -> Consistency:
-    """Data consistency for a mask: the known part of x_s is y noised to level s with the step's
-    own noise (ε̂ for DDIM, so the trajectory stays deterministic; the fresh z for DDPM). At s = 0
-    this is y exactly."""
-
-    def consistency(x_s: Tensor, s: Tensor, noise: Tensor) -> Tensor:
-        known = _bcast(schedule.alpha(s), y) * y + _bcast(schedule.sigma(s), y) * operator(noise)
-        return operator.paste(x_s, known)
-
-    return consistency
+def paste_known(operator, y: Tensor, schedule: Schedule) -> PasteKnown:
+    return PasteKnown(operator, y, schedule)
 
 
-SAMPLERS = {"ddim": guided_ddim, "ddpm": guided_ddpm}
+SAMPLERS = {"ddim": guided_ddim, "ddpm": guided_ddpm, "pingpong": guided_pingpong}

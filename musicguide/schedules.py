@@ -88,3 +88,21 @@ def timesteps(steps: int, t_max: float = 1.0) -> Tensor:
     if steps < 1:
         raise ValueError("steps must be at least 1")
     return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)
+
+
+def rf_timesteps(steps: int, t_max: float = 1.0) -> Tensor:
+    """stable-audio-tools' grid for rectified-flow models (`sample_rf`): t = sigmoid(−logSNR) with
+    logSNR evenly spaced from log((1 − t_max)/t_max) (−6 at t_max = 1) up to 2, then t[0] = t_max
+    and t[−1] = 0. It spends the steps where a flow model's output changes most, which matters for
+    few-step distilled models such as Stable Audio Open Small (8 steps)."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    logsnr_max = math.log((1 - t_max) / t_max + 1e-6) if t_max < 1 else -6.0
+    t = torch.sigmoid(-torch.linspace(logsnr_max, 2.0, steps + 1, dtype=torch.float64))
+    t[0], t[-1] = t_max, 0.0
+    return t
+
+
+def sampling_times(schedule: Schedule, steps: int, t_max: float = 1.0) -> Tensor:
+    """The time grid a model's own sampler uses: even in t for v-prediction, the logSNR grid for flows."""
+    return rf_timesteps(steps, t_max) if isinstance(schedule, RectifiedFlow) else timesteps(steps, t_max)

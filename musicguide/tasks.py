@@ -21,41 +21,54 @@ DEFAULT_STRENGTH = 0.85
 
 @dataclass(frozen=True)
 class EditProblem:
-    """A (mask), y and x_T for one window; mask is None for unconditional generation."""
+    """A (mask), y and x_T for one window."""
 
-    mask: TimeMask | None
-    y: Tensor | None
+    mask: TimeMask
+    y: Tensor
     x_start: Tensor
 
 
-def free_range_mask(frames: int, free: tuple[int, int]) -> TimeMask:
-    """Known = every frame outside [free[0], free[1]): A_L alone when the free range reaches the
-    end (continuation), A_R alone when it starts at 0, [A_L; A_R] otherwise."""
+def free_range_mask(frames: int, free: tuple[int, int], margin: int = 0) -> TimeMask:
+    """Known = every frame outside [free[0] − margin, free[1] + margin): A_L alone when the free
+    range reaches the end (continuation), A_R alone when it starts at 0, [A_L; A_R] otherwise.
+
+    The margin exists because the VAE encoder sees across a boundary: the last known frames before
+    an edit partly encode the audio being replaced (or, in a continuation, the silence padded after
+    the song, which would pin a fade-out). Those frames are sampled freely and not measured; the
+    splice still keeps the original audio up to the edit's edges."""
     a, b = free
     if not 0 <= a < b <= frames:
         raise ValueError(f"free frames [{a}, {b}) must lie inside [0, {frames})")
-    return TimeMask.from_ranges(frames, [(0, a), (b, frames)])
+    return TimeMask.from_ranges(frames, [(0, a - margin), (b + margin, frames)])
 
 
-def from_noise(x_bar: Tensor, free: tuple[int, int], noise: Tensor) -> EditProblem:
-    """Continuation and infill: x_T = Aᵀy + (I − AᵀA) z."""
-    mask = free_range_mask(x_bar.shape[-1], free)
+def _noised_known(mask: TimeMask, y: Tensor, noise: Tensor, schedule, t_max: float) -> Tensor:
+    """The known frames of x_T: y noised to the start level, α_T y + σ_T A z (for t_max = 1 that is
+    pure noise). Starting from the clean y instead hands the model clean, rescaled context at the
+    high-noise steps, where the structure of the result is decided."""
+    t = torch.as_tensor(t_max, dtype=torch.float64)
+    return schedule.alpha(t).to(y) * y + schedule.sigma(t).to(y) * mask(noise)
+
+
+def from_noise(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, margin: int = 0) -> EditProblem:
+    """Continuation and infill: the free frames start as noise z, the known ones as y noised to t = 1.
+    `margin` frames next to each boundary are left out of y (see `free_range_mask`)."""
+    mask = free_range_mask(x_bar.shape[-1], free, margin)
     y = mask(x_bar)
-    return EditProblem(mask, y, mask.paste(noise, y))
+    return EditProblem(mask, y, mask.paste(noise, _noised_known(mask, y, noise, schedule, 1.0)))
 
 
-def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, strength: float = DEFAULT_STRENGTH) -> EditProblem:
+def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, strength: float = DEFAULT_STRENGTH,
+             margin: int = 0) -> EditProblem:
     """Regeneration (and transition, where x̄ is the crossfaded pair): the free region starts from
-    k z + (1 − k) x̄, so the result varies the original instead of replacing it."""
+    k z + (1 − k) x̄, so the result varies the original instead of replacing it; the known frames
+    start as y noised to t = 1."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    mask = free_range_mask(x_bar.shape[-1], free)
+    mask = free_range_mask(x_bar.shape[-1], free, margin)
     y = mask(x_bar)
-    return EditProblem(mask, y, mask.paste(strength * noise + (1 - strength) * x_bar, y))
-
-
-def unconditional(noise: Tensor) -> EditProblem:
-    return EditProblem(None, None, noise)
+    start = strength * noise + (1 - strength) * x_bar
+    return EditProblem(mask, y, mask.paste(start, _noised_known(mask, y, noise, schedule, 1.0)))
 
 
 def constant_power_crossfade(a_tail: Tensor, b_head: Tensor) -> Tensor:

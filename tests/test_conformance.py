@@ -6,7 +6,8 @@ recorded in tests/data/sao_reference_keys.json (regenerate with
 
 With a reference environment (`bash ../shared/tools/reference-env.sh /tmp/refenv`, then
 `MUSICGUIDE_REFERENCE_PYTHON=/tmp/refenv/bin/python`): the full numerical comparison of
-bench/conformance.py, VAE and DiT outputs within 1e-4 relative error in float32.
+bench/conformance.py, VAE and DiT outputs, and for rectified flow the sampler's time grid and a whole
+ping-pong run, within 1e-4 relative error in float32.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from musicguide.models import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = json.loads((REPO / "tests" / "data" / "sao_reference_keys.json").read_text())
+# What the full comparison must report for every case, and on top for rectified-flow models: the
+# sampler's time grid (t_max 1 and 0.7) and a whole 8-step ping-pong run.
+COMPONENTS = {"vae_encode_mean", "vae_kl", "vae_decode", "dit_null_text", "dit_null_text_later",
+              "dit_text_tokens", "x0_hat_0", "x0_hat_1"}
+RF_COMPONENTS = {"rf_grid_8", "rf_grid_8_tmax_0.7", "pingpong_8"}
 
 
 def load_bench_module():
@@ -64,7 +70,9 @@ def test_outputs_equal_the_reference_implementation(tmp_path: Path) -> None:
     assert shims.is_dir(), f"reference shims not found at {shims} (set MUSICGUIDE_REFERENCE_SHIMS)"
     rows = bench.run_conformance(reference_python, shims, workdir=tmp_path)
     print("\n" + bench.format_table(rows))
-    assert {case for case, *_ in rows} == set(bench.CASES)
-    assert len(rows) == 8 * len(bench.CASES)
+    expected = {(case, name) for case in bench.CASES
+                for name in COMPONENTS | (RF_COMPONENTS if case == "sao-small-rf" else set())}
+    assert {(case, name) for case, name, *_ in rows} == expected
+    assert len(rows) == len(expected)
     failures = [(case, name, rel) for case, name, _, rel in rows if not rel <= bench.TOLERANCE]
     assert failures == []

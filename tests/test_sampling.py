@@ -74,6 +74,13 @@ def noise(seed=1):
     return torch.randn(N, 1, T, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
+def noised_start(schedule, t_max):
+    """x_T: noise in the free frames, y noised to t_max in the known ones (as tasks.from_noise)."""
+    z = noise()
+    t = torch.as_tensor(t_max, dtype=torch.float64)
+    return MASK.paste(z, schedule.alpha(t) * Y + schedule.sigma(t) * MASK(z))
+
+
 def mc_tol(var, n=N, k=5.0):
     """k Monte-Carlo standard errors of a mean (var) and of a variance estimate (var·sqrt(2/n))."""
     return k * (var / n) ** 0.5, k * var * (2 / n) ** 0.5
@@ -106,8 +113,8 @@ def test_guided_sampler_with_exact_likelihood_samples_the_exact_posterior(schedu
     def xi_ddpm(t, s_):  # the posterior mean's shift from x̂0 → E[x0 | x_t, y]
         return a(s_) * (s(t) ** 2 - (a(t) / a(s_)) ** 2 * s(s_) ** 2) / a(t)
 
-    x_start = MASK.paste(noise(), Y.expand(N, 1, 4))
     ts = timesteps(100, t_max=0.999)  # xi has 1/α_t: stay off α = 0
+    x_start = noised_start(schedule, ts[0])
     kwargs = dict(loss=exact_nll(den), consistency=paste_known(MASK, Y, schedule))
     if sampler == "ddim":
         out = guided_ddim(den, schedule, x_start, ts, guidance=xi_ddim, **kwargs)
@@ -126,7 +133,7 @@ def test_replacement_alone_is_not_the_posterior(schedule):
     """Pasting the known part without a gradient (RePaint-style) is biased on correlated data:
     this is why the guidance gradient matters, and it shows the test above can fail."""
     den = GaussianDenoiser(schedule)
-    out = guided_ddim(den, schedule, MASK.paste(noise(), Y.expand(N, 1, 4)), timesteps(100),
+    out = guided_ddim(den, schedule, noised_start(schedule, 1.0), timesteps(100),
                       consistency=paste_known(MASK, Y, schedule))
     mean, cov = exact_conditional()
     mean_tol, _ = mc_tol(cov.diag().max().item())
