@@ -1,6 +1,6 @@
 """Sweep a guidance step size ξ on held-out clips and print the table that chose the default.
 
-Infill and continuation (the evaluation protocol's, `musicguide.evaluate`) for each ξ of one loss
+Infill and continuation (`--tasks`; the evaluation protocol's, `musicguide.evaluate`) for each ξ of one loss
 space, on clips that the evaluation in docs/evaluation.md does not use: the clips are cut as the
 protocol cuts them, and the first `--skip` (the evaluation's) are passed over.
 
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=6, help="the evaluation's clips, passed over")
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--tasks", default="infill,continuation")
     parser.add_argument("--out", type=Path, default=Path("sweep.md"))
     args = parser.parse_args()
 
@@ -63,25 +64,26 @@ def main() -> None:
     model, resolved = load_model(args.model)
     model.eval().requires_grad_(False)
     values = [float(v) for v in args.values.split(",")]
+    tasks = args.tasks.split(",")
     variants = {f"ξ = {v:g}": SamplerSettings(sampler=args.sampler, steps=args.steps, guidance=v,
                                               loss_space=args.space, seed=0) for v in values}
     with tempfile.TemporaryDirectory() as tmp:
         labels = sweep_clips(args.clips_dir, args.tracks, args.skip, args.clips, model.sample_rate,
                              model.audio_channels, Path(tmp))
         report = evaluate(model, Path(tmp), variants=variants, steps=args.steps, n_clips=args.clips,
-                          protocol=Protocol(clips_per_file=1), tasks=("infill", "continuation"),
+                          protocol=Protocol(clips_per_file=1), tasks=tasks,
                           model_info={"name": resolved.name}, progress=lambda d, t, w: print(f"{d}/{t} {w}", file=sys.stderr))
     report.clips = [{**c, "source": label} for c, label in zip(report.clips, labels)]
     write_report(report, args.out, args.out.with_suffix(".json"))
 
     lines = [f"{args.space}-space loss, {args.sampler.upper()}, {args.steps} steps, {len(labels)} clips "
              f"({', '.join(labels)})", "",
-             "| ξ | " + " | ".join(f"{task} {name}" for task in ("infill", "continuation")
+             "| ξ | " + " | ".join(f"{task} {name}" for task in tasks
                                    for name in ("MR", "level err dB", "level jump dB", "spectral dB", "flagged", "FD")) + " |",
-             "|---|" + "---|" * 12]
+             "|---|" + "---|" * (6 * len(tasks))]
     for name in variants:
         cells = []
-        for task in ("infill", "continuation"):
+        for task in tasks:
             scores = report.rows[name][task]
             for column in COLUMNS:
                 value = getattr(scores, column)

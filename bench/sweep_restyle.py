@@ -34,14 +34,14 @@ SONGS = ("loyalists_20s.ogg", "traveling_minstrels_40s.ogg", "elvish-theme_30s.o
 REGION_SECONDS = 6.0
 
 
-def restyle_once(model, net, song, tag: str, settings, keep: float, context_guidance: float):
+def restyle_once(model, net, song, tag: str, settings, keep: float, context_guidance: float, context: int | None):
     sr = model.sample_rate
     centre = song.shape[-1] // 2
     a, b = centre - round(REGION_SECONDS / 2 * sr), centre + round(REGION_SECONDS / 2 * sr)
     target = net.tag_index(tag)
     style = losses.tag_bce(net, [target], [], sr)
     result = edit.restyle(model, song, a, b, settings, style_loss=style, structure=losses.log_mel_envelope(net, sr),
-                          keep=keep, context_guidance=context_guidance, strength=0.6)
+                          keep=keep, context_guidance=context_guidance, strength=0.6, context=context)
     out = result.songs[0]
     with torch.no_grad():
         before = float(net.tag_probs(song[None, :, a:b], sr)[..., target].mean())
@@ -64,24 +64,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--songs", type=Path, default=REPO.parent / "shared" / "audio")
+    parser.add_argument("--only", default=",".join(SONGS), help="comma-separated song files")
+    parser.add_argument("--context", type=float, default=None, help="seconds of context a side (default: the window)")
     args = parser.parse_args()
 
     model, _ = load_model(args.model)
     model.eval().requires_grad_(False)
     net = load_musicnn(args.tagger)
-    songs = [(name, load_audio(args.songs / name, model.sample_rate, model.audio_channels)[0]) for name in SONGS]
-    print(f"restyle toward {args.tag!r} ({args.tagger}), {REGION_SECONDS:g} s in the middle of {', '.join(SONGS)}; "
-          f"{args.steps} steps, strength 0.6, seed 0; sweeping the {args.term} step size\n")
+    names = args.only.split(",")
+    songs = [(name, load_audio(args.songs / name, model.sample_rate, model.audio_channels)[0]) for name in names]
+    context = None if args.context is None else round(args.context * model.sample_rate)
+    print(f"restyle toward {args.tag!r} ({args.tagger}), {REGION_SECONDS:g} s in the middle of {', '.join(names)}; "
+          f"{args.steps} steps, strength 0.6, seed 0, context {args.context or 'the window'}; "
+          f"sweeping the {args.term} step size\n")
     print(f"| {args.term} ξ | tag before → after (mean) | tag rose on | level change dB (min … max) | peak (max) | "
           "seam level jump dB | flagged | s/run |")
     print("|---|---|---|---|---|---|---|---|")
     for value in [float(v) for v in args.values.split(",")]:
         style = value if args.term == "style" else edit.DEFAULT_STYLE_GUIDANCE
         keep = value if args.term == "keep" else edit.DEFAULT_KEEP
-        context = value if args.term == "context" else edit.DEFAULT_GUIDANCE["latent"]
+        xi_context = value if args.term == "context" else edit.DEFAULT_GUIDANCE["latent"]
         settings = edit.SamplerSettings(steps=args.steps, guidance=style, loss_space="audio", seed=0)
         started = time.perf_counter()
-        runs = [restyle_once(model, net, song, args.tag, settings, keep, context) for _, song in songs]
+        runs = [restyle_once(model, net, song, args.tag, settings, keep, xi_context, context) for _, song in songs]
         per_run = (time.perf_counter() - started) / len(runs)
         col = lambda k: [r[k] for r in runs]  # noqa: E731
         rose = sum(r["tag_after"] > r["tag_before"] for r in runs)

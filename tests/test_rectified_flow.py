@@ -11,18 +11,12 @@ import pytest
 import torch
 
 from musicguide.losses import latent_loss
-from musicguide.operators import TimeMask
 from musicguide.sampling import guided_pingpong
 from musicguide.schedules import RectifiedFlow, VCosine, rf_timesteps, sampling_times, timesteps
 
-T = 8
+from test_sampling import EYE, MASK, MU, SIGMA, T, Y
+
 N = 256
-IDX = torch.arange(T, dtype=torch.float64)
-SIGMA = 0.8 ** (IDX[:, None] - IDX[None, :]).abs()
-MU = torch.linspace(-1, 1, T, dtype=torch.float64)
-EYE = torch.eye(T, dtype=torch.float64)
-MASK = TimeMask.both(T, 2, 2)
-Y = torch.tensor([0.5, -0.3, 0.2, 0.9], dtype=torch.float64).view(1, 1, 4)
 FLOW = RectifiedFlow(name="rf_denoiser")
 
 
