@@ -3,7 +3,7 @@
 Each run restyles a 6 s region in the middle of a held-out song toward a tag (classifier guidance
 through the VAE decoder into musicnn), as `musicguide restyle SONG --start A --end B --toward TAG`
 does. Per run: the target tag's probability in the region before → after, the region's RMS level
-change, the output's peak before any clipping, and the seam level jumps.
+change, the region's peak before any clipping, and the seam level jumps.
 
     python bench/sweep_restyle.py --term style --values 10,30,100,300
     python bench/sweep_restyle.py --term keep --values 0,1e-4,1e-3,1e-2
@@ -49,7 +49,7 @@ def restyle_once(model, net, song, tag: str, settings, keep: float, context_guid
     return {
         "tag_before": before, "tag_after": after,
         "level_change_db": rms_db(out[:, a:b]) - rms_db(song[:, a:b]),
-        "peak": float(out.abs().max()),
+        "peak": float(out[:, a:b].abs().max()),
         "level_jump_db": float(np.mean([s.level_jump_db.value for s in result.seams[0]])),
         "flagged": float(np.mean([s.flagged for s in result.seams[0]])),
     }
@@ -77,7 +77,7 @@ def main() -> None:
     print(f"restyle toward {args.tag!r} ({args.tagger}), {REGION_SECONDS:g} s in the middle of {', '.join(names)}; "
           f"{args.steps} steps, strength 0.6, seed 0, context {args.context or 'the window'}; "
           f"sweeping the {args.term} step size\n")
-    print(f"| {args.term} ξ | tag before → after (mean) | tag rose on | level change dB (min … max) | peak (max) | "
+    print(f"| {args.term} ξ | tag before → after (mean) | tag rose on | level change dB (min … max) | region peak (max) | "
           "seam level jump dB | flagged | s/run |")
     print("|---|---|---|---|---|---|---|---|")
     for value in [float(v) for v in args.values.split(",")]:

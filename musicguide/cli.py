@@ -296,6 +296,7 @@ def _write_results(verb: str, paths: list[Path], common: Common, result, setting
             "windows": [w.to_dict(model.sample_rate) for w in result.windows],
             "seams": [s.to_dict() for s in result.seams[i]],
             "guidance_loss_final": result.guidance_loss,
+            **({"level_gain_db": result.level_gain_db[i]} if result.level_gain_db else {}),
             "output": saved.to_dict(),
             "seconds": song.shape[-1] / model.sample_rate,
             "elapsed_s": round(elapsed, 3),
@@ -514,7 +515,8 @@ def restyle(
     toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
     away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
     strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = 0.6,
-    keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = 1e-3,
+    keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = 1.0,
+    match_level: Annotated[bool, typer.Option(help="Give the restyled region the input's RMS level (one gain, at most ±12 dB).")] = True,
     start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the start).")] = None,
     end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
     tagger: TaggerOpt = Tagger.msd,
@@ -528,7 +530,7 @@ def restyle(
     """Steer a clip toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
     params = dict(locals())
     common = _common(**{k: v for k, v in params.items() if k not in ("song", "like", "toward", "away_from", "strength",
-                                                                     "keep", "start", "end", "tagger")},
+                                                                     "keep", "start", "end", "tagger", "match_level")},
                      loss_space=LossSpace.audio)
     from . import edit, losses
     from .musicnn import load_musicnn
@@ -555,11 +557,11 @@ def restyle(
         if toward or away_from:
             terms.append(losses.tag_bce(net, [net.tag_index(t) for t in toward], [net.tag_index(t) for t in away_from], sr))
         return edit.restyle(model, audio, a, b, settings, style_loss=lambda x: sum(term(x) for term in terms),
-                            structure=losses.log_mel_envelope(net, sr), keep=keep, strength=strength,
+                            structure=losses.log_mel_envelope(net, sr), keep=keep, strength=strength, match_level=match_level,
                             variations=common.variations, context=_context_samples(common, sr), callback=callback)
 
     extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
-             "keep": keep, "start": start, "end": end, "tagger": tagger.value}
+             "keep": keep, "start": start, "end": end, "tagger": tagger.value, "match_level": match_level}
     _run_edit("restyle", common, [song], run, 1, extra)
 
 

@@ -32,7 +32,7 @@ REFERENCE_STEPS = 50
 # on the context frames (the same term as an infill's, so the same ξ), and --keep's log-mel
 # envelope distance (summed over mel bands and ~128 ms frames).
 DEFAULT_STYLE_GUIDANCE = 100.0
-DEFAULT_KEEP = 1e-3
+DEFAULT_KEEP = 1.0
 
 
 def default_sampler(schedule) -> str:
@@ -114,6 +114,7 @@ class EditResult:
     windows: list[Window]
     seams: list[list[SeamMetric]]  # per variation
     guidance_loss: float | None = None  # d(y, A(x̂0)) at the last guided step, summed over variations
+    level_gain_db: list[float] | None = None  # restyle's level match, per variation
 
 
 Callback = Callable[[Step], None]
@@ -201,8 +202,14 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
     if settings.loss_space == "latent":
         loss = latent_loss(problem.mask, problem.y, settings.distance)
     else:
+        # The target is the VAE's own rendering of the known audio, not the original: a decoder
+        # that is not phase-faithful cannot reach the original's waveform, and an L1 toward an
+        # unreachable waveform is smallest for silence, which dug a hole into the gap (docs/guidance.md).
+        # For a phase-faithful VAE the two targets agree.
         mask = _known_audio(window, songs.shape[-1])
-        loss = audio_loss(model.decode, mask, mask(audio), settings.distance)
+        with torch.no_grad():
+            rendered = model.decode(model.encode(audio))
+        loss = audio_loss(model.decode, mask, mask(rendered), settings.distance)
     consistency = paste_known(problem.mask, problem.y, model.schedule) if settings.consistency else None
     seconds_start = window.at / model.sample_rate
 
@@ -346,14 +353,20 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
 def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *,
             style_loss: Callable[[Tensor], Tensor], structure: Callable[[Tensor], Tensor] | None = None,
             keep: float = DEFAULT_KEEP, context_guidance: float | None = None, strength: float = 0.6,
-            variations: int = 1, context: int | None = None, callback: Callback | None = None) -> EditResult:
+            match_level: bool = True, variations: int = 1, context: int | None = None,
+            callback: Callback | None = None) -> EditResult:
     """Steer song[:, start:end] toward a style (paper's Table 2, embedding/classifier guidance).
 
     SDEdit start: the window's latents noised to t = `strength`, so the result keeps the input's
     timing. Each guidance term has its own step size, because their gradients differ by orders of
     magnitude: ξ_style · style_loss(audio) on the restyled region's decoded audio (ξ_style is
     `settings.guidance`), + keep · |structure(audio) − structure(input)|₁ (summed), + ξ_context ·
-    the latent L1 on the context frames, which keeps the seams in place (an infill's latent ξ)."""
+    the latent L1 on the context frames, which keeps the seams in place (an infill's latent ξ).
+
+    With `match_level`, each decoded window gets one gain (at most ±MAX_LEVEL_MATCH_DB) that gives
+    the restyled region the input's RMS level there: a restyle changes the style, not the mix
+    level, and a VAE that loses level on its round trip (the demo's loses ~4 dB) would otherwise
+    make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
     _check_region(song, start, end, model.sample_rate)
     if not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
@@ -392,5 +405,27 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
                             loss=loss, consistency=consistency)
     with torch.no_grad():
         decoded = model.decode(x0).float().cpu()
+    gains = None
+    if match_level:
+        decoded, gains = _match_level(decoded, audio.float().cpu(), a, b)
     edited, seams = _splice_all(songs, decoded, window, sr)
-    return _result(edited, [window], seams, song, sr, last_loss)
+    result = _result(edited, [window], seams, song, sr, last_loss)
+    result.level_gain_db = gains
+    return result
+
+
+MAX_LEVEL_MATCH_DB = 12.0
+PEAK_CEILING = 0.99  # a level match never lifts the region past this peak
+
+
+def _match_level(decoded: Tensor, original: Tensor, a: int, b: int) -> tuple[Tensor, list[float]]:
+    """Scale each decoded window [B, channels, n] so that its [a, b) has the original's RMS there,
+    never by more than ±MAX_LEVEL_MATCH_DB and never so far that the region would clip."""
+    def rms(x: Tensor) -> Tensor:
+        return x[..., a:b].double().square().mean(dim=(1, 2)).sqrt()
+
+    ratio = rms(original) / rms(decoded).clamp(min=1e-9)
+    headroom = PEAK_CEILING / decoded[..., a:b].double().abs().amax(dim=(1, 2)).clamp(min=1e-9)
+    gain_db = (20 * torch.minimum(ratio, headroom).clamp(min=1e-9).log10()).clamp(-MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB)
+    gain = 10 ** (gain_db / 20)
+    return decoded * gain.to(decoded.dtype)[:, None, None], [float(g) for g in gain_db]

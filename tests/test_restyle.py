@@ -65,3 +65,25 @@ def test_restyle_keeps_audio_outside_the_region(setup):
     a, b = round(0.8 * SR) - fade, round(4.4 * SR) + fade
     assert torch.equal(result.songs[0][:, :a], song[:, :a]) and torch.equal(result.songs[0][:, b:], song[:, b:])
     assert result.songs[0].shape == song.shape
+
+
+def test_restyle_matches_the_inputs_level_without_clipping(setup):
+    """A restyle changes the style, not the mix level: the region comes back at the input's RMS
+    (the gain is in the result), unless that would clip; --no-match-level leaves it as decoded."""
+    from musicguide.audio import rms_db
+
+    model, song, net = setup
+    style = losses.tag_bce(net, [net.tag_index("rock")], [], SR)
+    region = slice(round(0.8 * SR), round(4.4 * SR))
+    settings = edit.SamplerSettings(steps=2, guidance=1.0, seed=3)
+    kwargs = dict(style_loss=style, strength=0.7, context=round(0.4 * SR))
+    matched = edit.restyle(model, song, region.start, region.stop, settings, **kwargs)
+    plain = edit.restyle(model, song, region.start, region.stop, settings, match_level=False, **kwargs)
+    gain = matched.level_gain_db[0]
+    assert plain.level_gain_db is None and gain != 0.0
+    assert torch.allclose(matched.songs[0][:, region], plain.songs[0][:, region] * 10 ** (gain / 20), atol=1e-5)
+    quiet = song * 0.05  # far below tiny-random's noise: matching needs a cut, which never clips
+    matched = edit.restyle(model, quiet, region.start, region.stop, settings, **kwargs)
+    if abs(matched.level_gain_db[0]) < edit.MAX_LEVEL_MATCH_DB:
+        assert abs(rms_db(matched.songs[0][:, region]) - rms_db(quiet[:, region])) < 0.01
+    assert matched.songs[0][:, region].abs().max() <= edit.PEAK_CEILING + 1e-6
