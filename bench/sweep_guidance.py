@@ -5,7 +5,7 @@ space, on clips that the evaluation in docs/evaluation.md does not use: the clip
 protocol cuts them, and the first `--skip` (the evaluation's) are passed over.
 
     python bench/sweep_guidance.py --space latent --values 0,0.01,0.03,0.1,0.3,1 --steps 20 --clips 6
-    python bench/sweep_guidance.py --space audio --values 0,0.001,0.003,0.01,0.03 --steps 20 --clips 6
+    python bench/sweep_guidance.py --space audio --values 0.001,0.003,0.01 --steps 20 --clips 3 --tasks infill
 
 Prints a Markdown table (mean over clips; lower is better in every column) and writes the whole
 report as JSON next to `--out`.
