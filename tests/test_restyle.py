@@ -82,8 +82,11 @@ def test_restyle_matches_the_inputs_level_without_clipping(setup):
     gain = matched.level_gain_db[0]
     assert plain.level_gain_db is None and gain != 0.0
     assert torch.allclose(matched.songs[0][:, region], plain.songs[0][:, region] * 10 ** (gain / 20), atol=1e-5)
-    quiet = song * 0.05  # far below tiny-random's noise: matching needs a cut, which never clips
+    quiet = song * 0.3  # below tiny-random's noise: matching needs a cut of about 8 dB
     matched = edit.restyle(model, quiet, region.start, region.stop, settings, **kwargs)
-    if abs(matched.level_gain_db[0]) < edit.MAX_LEVEL_MATCH_DB:
-        assert abs(rms_db(matched.songs[0][:, region]) - rms_db(quiet[:, region])) < 0.01
+    assert -edit.MAX_LEVEL_MATCH_DB < matched.level_gain_db[0] < 0
+    assert abs(rms_db(matched.songs[0][:, region]) - rms_db(quiet[:, region])) < 0.01
     assert matched.songs[0][:, region].abs().max() <= edit.PEAK_CEILING + 1e-6
+    # a cut past the limit stops at it
+    assert edit.restyle(model, song * 0.05, region.start, region.stop, settings, **kwargs).level_gain_db == [
+        -edit.MAX_LEVEL_MATCH_DB]
