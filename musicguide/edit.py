@@ -207,8 +207,8 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
         # unreachable waveform is smallest for silence, which dug a hole into the gap (docs/guidance.md).
         # For a phase-faithful VAE the two targets agree.
         mask = _known_audio(window, songs.shape[-1])
-        with torch.no_grad():
-            rendered = model.decode(model.encode(audio))
+        with torch.no_grad():  # x̄ is that encoding already, unless the gap was muted for it (infill)
+            rendered = model.decode(x_bar if strength is not None else model.encode(audio))
         loss = audio_loss(model.decode, mask, mask(rendered), settings.distance)
     consistency = paste_known(problem.mask, problem.y, model.schedule) if settings.consistency else None
     seconds_start = window.at / model.sample_rate

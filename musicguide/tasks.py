@@ -42,11 +42,11 @@ def free_range_mask(frames: int, free: tuple[int, int], margin: int = 0) -> Time
     return TimeMask.from_ranges(frames, [(0, a - margin), (b + margin, frames)])
 
 
-def _noised_known(mask: TimeMask, y: Tensor, noise: Tensor, schedule, t_max: float) -> Tensor:
-    """The known frames of x_T: y noised to the start level, α_T y + σ_T A z (for t_max = 1 that is
-    pure noise). Starting from the clean y instead hands the model clean, rescaled context at the
-    high-noise steps, where the structure of the result is decided."""
-    t = torch.as_tensor(t_max, dtype=torch.float64)
+def _noised_known(mask: TimeMask, y: Tensor, noise: Tensor, schedule) -> Tensor:
+    """The known frames of x_T: y noised to the start level t = 1, α_1 y + σ_1 A z (pure noise for
+    both schedules). Starting from the clean y instead hands the model clean, rescaled context at
+    the high-noise steps, where the structure of the result is decided."""
+    t = torch.ones((), dtype=torch.float64)
     return schedule.alpha(t).to(y) * y + schedule.sigma(t).to(y) * mask(noise)
 
 
@@ -55,7 +55,7 @@ def from_noise(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, ma
     `margin` frames next to each boundary are left out of y (see `free_range_mask`)."""
     mask = free_range_mask(x_bar.shape[-1], free, margin)
     y = mask(x_bar)
-    return EditProblem(mask, y, mask.paste(noise, _noised_known(mask, y, noise, schedule, 1.0)))
+    return EditProblem(mask, y, mask.paste(noise, _noised_known(mask, y, noise, schedule)))
 
 
 def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, strength: float = DEFAULT_STRENGTH,
@@ -68,7 +68,7 @@ def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, stre
     mask = free_range_mask(x_bar.shape[-1], free, margin)
     y = mask(x_bar)
     start = strength * noise + (1 - strength) * x_bar
-    return EditProblem(mask, y, mask.paste(start, _noised_known(mask, y, noise, schedule, 1.0)))
+    return EditProblem(mask, y, mask.paste(start, _noised_known(mask, y, noise, schedule)))
 
 
 def constant_power_crossfade(a_tail: Tensor, b_head: Tensor) -> Tensor:
