@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterator, Union
 
 import numpy as np
 import soundfile as sf
@@ -144,45 +146,186 @@ def _to_channels(audio: np.ndarray, channels: int) -> tuple[np.ndarray, str | No
     return np.repeat(mono, channels, axis=1), f"{have} channels averaged to {channels}"
 
 
+BLOCK_FRAMES = 1 << 16  # frames per block when audio is streamed
+# Formats whose seek lands on the exact sample that sequential decoding gives; anything else
+# (Ogg, MP3, ...) is decoded once, in order, into a scratch file before it is read by ranges.
+EXACT_SEEK_FORMATS = {"WAV", "WAVEX", "W64", "RF64", "AIFF", "FLAC", "CAF", "AU"}
+
+
+def _open_sound(file: Path) -> sf.SoundFile:
+    """Open an input for reading, every failure a UserError naming the file."""
+    try:
+        if not file.exists():
+            raise UserError(f"no such file: {file}")
+        if not file.is_file():
+            raise UserError(f"not a file: {file}")
+        return sf.SoundFile(file)
+    except OSError as error:  # a symbolic link loop, a name too long, no permission, ...
+        raise UserError(f"cannot read {file}: {error.strerror or error}") from error
+    except sf.SoundFileError as error:
+        raise UserError(f"cannot read {file} as audio: {_libsndfile_reason(error)}") from error
+
+
+def _info(file: Path, sound: sf.SoundFile) -> AudioInfo:
+    if sound.frames <= 0:
+        raise UserError(f"{file} contains no audio (0 samples)")
+    if not 1 <= sound.samplerate <= 10_000_000:
+        raise UserError(f"{file} claims a sample rate of {sound.samplerate} Hz")
+    return AudioInfo(path=str(file), sample_rate=sound.samplerate, channels=sound.channels, frames=sound.frames,
+                     format=sound.format, subtype=sound.subtype)
+
+
+def _converted_length(info: AudioInfo, sample_rate: int) -> int:
+    return info.frames if info.sample_rate == sample_rate else math.ceil(info.frames * sample_rate / info.sample_rate)
+
+
+def _conversion_notes(info: AudioInfo, sample_rate: int, channels: int) -> tuple[str, ...]:
+    notes = []
+    if info.channels != channels:
+        notes.append(_to_channels(np.zeros((1, info.channels), np.float32), channels)[1])
+    if info.sample_rate != sample_rate:
+        notes.append(f"resampled {info.sample_rate} Hz -> {sample_rate} Hz (soxr VHQ)")
+    return tuple(notes)
+
+
+def _converted_blocks(file: Path, sound: sf.SoundFile, sample_rate: int, channels: int) -> Iterator[np.ndarray]:
+    """The whole file as [frames, channels] float32 blocks at `sample_rate`, decoded in order.
+
+    Streamed resampling gives the same samples as resampling the whole signal at once, so every
+    reader (a whole-file load, a scratch copy, a streamed output) sees identical values."""
+    resampler = None
+    if sound.samplerate != sample_rate:
+        resampler = soxr.ResampleStream(sound.samplerate, sample_rate, channels, dtype="float32", quality="VHQ")
+    sound.seek(0)
+    try:
+        for block in sound.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise UserError(f"{file} contains NaN or infinite samples")
+            block = _to_channels(block, channels)[0]
+            yield block if resampler is None else resampler.resample_chunk(block)
+    except sf.SoundFileError as error:
+        raise UserError(f"cannot read {file} as audio: {_libsndfile_reason(error)}") from error
+    if resampler is not None:
+        yield resampler.resample_chunk(np.zeros((0, channels), np.float32), last=True)
+
+
+def check_memory(needed: int, what: str) -> None:
+    """Refuse up front what cannot fit in memory, rather than fail deep inside an allocator."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UserError(f"{what} needs about {needed / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB "
+                        "are available")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 44100, channels: int = 2) -> tuple[Tensor, AudioInfo]:
     """Read any file libsndfile can (WAV, FLAC, OGG, AIFF, MP3, ...) as float32 [channels, samples].
 
     Files already at `sample_rate` with `channels` channels come back sample-exact; anything else
     is converted (channel mapping, then soxr VHQ resampling) and the conversion is recorded in
-    `AudioInfo.conversions` so the CLI can say what it did.
+    `AudioInfo.conversions` so the CLI can say what it did. For long songs, `SongFile` reads
+    ranges without holding the whole song.
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
     file = Path(path)
-    if not file.exists():
-        raise UserError(f"no such file: {file}")
-    if not file.is_file():
-        raise UserError(f"not a file: {file}")
-    try:
-        with sf.SoundFile(file) as sound:
-            data = sound.read(dtype="float32", always_2d=True)
-            info = AudioInfo(
-                path=str(file),
-                sample_rate=sound.samplerate,
-                channels=sound.channels,
-                frames=len(data),
-                format=sound.format,
-                subtype=sound.subtype,
-            )
-    except sf.SoundFileError as error:
-        raise UserError(f"cannot read {file} as audio: {_libsndfile_reason(error)}") from error
-    if info.frames == 0:
-        raise UserError(f"{file} contains no audio (0 samples)")
-    if not np.isfinite(data).all():
-        raise UserError(f"{file} contains NaN or infinite samples")
-
-    data, channel_note = _to_channels(data, channels)
-    notes = [channel_note] if channel_note else []
+    with _open_sound(file) as sound:
+        info = _info(file, sound)
+        frames = _converted_length(info, sample_rate)
+        check_memory(2 * frames * channels * 4, f"reading {file} ({frames / sample_rate / 60:.0f} min at {sample_rate} Hz)")
+        data = np.concatenate(list(_converted_blocks(file, sound, sample_rate, channels)))
     audio = torch.from_numpy(np.ascontiguousarray(data.T))
-    if info.sample_rate != sample_rate:
-        audio = resample(audio, info.sample_rate, sample_rate)
-        notes.append(f"resampled {info.sample_rate} Hz -> {sample_rate} Hz (soxr VHQ)")
-    return audio, replace(info, conversions=tuple(notes))
+    return audio, replace(info, conversions=_conversion_notes(info, sample_rate, channels))
+
+
+class SongFile:
+    """A song on disk at the model's rate, read by sample ranges.
+
+    An edit needs the window around it in memory, not the song: a 1-hour input costs no more
+    memory than a 1-minute one. Files that seek exactly at the model's rate and channel count are
+    read in place; anything else is decoded and converted once, in order, into a float32 scratch
+    file, so that ranges read later equal a whole-file `load_audio` sample for sample."""
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int = 44100, channels: int = 2):
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self._scratch: Path | None = None
+        sound = _open_sound(self.path)
+        info = _info(self.path, sound)
+        self.info = replace(info, conversions=_conversion_notes(info, sample_rate, channels))
+        self.length = _converted_length(info, sample_rate)
+        if info.format in EXACT_SEEK_FORMATS and not self.info.conversions:
+            self._sound = sound
+            return
+        try:
+            self._sound = self._convert(sound)
+        finally:
+            sound.close()
+
+    def _convert(self, sound: sf.SoundFile) -> sf.SoundFile:
+        import tempfile
+
+        folder = Path(tempfile.gettempdir())
+        needed = self.length * self.channels * 4
+        if needed > shutil.disk_usage(folder).free:
+            raise UserError(f"converting {self.path} to {self.sample_rate} Hz needs {needed / 1e9:.1f} GB of "
+                            f"scratch space in {folder}, more than is free", hint="set TMPDIR to a larger disk")
+        handle, name = tempfile.mkstemp(prefix="musicguide-", suffix=".wav", dir=folder)
+        os.close(handle)
+        self._scratch = Path(name)
+        length = 0
+        with sf.SoundFile(self._scratch, "w", self.sample_rate, self.channels, subtype="FLOAT", format="WAV") as scratch:
+            for block in _converted_blocks(self.path, sound, self.sample_rate, self.channels):
+                scratch.write(block)
+                length += len(block)
+        self.length = length
+        return sf.SoundFile(self._scratch)
+
+    def __enter__(self) -> "SongFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sound.close()
+        if self._scratch is not None:
+            self._scratch.unlink(missing_ok=True)
+
+    def blocks(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Samples [start, stop) as [frames, channels] float32 blocks."""
+        if not 0 <= start <= stop <= self.length:
+            raise ValueError(f"range [{start}, {stop}) outside the song's {self.length} samples")
+        self._sound.seek(start)
+        left = stop - start
+        while left > 0:
+            block = self._sound.read(min(BLOCK_FRAMES, left), dtype="float32", always_2d=True)
+            if len(block) == 0:
+                raise UserError(f"{self.path} ended early, at sample {stop - left} of {self.length}")
+            if not np.isfinite(block).all():
+                raise UserError(f"{self.path} contains NaN or infinite samples")
+            left -= len(block)
+            yield block
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Samples [start, stop) as float32 [channels, samples]."""
+        data = np.concatenate(list(self.blocks(start, stop)) or [np.zeros((0, self.channels), np.float32)])
+        return torch.from_numpy(np.ascontiguousarray(data.T))
 
 
 def _libsndfile_reason(error: sf.SoundFileError) -> str:
@@ -231,6 +374,61 @@ def _quantise(frames_first: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
     return ints.astype(np.int32) << (32 - bits), clipped
 
 
+# One piece of an output song: generated audio [channels, samples], or a range of an input song.
+Piece = Union[Tensor, tuple["SongFile", int, int]]
+
+
+def check_output_format(path: Path, subtype: str) -> str:
+    """The container for `path`, after refusing a subtype it cannot hold."""
+    container = _container_for(path)
+    if subtype not in OUTPUT_SUBTYPES:
+        raise UserError(f"unsupported sample format {subtype!r} (use one of {', '.join(OUTPUT_SUBTYPES)})")
+    if container == "FLAC" and subtype == "FLOAT":
+        raise UserError(f"FLAC cannot store 32-bit float samples: {path}", hint="use .wav, or PCM_24")
+    return container
+
+
+def write_song(path: Path, pieces: list[Piece], sample_rate: int, subtype: str, *, named: Path | None = None) -> SavedAudio:
+    """Write the pieces, in order, as one file at `path`, streaming the input ranges block by block.
+
+    `named` is the file this becomes (its extension picks the container; `path` may be a
+    temporary name). Generated pieces must be finite; samples beyond ±1 are clipped when writing
+    PCM and counted in the result so the caller can warn; nothing is normalised."""
+    named = named or path
+    container = check_output_format(named, subtype)
+    for piece in pieces:
+        if isinstance(piece, Tensor) and not torch.isfinite(piece).all():
+            raise UserError(f"refusing to write NaN or infinite samples to {named}",
+                            hint="the sampler diverged; try a smaller guidance step")
+    channels = {piece.shape[0] if isinstance(piece, Tensor) else piece[0].channels for piece in pieces}
+    if len(channels) != 1 or sum(_piece_length(p) for p in pieces) == 0:
+        raise ValueError("expected non-empty pieces with one channel count")
+    peak, clipped = 0.0, 0
+    with sf.SoundFile(path, "w", sample_rate, channels.pop(), subtype=subtype, format=container) as out:
+        for block in _piece_blocks(pieces):
+            peak = max(peak, float(np.abs(block).max(initial=0.0)))
+            if subtype in PCM_BITS:
+                block, count = _quantise(block, PCM_BITS[subtype])
+                clipped += count
+            out.write(block)
+    return SavedAudio(path=str(named), sample_rate=sample_rate, subtype=subtype, peak=peak, clipped=clipped)
+
+
+def _piece_length(piece: Piece) -> int:
+    return piece.shape[-1] if isinstance(piece, Tensor) else piece[2] - piece[1]
+
+
+def _piece_blocks(pieces: list[Piece]) -> Iterator[np.ndarray]:
+    for piece in pieces:
+        if isinstance(piece, Tensor):
+            frames_first = piece.detach().cpu().float().numpy().T
+            for at in range(0, len(frames_first), BLOCK_FRAMES):
+                yield np.ascontiguousarray(frames_first[at : at + BLOCK_FRAMES])
+        else:
+            song, start, stop = piece
+            yield from song.blocks(start, stop)
+
+
 def save_audio(
     path: str | os.PathLike,
     audio: Tensor,
@@ -245,36 +443,20 @@ def save_audio(
     when writing PCM and counted in the result so the caller can warn; nothing is normalised.
     """
     file = Path(path)
-    container = _container_for(file)
     subtype = subtype or DEFAULT_SUBTYPE
-    if subtype not in OUTPUT_SUBTYPES:
-        raise UserError(f"unsupported sample format {subtype!r} (use one of {', '.join(OUTPUT_SUBTYPES)})")
-    if container == "FLAC" and subtype == "FLOAT":
-        raise UserError(f"FLAC cannot store 32-bit float samples: {file}", hint="use .wav, or PCM_24")
+    check_output_format(file, subtype)
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise ValueError(f"expected non-empty [channels, samples] audio, got shape {tuple(audio.shape)}")
     if file.exists() and not overwrite:
         raise UserError(f"{file} exists; pass --overwrite to replace it")
     if not file.parent.is_dir():
         raise UserError(f"cannot write {file}: folder {file.parent} does not exist")
-
-    frames_first = np.ascontiguousarray(audio.detach().cpu().float().numpy().T)
-    if not np.isfinite(frames_first).all():
-        raise UserError(
-            f"refusing to write NaN or infinite samples to {file}",
-            hint="the sampler diverged; try a smaller guidance step",
-        )
-    peak = float(np.abs(frames_first).max())
-    if subtype in PCM_BITS:
-        data, clipped = _quantise(frames_first, PCM_BITS[subtype])
-    else:
-        data, clipped = frames_first, 0
-
+    saved: list[SavedAudio] = []
     try:
-        write_atomically(file, lambda path: sf.write(path, data, sample_rate, subtype=subtype, format=container))
+        write_atomically(file, lambda temporary: saved.append(write_song(temporary, [audio], sample_rate, subtype, named=file)))
     except (sf.SoundFileError, OSError) as error:
         raise UserError(f"cannot write {file}: {error}") from error
-    return SavedAudio(path=str(file), sample_rate=sample_rate, subtype=subtype, peak=peak, clipped=clipped)
+    return saved[0]
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -186,8 +186,11 @@ def _known_audio(window: Window, song_length: int) -> SampleMask:
 
 
 def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, strength: float | None = None,
-                  seconds_total: float | None = None, callback: Callback | None = None) -> tuple[Tensor, float | None]:
+                  seconds_total: float | None = None, offset: int = 0, callback: Callback | None = None
+                  ) -> tuple[Tensor, float | None]:
     """Sample the window's free frames for a batch of songs [B, channels, N] (the variations).
+    `songs` may be an excerpt that starts `offset` samples into the song (the timing conditioning
+    counts from the song's start).
 
     Returns the decoded windows [B, channels, window.length] and the guidance loss d(y, A(x̂0))
     at the last guided step (summed over the batch), or None without guidance."""
@@ -211,7 +214,7 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
             rendered = model.decode(x_bar if strength is not None else model.encode(audio))
         loss = audio_loss(model.decode, mask, mask(rendered), settings.distance)
     consistency = paste_known(problem.mask, problem.y, model.schedule) if settings.consistency else None
-    seconds_start = window.at / model.sample_rate
+    seconds_start = (offset + window.at) / model.sample_rate
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total)
@@ -258,15 +261,20 @@ def _check_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
 
 
 def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, variations: int = 1,
-           context: int | None = None, strength: float | None = None, callback: Callback | None = None) -> EditResult:
+           context: int | None = None, strength: float | None = None, offset: int = 0, song_length: int | None = None,
+           callback: Callback | None = None) -> EditResult:
     """Replace song[:, start:end] by new music that fits what comes before and after it.
-    With `strength` this is regeneration: the new music starts from a mix with the old."""
+    With `strength` this is regeneration: the new music starts from a mix with the old.
+
+    `song` may be an excerpt, `offset` samples into a song of `song_length`: as long as it holds
+    a model window on each side of the edit (or reaches the song's ends), the result is the same."""
     _check_region(song, start, end, model.sample_rate)
     sr, hop = model.sample_rate, model.downsampling_ratio
     window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     songs = song[None].expand(variations, -1, -1)
-    decoded, loss = sample_window(model, songs, window, settings, strength=strength,
-                                  seconds_total=song.shape[-1] / sr, callback=callback)
+    total = song.shape[-1] if song_length is None else song_length
+    decoded, loss = sample_window(model, songs, window, settings, strength=strength, seconds_total=total / sr,
+                                  offset=offset, callback=callback)
     edited, seams = _splice_all(songs, decoded, window, sr)
     return _result(edited, [window], seams, song, sr, loss)
 
@@ -289,9 +297,10 @@ def continuation_chunks(model, seconds: float) -> int:
 
 
 def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings, *, variations: int = 1,
-                  context: int | None = None, callback: Callback | None = None) -> EditResult:
+                  context: int | None = None, offset: int = 0, callback: Callback | None = None) -> EditResult:
     """Append `seconds` of music. Beyond half a model window it proceeds in chunks of at most half a
-    window, each guided by the audio before it (the song's, then its own), with its own seed."""
+    window, each guided by the audio before it (the song's, then its own), with its own seed.
+    `song` may be the song's last samples (at least a model window), `offset` samples into it."""
     sr, hop = model.sample_rate, model.downsampling_ratio
     max_length = model.max_frames * hop
     total_new = round(seconds * sr)
@@ -309,7 +318,8 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
         length = -(-(ctx + new) // hop) * hop
         window = Window(at=have - ctx, length=length, edit_start=have, edit_end=have + new, free=(ctx // hop, length // hop))
         chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
-        decoded, loss = sample_window(model, songs, window, chunk, seconds_total=final_length / sr, callback=callback)
+        decoded, loss = sample_window(model, songs, window, chunk, seconds_total=(offset + final_length) / sr,
+                                      offset=offset, callback=callback)
         songs, chunk_seams = _splice_all(songs, decoded, window, sr)
         windows.append(window)
         seams += chunk_seams
@@ -353,8 +363,8 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
 def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *,
             style_loss: Callable[[Tensor], Tensor], structure: Callable[[Tensor], Tensor] | None = None,
             keep: float = DEFAULT_KEEP, context_guidance: float | None = None, strength: float = 0.6,
-            match_level: bool = True, variations: int = 1, context: int | None = None,
-            callback: Callback | None = None) -> EditResult:
+            match_level: bool = True, variations: int = 1, context: int | None = None, offset: int = 0,
+            song_length: int | None = None, callback: Callback | None = None) -> EditResult:
     """Steer song[:, start:end] toward a style (paper's Table 2, embedding/classifier guidance).
 
     SDEdit start: the window's latents noised to t = `strength`, so the result keeps the input's
@@ -397,7 +407,8 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
         return total
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
-        return model.denoise(x, t, seconds_start=window.at / sr, seconds_total=song.shape[-1] / sr)
+        total = song.shape[-1] if song_length is None else song_length
+        return model.denoise(x, t, seconds_start=(offset + window.at) / sr, seconds_total=total / sr)
 
     consistency = paste_known(mask, y, schedule) if settings.consistency and mask.n_known else None
     # the step sizes live inside the loss, so the sampler's ξ is 1 (still scaled by step width)

@@ -15,3 +15,16 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    swallows it, but not a KeyboardInterrupt, which the CLI framework would turn into a silent exit."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum

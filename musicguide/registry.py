@@ -27,10 +27,12 @@ from huggingface_hub.utils import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    validate_repo_id,
 )
 
 from musicguide.atomic import write_text_atomically
@@ -60,6 +62,10 @@ _FIELDS_BY_SOURCE: dict[str, tuple[set[str], set[str]]] = {
 }
 _HASH_CHUNK_BYTES = 16 * 1024 * 1024
 _REGISTRY_HINT = "see the comment at the top of checkpoints.toml for the fields each source needs"
+# A registry is a few kilobytes; anything much larger is not one, and is not read into memory.
+_MAX_REGISTRY_BYTES = 1 << 20
+# The seeds torch.manual_seed takes (it also takes negatives, as aliases of the top half).
+MAX_BUILTIN_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ class ModelRow:
 def default_registry_path() -> Path:
     """The registry in use: `$MUSICGUIDE_CHECKPOINTS` if set, else the one next to the package."""
     override = os.environ.get(REGISTRY_ENV)
-    return Path(override).expanduser() if override else DEFAULT_REGISTRY_PATH
+    return _expanded(override, f"${REGISTRY_ENV} =") if override else DEFAULT_REGISTRY_PATH
 
 
 def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, CheckpointEntry]:
@@ -124,14 +130,21 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, Check
     registry_path = Path(path) if path is not None else default_registry_path()
     try:
         with registry_path.open("rb") as registry_file:
+            size = os.fstat(registry_file.fileno()).st_size
+            if size > _MAX_REGISTRY_BYTES:
+                raise UserError(f"model registry {registry_path} is {size} bytes, too large for a checkpoints.toml")
             document = tomllib.load(registry_file)
     except FileNotFoundError:
         raise UserError(
             f"model registry {registry_path} does not exist",
             hint=f"unset {REGISTRY_ENV} or point it at a checkpoints.toml",
         ) from None
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"model registry {registry_path} is not valid TOML: {error}") from error
+    except OSError as error:  # a folder, no permission, ...
+        raise UserError(f"cannot read the model registry {registry_path}: {error.strerror}") from None
+    # TOMLDecodeError is a ValueError; so is an integer longer than Python converts (4300 digits),
+    # which tomllib lets through. RecursionError: arrays nested thousands deep.
+    except (ValueError, RecursionError) as error:
+        raise UserError(f"model registry {registry_path} is not valid TOML: {_one_line(error)}") from None
 
     models = document.get("models")
     if not isinstance(models, dict) or not models:
@@ -152,8 +165,13 @@ def _parse_entry(name: str, table: Any, registry_path: Path) -> CheckpointEntry:
         value = table[key]
         if not isinstance(value, str) or not value.strip():
             raise fail(f"{key!r} must be a non-empty string")
+        if not value.isprintable():  # it is printed in messages and `models list`, one line each
+            raise fail(f"{key!r} must be one line of printable characters, got {_clipped(value)}")
         return value
 
+    if not name.isprintable():
+        raise UserError(f"{registry_path}: model name {_clipped(name)} must be printable characters only",
+                        hint=_REGISTRY_HINT)
     if not isinstance(table, dict):
         raise fail("must be a table")
     source = table.get("source")
@@ -173,12 +191,20 @@ def _parse_entry(name: str, table: Any, registry_path: Path) -> CheckpointEntry:
     files = _parse_files(table.get("files", list(MODEL_FILES)), fail)
     sha256 = _parse_hashes(table.get("sha256", {}), files, fail)
     seed = table.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise fail("'seed' must be an integer")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_BUILTIN_SEED):
+        raise fail(f"'seed' must be an integer from 0 to {MAX_BUILTIN_SEED} (2**64 - 1), got {_clipped(seed)}")
 
     repo = text("repo") if "repo" in table else None
-    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-        raise fail(f"'repo' must look like 'owner/name', got {repo!r}")
+    if repo is not None:
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise fail(f"'repo' must look like 'owner/name', got {repo!r}")
+        try:  # the Hub's own rules, so that a bad id fails here and not inside hf_hub_download
+            validate_repo_id(repo)
+        except HFValidationError as error:
+            raise fail(f"'repo' is not a valid Hugging Face repository id: {_one_line(error)}") from None
+    revision = text("revision") if "revision" in table else None
+    if revision is not None and any(character.isspace() for character in revision):
+        raise fail(f"'revision' must be a commit hash, branch or tag without spaces, got {revision!r}")
 
     return CheckpointEntry(
         name=name,
@@ -187,7 +213,7 @@ def _parse_entry(name: str, table: Any, registry_path: Path) -> CheckpointEntry:
         license=text("license"),
         gated=gated,
         repo=repo,
-        revision=text("revision") if "revision" in table else None,
+        revision=revision,
         files=files,
         sha256=sha256,
         seed=seed,
@@ -199,9 +225,12 @@ def _parse_files(value: Any, fail: Callable[[str], UserError]) -> tuple[str, ...
     """The loader reads the config and weights side by side, so both must be listed, without folders."""
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise fail("'files' must be a list of file names")
-    nested = [item for item in value if "/" in item or "\\" in item]
+    nested = [item for item in value if "/" in item or "\\" in item or item in {".", ".."}]
     if nested:
         raise fail(f"'files' must name files at the top of the repository, got {nested[0]!r}")
+    unprintable = [item for item in value if not item.isprintable()]
+    if unprintable:
+        raise fail(f"'files' must be printable names, got {unprintable[0]!r}")
     absent = [required for required in MODEL_FILES if required not in value]
     if absent:
         raise fail(f"'files' must include {absent[0]!r}")
@@ -226,6 +255,18 @@ def _is_hex(text: str) -> bool:
     return all(character in "0123456789abcdefABCDEF" for character in text)
 
 
+def _clipped(value: Any) -> str:
+    """A value for a one-line message: escaped, and a number of thousands of digits described."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of {len(str(abs(value)))} digits"  # tomllib only makes ints str() can print
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = None) -> ResolvedModel:
     """Turn a `--model` argument into something loadable, downloading and hash-checking if needed.
 
@@ -233,8 +274,8 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = N
     path means that path. `token` overrides huggingface_hub's own (HF_TOKEN or `hf auth login`).
     """
     argument = os.fspath(name_or_path)
-    candidate = Path(argument).expanduser()
-    if candidate.is_dir():
+    candidate = _expanded(argument, "--model")
+    if _is_dir(candidate, argument):
         folder = candidate.resolve()
         return ResolvedModel(
             name=folder.name, kind="local", folder=folder, repo=None, revision=None,
@@ -266,6 +307,21 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = N
         name=entry.name, kind=entry.source, folder=folder, repo=entry.repo, revision=entry.revision,
         description=entry.description, seed=entry.seed,
     )
+
+
+def _expanded(path_text: str, given_as: str) -> Path:
+    try:
+        return Path(path_text).expanduser()
+    except RuntimeError:  # "~someone/..." for a user who does not exist
+        raise UserError(f"{given_as} {path_text}: cannot find the home folder it starts from") from None
+
+
+def _is_dir(candidate: Path, argument: str) -> bool:
+    """is_dir, with the errors pathlib does not swallow (a name too long, no permission) as a UserError."""
+    try:
+        return candidate.is_dir()
+    except OSError as error:
+        raise UserError(f"cannot use --model {_clipped(argument)}: {error.strerror}") from None
 
 
 def load_model(

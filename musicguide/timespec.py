@@ -23,6 +23,15 @@ _TIME_PATTERN = re.compile(
     re.VERBOSE,
 )
 TIME_FORMS = '"30", "30.5", "1:05", "1:05.250" or "1:02:03.5"'
+# No song or edit is longer: a bound that keeps every sample count a small integer.
+MAX_SECONDS = 100 * 3600.0
+
+
+def check_seconds(seconds: float, what: str) -> float:
+    """A duration or time a user gave: finite, not negative, at most MAX_SECONDS."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise UserError(f"{what} must be a number of seconds from 0 to {MAX_SECONDS:.0f} (100 hours), got {seconds:g}")
+    return seconds
 
 
 def parse_time(text: str, what: str = "time") -> float:
@@ -32,16 +41,24 @@ def parse_time(text: str, what: str = "time") -> float:
     if match is None:
         raise UserError(f"{what} {text!r} is {_why_not_a_time(stripped)}", hint=f"write it as {TIME_FORMS}")
     if match["seconds"] is not None:
-        return float(match["seconds"])
+        return _bounded(float(match["seconds"]), text, what)
     seconds = float(match["seconds_in_minute"])
     if seconds >= 60:
         raise UserError(f"{what} {text!r} has {seconds:g} seconds; use less than 60 after a colon")
     if match["hours"] is None:
-        return int(match["minutes"]) * 60 + seconds
+        return _bounded(int(match["minutes"]) * 60, text, what) + seconds
     minutes = int(match["minutes_after_hours"])
     if minutes >= 60:
         raise UserError(f"{what} {text!r} has {minutes} minutes; use less than 60 in h:mm:ss")
-    return int(match["hours"]) * 3600 + minutes * 60 + seconds
+    return _bounded(int(match["hours"]) * 3600 + minutes * 60, text, what) + seconds
+
+
+def _bounded(seconds: float | int, text: str, what: str) -> float:
+    """Whole minutes and hours are Python integers of any size; the bound comes before float()."""
+    if not seconds <= MAX_SECONDS:  # also catches inf
+        shown = text if len(text) <= 24 else f"{text[:12]}…({len(text)} characters)"
+        raise UserError(f"{what} {shown!r} is past {MAX_SECONDS / 3600:.0f} hours; no song is that long")
+    return float(seconds)
 
 
 def _why_not_a_time(text: str) -> str:

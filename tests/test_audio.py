@@ -231,14 +231,14 @@ def test_save_never_overwrites_unless_asked(tmp_path):
 def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch, failure):
     target = tmp_path / "out.wav"
     target.write_bytes(b"precious")
-    real_write = sf.write
+    real_write = sf.SoundFile.write
 
-    def write_half_then_fail(file, data, *args, **kwargs):
-        real_write(file, data[: len(data) // 2], *args, **kwargs)
-        assert Path(file).exists() and Path(file).parent == tmp_path
+    def write_half_then_fail(self, data):
+        real_write(self, data[: len(data) // 2])
+        assert Path(self.name).exists() and Path(self.name).parent == tmp_path
         raise failure("disk full")
 
-    monkeypatch.setattr(audio_module.sf, "write", write_half_then_fail)
+    monkeypatch.setattr(audio_module.sf.SoundFile, "write", write_half_then_fail)
     with pytest.raises(failure):
         save_audio(target, torch.zeros(2, 1000), SR, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
@@ -246,10 +246,10 @@ def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, mon
 
 
 def test_write_errors_become_user_errors_without_leftovers(tmp_path, monkeypatch):
-    def refuse(file, *args, **kwargs):
+    def refuse(self, data):
         raise sf.LibsndfileError(0, prefix="refused: ")
 
-    monkeypatch.setattr(audio_module.sf, "write", refuse)
+    monkeypatch.setattr(audio_module.sf.SoundFile, "write", refuse)
     with pytest.raises(UserError, match="cannot write"):
         save_audio(tmp_path / "x.wav", torch.zeros(2, 10), SR)
     with pytest.raises(UserError, match="does not exist"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -124,6 +125,9 @@ GOOD_HUB_ENTRY = (
 )
 
 
+BUILTIN_ENTRY = '[models.m]\nsource = "builtin"\nseed = {seed}\nlicense = "MIT"\ndescription = "d"\n'
+
+
 @pytest.mark.parametrize(
     ("text", "expected_message"),
     [
@@ -139,6 +143,19 @@ GOOD_HUB_ENTRY = (
         (GOOD_HUB_ENTRY + "[models.m.sha256]\n'model.safetensors' = 'abc'\n", "64 hexadecimal digits"),
         (GOOD_HUB_ENTRY + f"[models.m.sha256]\n'other.bin' = '{'0' * 64}'\n", "not in 'files'"),
         (GOOD_HUB_ENTRY.replace('description = "d"', 'description = ""'), "'description' must be a non-empty"),
+        # Values a hostile or careless registry can hold: one line each, never an internal error.
+        (BUILTIN_ENTRY.format(seed=2**64), f"'seed' must be an integer from 0 to {2**64 - 1}"),
+        (BUILTIN_ENTRY.format(seed=-1), "'seed' must be an integer from 0 to"),
+        (BUILTIN_ENTRY.format(seed=1.5), "'seed' must be an integer from 0 to"),
+        (BUILTIN_ENTRY.format(seed='"7"'), "'seed' must be an integer from 0 to"),
+        (BUILTIN_ENTRY.format(seed="1" * 5000), "is not valid TOML: Exceeds the limit (4300 digits)"),
+        (BUILTIN_ENTRY.format(seed="[" * 50_000 + "]" * 50_000), "is not valid TOML"),
+        (GOOD_HUB_ENTRY.replace('"org/m"', '"org/m m"'), "'repo' is not a valid Hugging Face repository id"),
+        (GOOD_HUB_ENTRY.replace('"org/m"', '"org/m--x"'), "'repo' is not a valid Hugging Face repository id"),
+        (GOOD_HUB_ENTRY.replace('revision = "main"', 'revision = "ma in"'), "'revision' must be a commit hash"),
+        (GOOD_HUB_ENTRY.replace('"model.safetensors"]', '"model.safetensors", ".."]'), "top of the repository"),
+        (GOOD_HUB_ENTRY.replace('description = "d"', 'description = "two\\nlines"'), "'description' must be one line"),
+        (GOOD_HUB_ENTRY.replace("[models.m]", '[models."m\\n"]'), "model name 'm\\n' must be printable"),
     ],
 )
 def test_invalid_registry_is_rejected_with_a_clear_message(
@@ -150,6 +167,32 @@ def test_invalid_registry_is_rejected_with_a_clear_message(
     assert expected_message in raised.value.message
     assert str(path) in raised.value.message
     assert "\n" not in raised.value.message
+
+
+def test_the_largest_builtin_seed_builds_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_registry(tmp_path, BUILTIN_ENTRY.format(seed=2**64 - 1), monkeypatch)
+    model, resolved = load_model("m")
+    assert resolved.seed == 2**64 - 1 and not model.training
+
+
+def test_a_registry_that_is_a_folder_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGUIDE_CHECKPOINTS", str(tmp_path))
+    with pytest.raises(UserError, match=re.escape(f"cannot read the model registry {tmp_path}: Is a directory")):
+        load_registry()
+
+
+def test_model_argument_too_long_for_the_filesystem_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="cannot use --model 'aaa.*: File name too long") as raised:
+        resolve_model("a" * 300)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_home_folder_that_does_not_exist_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match="--model ~no-such-user-here/m: cannot find the home folder"):
+        resolve_model("~no-such-user-here/m")
+    monkeypatch.setenv("MUSICGUIDE_CHECKPOINTS", "~no-such-user-here/checkpoints.toml")
+    with pytest.raises(UserError, match="MUSICGUIDE_CHECKPOINTS = ~no-such-user-here/checkpoints.toml: cannot find"):
+        load_registry()
 
 
 def test_missing_registry_file_names_the_environment_variable(

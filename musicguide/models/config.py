@@ -14,12 +14,17 @@ Every setting that changes what the weights compute is either implemented or ref
 weights. Settings that only change how the reference trains or schedules its work
 (`INERT_SETTINGS`) are accepted and not kept. Defaults are the reference's constructor defaults, so
 a missing key means what it means to stable-audio-tools.
+
+Every number is checked as it is read, against its kind and range in `NUMBER_RANGES`, so that a
+zero, a NaN or an absurd size is refused here, naming the key, rather than failing (or allocating)
+somewhere inside the model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,82 @@ INERT_SETTINGS = {
     "model.conditioning.configs[t5].config": {"enable_grad"},
 }
 _IGNORED_TOP_LEVEL = {"training", "demo"}  # trainer settings that ship in published configs
+
+# A model_config.json is a few kilobytes; anything much larger is not one, and is not read into memory.
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """The values one numeric setting may take: an int or any finite number, from low to high."""
+
+    kind: type  # int (bools refused) or float (ints accepted)
+    low: float
+    high: float
+
+    def check(self, name: str, value: Any) -> None:
+        kinds = (int, float) if self.kind is float else (int,)
+        is_kind = isinstance(value, kinds) and not isinstance(value, bool)
+        # NaN fails both comparisons and the bounds are finite, so NaN and infinities are refused too.
+        if not (is_kind and self.low <= value <= self.high):
+            raise UserError(f"{name} must be {self.describe()}, not {_shown(value)}")
+
+    def describe(self) -> str:
+        if self.kind is int:
+            return f"an integer from {self.low} to {self.high}"
+        return f"a number from {self.low:g} to {self.high:g}"
+
+
+MAX_WINDOW_SECONDS = 600  # the longest window (sample_size / sample_rate) a config may ask for
+# Latent tokens the DiT attends over in one window: 16 x Stable Audio Open 1.0's 1024, which already
+# costs 256 x its attention, since that grows with the square of the token count.
+MAX_WINDOW_TOKENS = 16384
+_SAMPLE_RATES = NumberRange(int, 8000, 384000)
+_AUDIO_CHANNELS = NumberRange(int, 1, 8)
+_WIDTH = NumberRange(int, 1, 16384)  # channel counts and embedding widths; SAO 1.0's widest is 2048
+_OPTIONAL_WIDTH = NumberRange(int, 0, 65536)  # 0 = "no such input"; global_cond_dim is cond_dim x ids
+_STAGE_FACTOR = NumberRange(int, 1, 64)  # one VAE stage's stride or channel multiplier
+_MAX_STAGES = 16  # entries in strides and c_mults
+_CONDITIONER_VALUE = NumberRange(float, -1e6, 1e6)
+
+_ENCODER, _DECODER = "model.pretransform.config.encoder.config", "model.pretransform.config.decoder.config"
+# Every number a config may hold, by key path ("[]" stands for any list index). `_Section.take`
+# looks each number up here, so a setting added without a range fails every test until it has one.
+NUMBER_RANGES: dict[str, NumberRange] = {
+    "sample_rate": _SAMPLE_RATES,
+    "sample_size": NumberRange(int, 1, MAX_WINDOW_SECONDS * _SAMPLE_RATES.high),  # refined in _validate
+    "audio_channels": _AUDIO_CHANNELS,
+    "model.io_channels": _WIDTH,
+    # Latents are divided by the scale; training stores their standard deviation here.
+    "model.pretransform.scale": NumberRange(float, 1e-6, 1e6),
+    f"{_ENCODER}.in_channels": _AUDIO_CHANNELS,
+    f"{_ENCODER}.channels": _WIDTH,
+    f"{_ENCODER}.latent_dim": _WIDTH,
+    f"{_ENCODER}.c_mults[]": _STAGE_FACTOR,
+    f"{_ENCODER}.strides[]": _STAGE_FACTOR,
+    f"{_DECODER}.out_channels": _AUDIO_CHANNELS,
+    f"{_DECODER}.channels": _WIDTH,
+    f"{_DECODER}.latent_dim": _WIDTH,
+    f"{_DECODER}.c_mults[]": _STAGE_FACTOR,
+    f"{_DECODER}.strides[]": _STAGE_FACTOR,
+    "model.pretransform.config.latent_dim": _WIDTH,
+    "model.pretransform.config.downsampling_ratio": NumberRange(int, 1, 65536),
+    "model.pretransform.config.io_channels": _AUDIO_CHANNELS,
+    "model.conditioning.cond_dim": _WIDTH,
+    "model.conditioning.configs[].config.min_val": _CONDITIONER_VALUE,
+    "model.conditioning.configs[].config.max_val": _CONDITIONER_VALUE,
+    "model.conditioning.configs[].config.max_length": NumberRange(int, 1, 4096),  # T5 tokens
+    "model.diffusion.config.io_channels": _WIDTH,
+    "model.diffusion.config.embed_dim": _WIDTH,
+    "model.diffusion.config.depth": NumberRange(int, 1, 256),
+    "model.diffusion.config.num_heads": NumberRange(int, 1, 1024),
+    "model.diffusion.config.patch_size": NumberRange(int, 1, 64),
+    "model.diffusion.config.cond_token_dim": _OPTIONAL_WIDTH,
+    "model.diffusion.config.global_cond_dim": _OPTIONAL_WIDTH,
+    # embed_dim is at least 32 (one rotary head), so the feed-forward keeps at least one unit.
+    "model.diffusion.config.ff_kwargs.mult": NumberRange(float, 1 / 32, 64),
+    "model.diffusion.config.norm_kwargs.eps": NumberRange(float, 1e-12, 0.1),
+}
 
 
 @dataclass(frozen=True)
@@ -168,13 +249,22 @@ class ModelConfig:
         if not path.is_file():
             raise UserError(f"{path} not found", hint="a model folder holds model_config.json and model.safetensors")
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{path} is not valid JSON: {err}") from None
+            size = path.stat().st_size
+            if size > _MAX_CONFIG_BYTES:
+                raise UserError(f"{path} is {size} bytes, too large for a model config (at most {_MAX_CONFIG_BYTES})")
+            raw = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read {path}: {err.strerror}") from None
+        try:
+            data = json.loads(raw)
+        # ValueError covers bad UTF-8 and integers longer than Python will convert (thousands of
+        # digits) as well as bad syntax; RecursionError, brackets nested thousands deep.
+        except (ValueError, RecursionError) as err:
+            raise UserError(f"{path} is not valid JSON: {_one_line(err)}") from None
         try:
             return cls.from_dict(data)
         except UserError as err:
-            raise UserError(f"{path.name}: {err.message}", hint=err.hint) from None
+            raise UserError(f"{path}: {err.message}", hint=err.hint) from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -308,10 +398,15 @@ class _Section:
         return f"{self.path}.{key}" if self.path else key
 
     def take(self, key: str, default: Any) -> Any:
+        """`key`'s value (or `default`) if it is of the default's kind; a number also in its range."""
         self.used.add(key)
-        value = self.data.get(key, default)
-        if default is not None and value is not None and not _same_kind(value, default):
-            raise UserError(f"{self._name(key)} must be {type(default).__name__}, not {value!r}")
+        name, value = self._name(key), self.data.get(key, default)
+        if _is_number(default):
+            NUMBER_RANGES[_range_key(name)].check(name, value)
+        elif _is_number_list(default):
+            _check_number_list(name, value)
+        elif default is not None and value is not None and not _same_kind(value, default):
+            raise UserError(f"{name} must be {type(default).__name__}, not {_shown(value)}")
         return tuple(value) if isinstance(value, list) else value
 
     def require(self, key: str, kind: type) -> Any:
@@ -326,11 +421,14 @@ class _Section:
         return _Section(self.data[key], self._name(key))
 
     def choice(self, key: str, default: Any, allowed: tuple[Any, ...]) -> Any:
-        value = self.take(key, default)
+        """One of `allowed`, matched by kind as well as value: 1 is not True, and 0.0 is not 0."""
+        self.used.add(key)
+        value = self.data.get(key, default)
         if value is None and None not in allowed:
             raise UserError(f"missing {self._name(key)}")
-        if value not in allowed:
-            raise UserError(f"unsupported {self._name(key)} = {value!r} (supported: {', '.join(map(repr, allowed))})")
+        if not any(value == option and _same_kind(value, option) for option in allowed):
+            raise UserError(f"unsupported {self._name(key)} = {_shown(value)} "
+                            f"(supported: {', '.join(map(_shown, allowed))})")
         return value
 
     def finish(self, ignore: set[str] = frozenset(), inert_key: str | None = None) -> None:
@@ -338,11 +436,14 @@ class _Section:
         inert = INERT_SETTINGS.get(inert_key or self.path, set())
         unknown = [k for k in self.data if k not in self.used | ignore | inert]
         if unknown:
-            raise UserError(f"unsupported setting {self._name(unknown[0])}",
+            key = unknown[0] if unknown[0].isprintable() else json.dumps(unknown[0])  # keep the message one line
+            raise UserError(f"unsupported setting {self._name(key)}",
                             hint="musicguide implements the Stable Audio Open family; this key would change the model")
 
 
 def _same_kind(value: Any, default: Any) -> bool:
+    if default is None:
+        return value is None
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -352,6 +453,43 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, tuple):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_number_list(default: Any) -> bool:
+    return isinstance(default, tuple) and bool(default) and all(map(_is_number, default))
+
+
+def _range_key(name: str) -> str:
+    """`model.conditioning.configs[2].config.min_val` -> `model.conditioning.configs[].config.min_val`."""
+    return re.sub(r"\[\d+\]", "[]", name)
+
+
+def _check_number_list(name: str, value: Any) -> None:
+    """strides and c_mults: one positive integer per VAE stage."""
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= _MAX_STAGES:
+        found = f"a list of {len(value)}" if isinstance(value, (list, tuple)) else _shown(value)
+        raise UserError(f"{name} must be a list of 1 to {_MAX_STAGES} integers, not {found}")
+    for index, item in enumerate(value):
+        NUMBER_RANGES[_range_key(name) + "[]"].check(f"{name}[{index}]", item)
+
+
+def _shown(value: Any) -> str:
+    """A value as JSON writes it, on one short line: a 4000-digit number is described, not printed."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # from_dict called from Python with something JSON cannot hold
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +563,7 @@ def _read_diffusion(diff: _Section) -> DiffusionConfig:
         if diff.take(key, ()):
             raise UserError(f"unsupported {diff.path}.{key} "
                             "(musicguide's DiT takes cross-attention and global conditioning only)")
-    shift = diff.take("distribution_shift_options", None)
+    shift = _read_shift_options(diff)
     cfg = diff.section("config")
     defaults = DiTConfig()
     dit = DiTConfig(
@@ -459,6 +597,20 @@ def _read_diffusion(diff: _Section) -> DiffusionConfig:
     return DiffusionConfig(dit, objective, cross_ids, global_ids, shift)
 
 
+def _read_shift_options(diff: _Section) -> dict[str, Any] | None:
+    """Kept verbatim for samplers, never used by the network; its numbers must still be finite."""
+    options = diff.take("distribution_shift_options", None)
+    if options is None:
+        return None
+    name = f"{diff.path}.distribution_shift_options"
+    if not isinstance(options, dict):
+        raise UserError(f"{name} must be a JSON object, not {_shown(options)}")
+    for key, value in options.items():
+        if _is_number(value) and not math.isfinite(value):
+            raise UserError(f"{name}.{key} must be a finite number, not {_shown(value)}")
+    return options
+
+
 def _kwargs(cfg: _Section, key: str, known: dict[str, tuple[Any, tuple[Any, ...] | None]]) -> dict[str, Any]:
     """A nested kwargs dict (attn_kwargs, ff_kwargs, norm_kwargs) with its own allowed keys."""
     sub = cfg.section(key) if key in cfg.data else _Section({}, f"{cfg.path}.{key}")
@@ -485,6 +637,19 @@ def _validate(config: ModelConfig, io_channels: int) -> None:
         if not ok:
             raise UserError(message)
 
+    window_seconds = config.sample_size / config.sample_rate
+    check(window_seconds <= MAX_WINDOW_SECONDS,
+          f"sample_size {config.sample_size} is {window_seconds:.1f} s at sample_rate {config.sample_rate}; "
+          f"a window may be at most {MAX_WINDOW_SECONDS} s")
+    tokens = config.sample_size // (ae.downsampling_ratio * dit.patch_size)
+    check(tokens <= MAX_WINDOW_TOKENS,
+          f"sample_size {config.sample_size} is {tokens} tokens for the DiT (downsampling_ratio x patch_size = "
+          f"{ae.downsampling_ratio * dit.patch_size} samples each); musicguide allows at most {MAX_WINDOW_TOKENS}")
+    for number in cond.numbers:  # the conditioner divides by max_val - min_val
+        check(number.min_val < number.max_val,
+              f"model.conditioning.configs[{cond.order.index(number.id)}].config.max_val ({number.max_val:g}) "
+              f"must be greater than min_val ({number.min_val:g})")
+
     check(math.prod(enc.strides) == ae.downsampling_ratio,
           f"model.pretransform.config.encoder.config.strides {list(enc.strides)} multiply to "
           f"{math.prod(enc.strides)}, not downsampling_ratio {ae.downsampling_ratio}")
@@ -493,19 +658,25 @@ def _validate(config: ModelConfig, io_channels: int) -> None:
           f"{math.prod(dec.strides)}, not downsampling_ratio {ae.downsampling_ratio}")
     for side, cfg in (("encoder", enc), ("decoder", dec)):
         check(len(cfg.strides) == len(cfg.c_mults),
-              f"model.pretransform.config.{side}.config: strides and c_mults differ in length")
+              f"model.pretransform.config.{side}.config: strides ({len(cfg.strides)} stages) and c_mults "
+              f"({len(cfg.c_mults)}) differ in length")
     check(enc.latent_dim == 2 * ae.latent_dim,
           f"model.pretransform.config.encoder.config.latent_dim must be 2 x latent_dim (mean and scale), "
           f"got {enc.latent_dim}")
-    check(dec.latent_dim == ae.latent_dim, "model.pretransform.config.decoder.config.latent_dim must equal latent_dim")
+    check(dec.latent_dim == ae.latent_dim,
+          f"model.pretransform.config.decoder.config.latent_dim ({dec.latent_dim}) must equal latent_dim "
+          f"({ae.latent_dim})")
     check(enc.in_channels == dec.out_channels == ae.io_channels == config.audio_channels,
-          "audio_channels, the autoencoder's io_channels and the encoder/decoder channels must agree")
+          f"audio_channels ({config.audio_channels}), the autoencoder's io_channels ({ae.io_channels}) and the "
+          f"encoder/decoder channels ({enc.in_channels}/{dec.out_channels}) must agree")
     check(dit.io_channels == io_channels == ae.latent_dim,
           f"model.diffusion.config.io_channels ({dit.io_channels}) and model.io_channels ({io_channels}) "
           f"must equal the autoencoder's latent_dim ({ae.latent_dim})")
     check(config.sample_size % (ae.downsampling_ratio * dit.patch_size) == 0,
-          "sample_size must be a multiple of downsampling_ratio x patch_size")
-    check(dit.embed_dim % dit.num_heads == 0, "model.diffusion.config.embed_dim must be a multiple of num_heads")
+          f"sample_size ({config.sample_size}) must be a multiple of downsampling_ratio x patch_size "
+          f"({ae.downsampling_ratio} x {dit.patch_size})")
+    check(dit.embed_dim % dit.num_heads == 0,
+          f"model.diffusion.config.embed_dim ({dit.embed_dim}) must be a multiple of num_heads ({dit.num_heads})")
     check(dit.head_dim >= dit.rotary_dim,
           f"model.diffusion.config: heads of {dit.head_dim} channels are narrower than the reference's "
           f"32-channel rotary embedding; use embed_dim / num_heads >= 32")

@@ -1,0 +1,245 @@
+"""Every number in a model_config.json is checked when it is read (issue 13, item 14).
+
+A bad value is a UserError that names the file, the key path and the value, on one line; through
+the CLI it is exit 2, one line on stderr, and nothing written. The published configs keep loading.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+
+from musicguide import cli
+from musicguide.errors import UserError
+from musicguide.models import ModelConfig, tiny_random_config
+from musicguide.train import PRESETS, preset_config
+
+from conftest import synth_song
+
+REPO = Path(__file__).resolve().parents[1]
+SAO_CONFIG = json.loads((REPO / "tests" / "data" / "sao_reference_keys.json").read_text())["config"]
+PUBLISHED_SAO = REPO.parent / "shared" / "docs" / "models" / "sao-1.0.model_config.json"
+DEMO_CONFIG = REPO / "musicguide" / "weights" / "demo" / "model_config.json"
+
+NAN, INF = float("nan"), float("inf")
+ENCODER = "model.pretransform.config.encoder.config"
+DIT = "model.diffusion.config"
+
+
+def edited(config: dict, key_path: str, value: Any) -> dict:
+    """A copy of `config` with `value` at a dotted key path; `[i]` indexes a list."""
+    data = copy.deepcopy(config)
+    *parents, last = key_path.replace("[", ".[").split(".")
+    node = data
+    for part in parents:
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    node[last] = value
+    return data
+
+
+def write_config(folder: Path, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model_config.json"
+    path.write_text(json.dumps(data))  # NaN and Infinity are written as JSON's Python extension
+    return path
+
+
+# (key path, bad value, the message after "<file>: ") on SAO 1.0's published config
+BAD_VALUES = [
+    ("sample_rate", 0, "sample_rate must be an integer from 8000 to 384000, not 0"),
+    ("sample_rate", -1, "sample_rate must be an integer from 8000 to 384000, not -1"),
+    ("sample_rate", 10**12, "sample_rate must be an integer from 8000 to 384000, not 1000000000000"),
+    ("sample_rate", "44100", 'sample_rate must be an integer from 8000 to 384000, not "44100"'),
+    ("sample_rate", True, "sample_rate must be an integer from 8000 to 384000, not true"),
+    ("sample_rate", NAN, "sample_rate must be an integer from 8000 to 384000, not NaN"),
+    ("sample_rate", 44100.0, "sample_rate must be an integer from 8000 to 384000, not 44100.0"),
+    ("sample_rate", None, "sample_rate must be an integer from 8000 to 384000, not null"),
+    ("sample_size", 10**12, "sample_size must be an integer from 1 to 230400000, not 1000000000000"),
+    ("sample_size", 1e12, "sample_size must be an integer from 1 to 230400000, not 1000000000000.0"),
+    ("sample_size", 0, "sample_size must be an integer from 1 to 230400000, not 0"),
+    ("sample_size", 10**4000,
+     "sample_size must be an integer from 1 to 230400000, not an integer of about 4000 digits"),
+    ("sample_size", 2048 * 13000,
+     "sample_size 26624000 is 603.7 s at sample_rate 44100; a window may be at most 600 s"),
+    ("sample_size", 2048 * 1000 + 1, "sample_size (2048001) must be a multiple of downsampling_ratio x patch_size"),
+    ("audio_channels", 0, "audio_channels must be an integer from 1 to 8, not 0"),
+    ("audio_channels", 2.5, "audio_channels must be an integer from 1 to 8, not 2.5"),
+    ("audio_channels", 1, "audio_channels (1), the autoencoder's io_channels (2)"),
+    ("model.io_channels", 0, "model.io_channels must be an integer from 1 to 16384, not 0"),
+    ("model.pretransform.scale", 0, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not 0"),
+    ("model.pretransform.scale", -0.7, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not -0.7"),
+    ("model.pretransform.scale", INF, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not Infinity"),
+    (f"{ENCODER}.channels", 0, f"{ENCODER}.channels must be an integer from 1 to 16384, not 0"),
+    (f"{ENCODER}.channels", 2.5, f"{ENCODER}.channels must be an integer from 1 to 16384, not 2.5"),
+    (f"{ENCODER}.in_channels", 10**6, f"{ENCODER}.in_channels must be an integer from 1 to 8, not 1000000"),
+    (f"{ENCODER}.strides", [2, 4, 4, 8, 0], f"{ENCODER}.strides[4] must be an integer from 1 to 64, not 0"),
+    (f"{ENCODER}.strides", [2, 4, 4, 8, 8.0], f"{ENCODER}.strides[4] must be an integer from 1 to 64, not 8.0"),
+    (f"{ENCODER}.strides", "24488", f'{ENCODER}.strides must be a list of 1 to 16 integers, not "24488"'),
+    (f"{ENCODER}.strides", [1] * 17, f"{ENCODER}.strides must be a list of 1 to 16 integers, not a list of 17"),
+    (f"{ENCODER}.c_mults", [1, 2, 4, 8, -16], f"{ENCODER}.c_mults[4] must be an integer from 1 to 64, not -16"),
+    (f"{ENCODER}.latent_dim", 0, f"{ENCODER}.latent_dim must be an integer from 1 to 16384, not 0"),
+    ("model.pretransform.config.latent_dim", 0,
+     "model.pretransform.config.latent_dim must be an integer from 1 to 16384, not 0"),
+    ("model.pretransform.config.downsampling_ratio", 0,
+     "model.pretransform.config.downsampling_ratio must be an integer from 1 to 65536, not 0"),
+    ("model.conditioning.cond_dim", 0, "model.conditioning.cond_dim must be an integer from 1 to 16384, not 0"),
+    ("model.conditioning.configs[0].config.max_length", 0,
+     "model.conditioning.configs[0].config.max_length must be an integer from 1 to 4096, not 0"),
+    ("model.conditioning.configs[2].config.max_val", NAN,
+     "model.conditioning.configs[2].config.max_val must be a number from -1e+06 to 1e+06, not NaN"),
+    ("model.conditioning.configs[2].config.max_val", 0,
+     "model.conditioning.configs[2].config.max_val (0) must be greater than min_val (0)"),
+    (f"{DIT}.embed_dim", 0, f"{DIT}.embed_dim must be an integer from 1 to 16384, not 0"),
+    (f"{DIT}.depth", 0, f"{DIT}.depth must be an integer from 1 to 256, not 0"),
+    (f"{DIT}.depth", 10**6, f"{DIT}.depth must be an integer from 1 to 256, not 1000000"),
+    (f"{DIT}.num_heads", 0, f"{DIT}.num_heads must be an integer from 1 to 1024, not 0"),
+    (f"{DIT}.num_heads", 7, f"{DIT}.embed_dim (1536) must be a multiple of num_heads (7)"),
+    (f"{DIT}.patch_size", 0, f"{DIT}.patch_size must be an integer from 1 to 64, not 0"),
+    (f"{DIT}.cond_token_dim", 1.5, f"{DIT}.cond_token_dim must be an integer from 0 to 65536, not 1.5"),
+    (f"{DIT}.global_cond_dim", -1, f"{DIT}.global_cond_dim must be an integer from 0 to 65536, not -1"),
+    (f"{DIT}.ff_kwargs", {"mult": 0}, f"{DIT}.ff_kwargs.mult must be a number from 0.03125 to 64, not 0"),
+    (f"{DIT}.ff_kwargs", {"mult": NAN}, f"{DIT}.ff_kwargs.mult must be a number from 0.03125 to 64, not NaN"),
+    (f"{DIT}.norm_kwargs", {"eps": 0}, f"{DIT}.norm_kwargs.eps must be a number from 1e-12 to 0.1, not 0"),
+    (f"{DIT}.input_concat_dim", 0.0, f"unsupported {DIT}.input_concat_dim = 0.0 (supported: 0)"),
+    ("model.diffusion.distribution_shift_options", {"max_shift": INF},
+     "model.diffusion.distribution_shift_options.max_shift must be a finite number, not Infinity"),
+]
+
+
+@pytest.mark.parametrize(("key_path", "value", "message"), BAD_VALUES,
+                         ids=[f"{key}={value!r}"[:60] for key, value, _ in BAD_VALUES])
+def test_a_bad_number_names_the_file_the_key_and_the_value(tmp_path: Path, key_path: str, value: Any,
+                                                         message: str) -> None:
+    path = write_config(tmp_path, edited(SAO_CONFIG, key_path, value))
+    with pytest.raises(UserError) as raised:
+        ModelConfig.from_json(path)
+    assert raised.value.message.startswith(f"{path}: {message}")
+    assert "\n" not in str(raised.value)
+
+
+def test_too_many_tokens_for_one_window_is_refused() -> None:
+    # 426.7 s at 96 kHz is within the time limit, but 20000 latent frames are not.
+    data = edited(edited(SAO_CONFIG, "sample_rate", 96000), "sample_size", 2048 * 20000)
+    with pytest.raises(UserError, match="is 20000 tokens for the DiT .* at most 16384"):
+        ModelConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"sample_rate": ' + b"1" * 5000 + b"}", "is not valid JSON: Exceeds the limit (4300 digits)"),
+    (b"[" * 100_000 + b"]" * 100_000, "is not valid JSON: maximum recursion depth exceeded"),
+    (b'{"sample_rate": "\xff"}', "is not valid JSON"),
+    (b"[]", "the config must be a JSON object, not list"),
+    (b" " * (1 << 20) + b"{}", "too large for a model config"),
+])
+def test_a_file_that_is_not_a_config_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "model_config.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as raised:
+        ModelConfig.from_json(path)
+    assert message in raised.value.message and str(path) in raised.value.message
+    assert "\n" not in str(raised.value)
+
+
+def test_the_edges_of_each_range_are_accepted() -> None:
+    for key_path, value in [("sample_rate", 8000), ("sample_rate", 384000), (f"{DIT}.ff_kwargs", {"mult": 3}),
+                            ("model.pretransform.scale", 1), ("model.diffusion.distribution_shift_options",
+                                                              {"type": "sine", "base_shift": 0.5, "use_sine": True})]:
+        ModelConfig.from_dict(edited(SAO_CONFIG, key_path, value))
+
+
+def test_published_shipped_and_preset_configs_still_load() -> None:
+    configs = [SAO_CONFIG, json.loads(DEMO_CONFIG.read_text()), tiny_random_config().to_dict(),
+               *(preset_config(name).to_dict() for name in PRESETS)]
+    if PUBLISHED_SAO.is_file():
+        configs.append(json.loads(PUBLISHED_SAO.read_text()))
+    for data in configs:
+        config = ModelConfig.from_dict(data)
+        assert ModelConfig.from_dict(config.to_dict()) == config  # and what it writes reads back
+    assert ModelConfig.from_json(DEMO_CONFIG).sample_rate == 44100
+
+
+# ---- through the CLI: exit 2, one line, nothing written
+
+
+def run_cli(args: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """As tests/test_cli.py runs the CLI: in process, through the console entry point."""
+    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def model_folder_with(tmp_path: Path, key_path: str, value: Any) -> Path:
+    """A model folder whose config has one bad value; the weights are never reached."""
+    folder = tmp_path / "bad-model"
+    write_config(folder, edited(tiny_random_config().to_dict(), key_path, value))
+    (folder / "model.safetensors").write_bytes(b"never read")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def song(tmp_path: Path) -> Path:
+    path = tmp_path / "song.wav"
+    sf.write(path, synth_song(3.0), 44100, subtype="PCM_16")
+    return path
+
+
+INFILL = ["infill", "--start", "1", "--end", "2", "--steps", "2", "--quiet", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(("key_path", "value", "message"), [
+    ("sample_rate", 0, "sample_rate must be an integer from 8000 to 384000, not 0"),
+    ("sample_size", 10**12, "sample_size must be an integer from 1 to 230400000, not 1000000000000"),
+    ("model.pretransform.scale", NAN, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not NaN"),
+    (f"{DIT}.num_heads", 3, f"{DIT}.embed_dim (64) must be a multiple of num_heads (3)"),
+])
+def test_infill_with_a_bad_model_config_exits_2_with_one_line(tmp_path: Path, song: Path, monkeypatch, capsys,
+                                                             key_path: str, value: Any, message: str) -> None:
+    folder = model_folder_with(tmp_path, key_path, value)
+    before = snapshot(tmp_path)
+    code, stderr = run_cli([*INFILL, song, "-o", tmp_path / "out.wav", "--model", folder], monkeypatch, capsys)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [f"error: {folder / 'model_config.json'}: {message}"]
+    assert snapshot(tmp_path) == before
+
+
+def test_the_installed_command_refuses_a_bad_config_in_one_line(tmp_path: Path, song: Path) -> None:
+    """The real process: what a user sees on stderr, with nothing else printed and nothing written."""
+    folder = model_folder_with(tmp_path, "sample_rate", 0)
+    before = snapshot(tmp_path)
+    command = Path(sys.executable).with_name("musicguide")
+    result = subprocess.run([command, *INFILL, song, "-o", tmp_path / "out.wav", "--model", folder],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {folder / 'model_config.json'}: sample_rate must be an integer from 8000 to 384000, not 0"]
+    assert snapshot(tmp_path) == before
+
+
+def test_a_huge_seed_in_the_registry_exits_2_with_one_line(tmp_path: Path, song: Path, monkeypatch,
+                                                          capsys) -> None:
+    registry = tmp_path / "checkpoints.toml"
+    registry.write_text('[models.noise]\nsource = "builtin"\nseed = 18446744073709551616\n'
+                        'license = "MIT"\ndescription = "d"\n')
+    monkeypatch.setenv("MUSICGUIDE_CHECKPOINTS", str(registry))
+    before = snapshot(tmp_path)
+    code, stderr = run_cli([*INFILL, song, "-o", tmp_path / "out.wav", "--model", "noise"], monkeypatch, capsys)
+    assert code == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {registry}: model 'noise': 'seed' must be an integer")
+    assert snapshot(tmp_path) == before
