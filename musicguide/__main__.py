@@ -1,11 +1,19 @@
 """The entry point, for `musicguide` and `python -m musicguide` alike.
 
-Signal handlers come first, before the heavy imports: Ctrl-C during the first second (while
-torch loads) then prints one line instead of a traceback, and SIGTERM (kill, timeout, docker
-stop) unwinds like Ctrl-C, so temporary files are removed and nothing half-written is left."""
+Signal handlers come first, before the heavy imports. While modules import (the first second or
+two: torch), Ctrl-C or SIGTERM ends the process at once with one line: nothing has been written
+yet, and an exception raised inside a library's import could be swallowed by it. From then on a
+signal raises `Interrupted`, which unwinds the run like Ctrl-C so that its temporary files are
+removed (SIGTERM from kill, timeout or docker stop included)."""
 
+import os
 import signal
 import sys
+
+
+def _exit_now(signum, frame):
+    os.write(2, f"error: interrupted by {signal.Signals(signum).name}; no output was written\n".encode())
+    os._exit(128 + signum)
 
 
 def _interrupt(signum, frame):
@@ -15,15 +23,12 @@ def _interrupt(signum, frame):
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        from musicguide.cli import main as run
-    except BaseException as error:  # noqa: BLE001 - only an interrupt can land here in practice
-        if type(error).__name__ != "Interrupted":
-            raise
-        print(f"error: interrupted by {error.name}; no output was written", file=sys.stderr)
-        sys.exit(error.exit_code)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_now)
+    from musicguide.cli import main as run
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     run()
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
+from musicguide.timespec import MAX_SECONDS
 
 # Extension -> libsndfile container. WAV and FLAC are lossless and universally read by DAWs.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -146,6 +147,8 @@ def _to_channels(audio: np.ndarray, channels: int) -> tuple[np.ndarray, str | No
     return np.repeat(mono, channels, axis=1), f"{have} channels averaged to {channels}"
 
 
+# A header that claims 1 Hz would make the resampler ask for 124 GB: refuse rates no music has.
+MIN_INPUT_RATE, MAX_INPUT_RATE = 4000, 768_000
 BLOCK_FRAMES = 1 << 16  # frames per block when audio is streamed
 # Formats whose seek lands on the exact sample that sequential decoding gives; anything else
 # (Ogg, MP3, ...) is decoded once, in order, into a scratch file before it is read by ranges.
@@ -169,8 +172,12 @@ def _open_sound(file: Path) -> sf.SoundFile:
 def _info(file: Path, sound: sf.SoundFile) -> AudioInfo:
     if sound.frames <= 0:
         raise UserError(f"{file} contains no audio (0 samples)")
-    if not 1 <= sound.samplerate <= 10_000_000:
-        raise UserError(f"{file} claims a sample rate of {sound.samplerate} Hz")
+    if not MIN_INPUT_RATE <= sound.samplerate <= MAX_INPUT_RATE:
+        raise UserError(f"{file} claims a sample rate of {sound.samplerate} Hz, which is not audio "
+                        f"(musicguide reads {MIN_INPUT_RATE} to {MAX_INPUT_RATE} Hz)")
+    if sound.frames > MAX_SECONDS * sound.samplerate:
+        raise UserError(f"{file} is {sound.frames / sound.samplerate / 3600:.0f} hours long; musicguide reads at most "
+                        f"{MAX_SECONDS / 3600:.0f}")
     return AudioInfo(path=str(file), sample_rate=sound.samplerate, channels=sound.channels, frames=sound.frames,
                      format=sound.format, subtype=sound.subtype)
 

@@ -141,6 +141,7 @@ def main() -> None:
     """Runs the app and turns everything that ends it into one line and an exit status."""
     import torch
 
+    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=False)
     try:
         code = app(standalone_mode=False)
     except UserError as error:
@@ -181,13 +182,14 @@ def _fail(message: str, code: int, cause: BaseException) -> None:
 
 @contextmanager
 def _progress(quiet: bool, total: int, label: str) -> Iterator:
-    """A rich progress bar over sampling steps; yields the sampler callback."""
+    """A rich progress bar over sampling steps; yields the sampler callback. The bar is transient
+    and a summary line stays, so that an error ends on one line, not on a half-full bar."""
     if quiet:
         yield None
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=False) as progress:
+    with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(label, total=total, loss="")
 
         def callback(step) -> None:
@@ -195,6 +197,8 @@ def _progress(quiet: bool, total: int, label: str) -> Iterator:
             progress.update(task, advance=1, loss=loss)
 
         yield callback
+        done = progress.tasks[0]
+    err.print(f"{label}: {done.completed:.0f}/{total} steps in {done.elapsed:.1f} s")
 
 
 def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict) -> None:
@@ -477,7 +481,7 @@ def evaluate(
     if context is not None and not (context > 0 and math.isfinite(context)):
         raise UserError(f"--context must be a positive number of seconds, got {context}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, disable=quiet) as bar:
+                  TimeRemainingColumn(), console=err, disable=quiet, transient=True) as bar:
         task = bar.add_task("evaluate", total=None)
 
         def progress(done: int, total: int, what: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -40,6 +41,7 @@ from .splice import SeamMetric, fade_samples, seam_report, splice
 from .tasks import DEFAULT_STRENGTH, join_with_crossfade
 
 TASKS = ("infill", "regeneration", "continuation", "transition")
+MAX_CLIPS = 10_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus")
 
 # Sampling variants: name -> overrides of SamplerSettings. All share the step count and, per clip,
@@ -826,11 +828,34 @@ def _finite_or_none(value):
     return value
 
 
-def write_report(report: EvalReport, out_md: Path, out_json: Path) -> None:
-    write_text_atomically(out_md, render_markdown(report))
-    write_text_atomically(out_json, json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False) + "\n")
+def write_report(report: EvalReport, out_md: Path, out_json: Path, *, overwrite: bool = True) -> None:
+    """The JSON first (it holds every number), then the Markdown, published together. If the JSON
+    cannot be written (a full disk), the numbers go to a file in the temporary folder, or else to
+    stdout, and the error says where: hours of evaluation are never lost to a write."""
+    from .atomic import Outputs
+
+    text = json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False) + "\n"
+    with Outputs([out_json, out_md], overwrite=overwrite) as outputs:
+        outputs.reserve()
+        try:
+            outputs.write(out_json, lambda path: path.write_text(text))
+            outputs.write(out_md, lambda path: path.write_text(render_markdown(report)))
+            outputs.publish()
+        except UserError as error:
+            raise UserError(f"{error}; the evaluation's numbers are in {_rescue(text)}") from error
 
 
+def _rescue(text: str) -> str:
+    import tempfile
+
+    try:
+        handle, name = tempfile.mkstemp(prefix="musicguide-evaluate-", suffix=".json")
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        return name
+    except OSError:
+        print(text)
+        return "the JSON printed on stdout"
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -861,16 +886,20 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
     `variant_names` picks some of MODEL_VARIANTS (the primary one is always run: the verdicts use it)."""
     from .registry import load_model
 
+    from .atomic import check_writable
+    from .runner import MAX_SEED, MAX_STEPS
+
     out_md, out_json = report_paths(out)
     for path in (out_md, out_json):
-        if path.exists() and not overwrite:
-            raise UserError(f"{path} exists; pass --overwrite to replace it")
-    if not out_md.parent.is_dir():
-        raise UserError(f"cannot write {out_md}: folder {out_md.parent} does not exist")
+        check_writable(path, overwrite=overwrite)
     if not clips_dir.is_dir():
         raise UserError(f"no such folder: {clips_dir}")
-    if steps < 1 or n_clips < 2:
-        raise UserError(f"need --steps >= 1 and --clips >= 2, got {steps} and {n_clips}")
+    if not (1 <= steps <= MAX_STEPS and 2 <= n_clips <= MAX_CLIPS and 0 <= seed <= MAX_SEED):
+        raise UserError(f"need --steps from 1 to {MAX_STEPS}, --clips from 2 to {MAX_CLIPS} and --seed from 0 to "
+                        f"{MAX_SEED}, got {steps}, {n_clips} and {seed}")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise UserError(f"unknown task {unknown[0]!r}" if unknown else "no task to run", hint=f"choose from: {', '.join(TASKS)}")
     names = None if tracks is None else read_track_list(tracks)
     variants = None
     if variant_names:
@@ -886,5 +915,5 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
             "device": str(next(net.parameters()).device), "tracks": names}
     report = evaluate(net, clips_dir, variants=variants, steps=steps, n_clips=n_clips, seed=seed, protocol=protocol,
                       tracks=names, model_info=info, progress=None if quiet else progress, tasks=tasks)
-    write_report(report, out_md, out_json)
+    write_report(report, out_md, out_json, overwrite=overwrite)
     return report

@@ -178,9 +178,10 @@ def opened(paths: list[Path], sample_rate: int, channels: int) -> Iterator[list]
 
 def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs, edit_settings: dict, *,
              progress, say: Callable[[str], None]) -> Run:
-    """Check, reserve the outputs, load, run `edit(model, sources, settings, callback) -> Edited`,
+    """Check, reserve the outputs, load, run `edit(model, sources, settings, begin) -> Edited`,
     write and publish. `runs` is how many sampling runs the edit takes (a number, or a function
-    of the model) and `progress(total, label)` a context manager yielding the step callback."""
+    of the model); `progress(total, label)` is a context manager yielding the step callback, and
+    the edit enters `begin()` (that context) around its sampling."""
     from .atomic import Outputs
 
     common.check()
@@ -198,8 +199,9 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
                     say(f"[dim]{Path(info.path).name}: {note}[/dim]")
             started = time.perf_counter()
             total_runs = runs(model) if callable(runs) else runs
-            with progress(total_runs * settings.steps, f"{verb} ({settings.sampler}, seed {settings.seed})") as callback:
-                edited = edit(model, sources, settings, callback)
+            label = f"{verb} ({settings.sampler}, seed {settings.seed})"
+            # the edit checks its inputs first and starts the bar when sampling starts
+            edited = edit(model, sources, settings, lambda: progress(total_runs * settings.steps, label))
             elapsed = time.perf_counter() - started
             context = {"verb": verb, "common": common, "settings": settings, "model": model, "resolved": resolved,
                        "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed}
@@ -330,16 +332,17 @@ def region_edit(common: Common, start_s: float, end_s: float, strength: float | 
     """infill (strength None) or regenerate: the excerpt around the region, edited, streamed back."""
     from . import edit
 
-    def run(model, sources, settings, callback) -> Edited:
+    def run(model, sources, settings, begin) -> Edited:
         song, sr = sources[0], model.sample_rate
         start, end = check_region(song, start_s, end_s, sr)
         s0, s1 = region_excerpt(song, start, end, model)
         estimate_memory(model, s1 - s0, common.variations, f"{common.variations} variation(s) of this edit")
         excerpt = song.read(s0, s1)
         check_not_silent(excerpt, f"{song.path} around the edit")
-        result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=common.variations,
-                             context=_context_samples(common, sr), strength=strength, offset=s0,
-                             song_length=song.length, callback=callback)
+        with begin() as callback:
+            result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=common.variations,
+                                 context=_context_samples(common, sr), strength=strength, offset=s0,
+                                 song_length=song.length, callback=callback)
         pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
         return Edited(shifted(result, s0, sr), pieces)
 
@@ -349,15 +352,16 @@ def region_edit(common: Common, start_s: float, end_s: float, strength: float | 
 def continue_edit(common: Common, seconds: float) -> Callable:
     from . import edit
 
-    def run(model, sources, settings, callback) -> Edited:
+    def run(model, sources, settings, begin) -> Edited:
         song, sr = sources[0], model.sample_rate
         s0 = max(0, song.length - model_window(model))
         new = round(seconds * sr)
         estimate_memory(model, song.length - s0 + new, common.variations, f"continuing by {seconds:g} s")
         excerpt = song.read(s0, song.length)
         check_not_silent(excerpt, f"the end of {song.path}")
-        result = edit.continue_song(model, excerpt, seconds, settings, variations=common.variations,
-                                    context=_context_samples(common, sr), offset=s0, callback=callback)
+        with begin() as callback:
+            result = edit.continue_song(model, excerpt, seconds, settings, variations=common.variations,
+                                        context=_context_samples(common, sr), offset=s0, callback=callback)
         return Edited(shifted(result, s0, sr), [[(song, 0, s0), audio] for audio in result.songs])
 
     return run
@@ -366,7 +370,7 @@ def continue_edit(common: Common, seconds: float) -> Callable:
 def transition_edit(common: Common, length_s: float, strength: float) -> Callable:
     from . import edit
 
-    def run(model, sources, settings, callback) -> Edited:
+    def run(model, sources, settings, begin) -> Edited:
         first, second = sources
         sr, reach = model.sample_rate, model_window(model)
         overlap = round(length_s * sr)
@@ -377,9 +381,10 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
         head, tail = first.read(s0, first.length), second.read(0, e2)
         check_not_silent(head, f"the end of {first.path}")
         check_not_silent(tail, f"the start of {second.path}")
-        result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=common.variations,
-                                 context=_context_samples(common, sr), offset=s0,
-                                 song_length=first.length + second.length - overlap, callback=callback)
+        with begin() as callback:
+            result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=common.variations,
+                                     context=_context_samples(common, sr), offset=s0,
+                                     song_length=first.length + second.length - overlap, callback=callback)
         pieces = [[(first, 0, s0), audio, (second, e2, second.length)] for audio in result.songs]
         return Edited(shifted(result, s0, sr), pieces)
 
@@ -389,8 +394,9 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
 def generate_edit(common: Common, seconds: float) -> Callable:
     from . import edit
 
-    def run(model, sources, settings, callback) -> Edited:
-        result = edit.generate(model, seconds, settings, variations=common.variations, callback=callback)
+    def run(model, sources, settings, begin) -> Edited:
+        with begin() as callback:
+            result = edit.generate(model, seconds, settings, variations=common.variations, callback=callback)
         return Edited(result, [[audio] for audio in result.songs])
 
     return run
@@ -417,7 +423,7 @@ def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | No
     for clip in style.like:
         probe_input(clip)
 
-    def run(model, sources, settings, callback) -> Edited:
+    def run(model, sources, settings, begin) -> Edited:
         import torch
 
         song, sr = sources[0], model.sample_rate
@@ -438,10 +444,11 @@ def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | No
         estimate_memory(model, s1 - s0, common.variations, f"{common.variations} restyle variation(s)")
         excerpt = song.read(s0, s1)
         check_not_silent(excerpt, f"{song.path} around the region")
-        result = edit.restyle(model, excerpt, start - s0, end - s0, settings, style_loss=lambda x: sum(t(x) for t in terms),
-                              structure=losses.log_mel_envelope(net, sr), keep=style.keep, strength=style.strength,
-                              match_level=style.match_level, variations=common.variations,
-                              context=_context_samples(common, sr), offset=s0, song_length=song.length, callback=callback)
+        with begin() as callback:
+            result = edit.restyle(model, excerpt, start - s0, end - s0, settings, style_loss=lambda x: sum(t(x) for t in terms),
+                                  structure=losses.log_mel_envelope(net, sr), keep=style.keep, strength=style.strength,
+                                  match_level=style.match_level, variations=common.variations,
+                                  context=_context_samples(common, sr), offset=s0, song_length=song.length, callback=callback)
         pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
         return Edited(shifted(result, s0, sr), pieces)
 
