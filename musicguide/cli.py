@@ -24,8 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
 
-from . import __version__, runner
+from . import __version__, jobs, runner
 from .errors import Interrupted, UserError
+from .jobs import Timing
 from .runner import Common
 
 app = typer.Typer(
@@ -91,24 +92,36 @@ SHARED_OPTIONS = {
     "context": (Optional[float], typer.Option(help="Seconds of context on each side (default: as much as the model's window takes)."), None),
     "sample_format": (SampleFormat, typer.Option("--format", help="Sample format (auto: the input's PCM depth, else 24-bit)."), SampleFormat.auto),
     "as_json": (bool, typer.Option("--json", help="Print one JSON object on stdout (outputs, sidecars, flagged seams, or the error)."), False),
+    "plot": (bool, typer.Option("--plot", help="Also write NAME.png: spectrograms before and after, levels, the edited region and its seams (needs the 'plot' extra)."), False),
+}
+# Commands that take times also take these: times in bars (b9, b9.3) and --snap use the song's beat grid.
+BEAT_OPTIONS = {
+    "bpm": (Optional[float], typer.Option(help="The tempo, if you know it (else the beat tracker finds it)."), None),
+    "downbeat": (Optional[str], typer.Option(help="Where bar 1 begins (seconds or m:ss), if you know it."), None),
+    "beats_per_bar": (Optional[int], typer.Option(help="The meter (default: 4 or 3, whichever the accents support)."), None),
+    "snap": (bool, typer.Option("--snap", help="Move edges given in seconds to the nearest beat."), False),
 }
 
 
-def edit_command(name: str | None = None, *, fixed: dict | None = None, **replaced):
-    """Register an edit command whose function takes its own options plus `common: Common`; the
-    shared options are added to its signature here. `fixed` options are not offered and take the
-    given values; `replaced` ones get another (type, typer.Option, default)."""
+def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: bool = False, **replaced):
+    """Register an edit command whose function takes its own options plus `common: Common` (and,
+    with `beats`, `timing: Timing`); the shared options are added to its signature here. `fixed`
+    options are not offered and take the given values; `replaced` ones get another
+    (type, typer.Option, default)."""
     fixed = fixed or {}
+    offered = {**SHARED_OPTIONS, **replaced, **(BEAT_OPTIONS if beats else {})}
 
     def decorate(function):
-        own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "common"]
+        own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name not in ("common", "timing")]
         shared = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
-                  for key, (kind, option, default) in {**SHARED_OPTIONS, **replaced}.items() if key not in fixed]
+                  for key, (kind, option, default) in offered.items() if key not in fixed]
 
         def command(**kwargs):
             values = {key: kwargs.pop(key) for key in SHARED_OPTIONS if key in kwargs}
             values = {key: value.value if isinstance(value, Enum) else value for key, value in values.items()}
             STATE["json"] = values.get("as_json", False)
+            if beats:
+                kwargs["timing"] = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS})
             return function(**kwargs, common=Common(**values, **fixed))
 
         command.__signature__ = inspect.Signature(own + shared)
@@ -201,7 +214,7 @@ def _progress(quiet: bool, total: int, label: str) -> Iterator:
     err.print(f"{label}: {done.completed:.0f}/{total} steps in {done.elapsed:.1f} s")
 
 
-def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict) -> None:
+def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict, timing: Timing | None = None) -> None:
     quiet = common.quiet or common.as_json
 
     def say(text: str) -> None:
@@ -209,7 +222,8 @@ def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_setting
             err.print(text)
 
     run = runner.run_edit(verb, common, inputs, edit, runs, edit_settings,
-                          progress=lambda total, label: _progress(quiet, total, label), say=say)
+                          progress=lambda total, label: _progress(quiet, total, label), say=say, plot=common.plot,
+                          timing=timing)
     if common.as_json:
         print(json.dumps({"ok": True, "command": verb, "outputs": [
             {"path": o["path"], "sidecar": o["sidecar"], "seconds": o["seconds"],
@@ -235,12 +249,12 @@ def _report(output: dict) -> None:
                       f"spectrum {seam.spectral_distance_db.value:.1f} dB); listen there[/yellow]")
 
 
-def _region(start: str, end: str) -> tuple[float, float]:
-    from .timespec import parse_time
-
-    a, b = parse_time(start, "--start"), parse_time(end, "--end")
+def _region(start: str, end: str, timing: Timing, song: Path) -> tuple[float, float]:
+    timing.song = song
+    a, b = timing.seconds(start, "--start"), timing.seconds(end, "--end")
     if a >= b:
-        raise UserError(f"--start ({start}) must be before --end ({end})")
+        raise UserError(f"--start ({start}) must be before --end ({end})"
+                        + (f": with --snap both are at the beat at {a:.3f} s" if timing.snap else ""))
     return a, b
 
 
@@ -253,30 +267,64 @@ def _strength(value: float) -> float:
 # ---- commands ------------------------------------------------------------------------------------
 
 
-@edit_command()
+@edit_command(beats=True)
 def infill(
     song: Annotated[Path, typer.Argument(help="The song (any format libsndfile reads).")],
-    start: Annotated[str, typer.Option(help="Start of the gap: seconds (30.5) or m:ss(.ms).")],
+    start: Annotated[str, typer.Option(help="Start of the gap: seconds (30.5), m:ss(.ms), or a bar (b9, b9.3).")],
     end: Annotated[str, typer.Option(help="End of the gap.")],
     common: Common,
+    timing: Timing,
 ) -> None:
     """Replace a stretch of the song with new music that fits what comes before and after."""
-    a, b = _region(start, end)
-    _run("infill", common, [song], runner.region_edit(common, a, b, None), 1, {"start_s": a, "end_s": b})
+    a, b = _region(start, end, timing, song)
+    _run("infill", common, [song], jobs.region_edit(common, a, b, None), 1, {"start_s": a, "end_s": b}, timing)
 
 
-@edit_command()
+@edit_command(beats=True)
 def regenerate(
     song: Annotated[Path, typer.Argument(help="The song.")],
-    start: Annotated[str, typer.Option(help="Start of the section: seconds or m:ss(.ms).")],
+    start: Annotated[str, typer.Option(help="Start of the section: seconds, m:ss(.ms), or a bar (b9, b9.3).")],
     end: Annotated[str, typer.Option(help="End of the section.")],
     common: Common,
+    timing: Timing,
     strength: Annotated[float, typer.Option(help="How much noise replaces the original (0 < k ≤ 1; 1 = infill).")] = 0.85,
 ) -> None:
     """Redo a section as a variation of itself: it starts from a mix of noise and the original."""
-    a, b = _region(start, end)
-    _run("regenerate", common, [song], runner.region_edit(common, a, b, _strength(strength)), 1,
-         {"start_s": a, "end_s": b, "strength": strength})
+    a, b = _region(start, end, timing, song)
+    _run("regenerate", common, [song], jobs.region_edit(common, a, b, _strength(strength)), 1,
+         {"start_s": a, "end_s": b, "strength": strength}, timing)
+
+
+@edit_command(beats=True)
+def loop(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    start: Annotated[str, typer.Option(help="Where the loop begins: seconds, m:ss(.ms), or a bar (b9).")],
+    common: Common,
+    timing: Timing,
+    end: Annotated[Optional[str], typer.Option(help="Where it ends (or give --bars).")] = None,
+    bars: Annotated[Optional[float], typer.Option(help="The loop's length in bars, from --start.")] = None,
+    length: Annotated[Optional[float], typer.Option(help="Seconds at the loop's end to regenerate (default: a bar with --bars, else min(2 s, a quarter of the loop)).")] = None,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the original end (0 < k ≤ 1).")] = 0.85,
+) -> None:
+    """Write a seamless loop of a region: its end is regenerated so that it flows back into its start."""
+    if (end is None) == (bars is None):
+        raise UserError("loop needs --end or --bars (one of them)")
+    timing.song = song
+    a = timing.seconds(start, "--start")
+    if bars is not None:
+        if not 0 < bars <= 1000:
+            raise UserError(f"--bars must be a positive number of bars up to 1000, got {bars:g}")
+        b = timing.grid().bars_after(a, bars)
+        if length is None:
+            length = min(timing.grid().bars_after(a, 1) - a, (b - a) / 2)
+    else:
+        b = timing.seconds(end, "--end")
+    if a >= b:
+        raise UserError(f"--start ({start}) must be before the loop's end ({b:.3f} s)")
+    if length is not None:
+        jobs.check_length(length, "--length")
+    _run("loop", common, [song], jobs.loop_edit(common, a, b, length, _strength(strength)), 1,
+         {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing)
 
 
 @edit_command("continue")
@@ -288,9 +336,9 @@ def continue_(
     """Add music after the end of the song, in overlapping chunks when it is longer than the model's window."""
     from . import edit
 
-    runner.check_length(seconds, "--seconds")
-    _run("continue", common, [song], runner.continue_edit(common, seconds),
-         lambda model: edit.continuation_chunks(model, seconds), {"seconds": seconds})
+    jobs.check_length(seconds, "--seconds")
+    _run("continue", common, [song], jobs.continue_edit(common, seconds),
+         lambda model, sources: edit.continuation_chunks(model, seconds), {"seconds": seconds})
 
 
 @edit_command()
@@ -302,8 +350,8 @@ def transition(
     strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = 0.85,
 ) -> None:
     """Write a musical transition from one track into the next (their crossfade, regenerated)."""
-    runner.check_length(length, "--length")
-    _run("transition", common, [first, second], runner.transition_edit(common, length, _strength(strength)), 1,
+    jobs.check_length(length, "--length")
+    _run("transition", common, [first, second], jobs.transition_edit(common, length, _strength(strength)), 1,
          {"length_s": length, "strength": strength})
 
 
@@ -313,8 +361,8 @@ def generate(
     seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = 10.0,
 ) -> None:
     """New music from the model alone (no input, no guidance)."""
-    runner.check_length(seconds, "--seconds")
-    _run("generate", common, [], runner.generate_edit(common, seconds), 1, {"seconds": seconds})
+    jobs.check_length(seconds, "--seconds")
+    _run("generate", common, [], jobs.generate_edit(common, seconds), 1, {"seconds": seconds})
 
 
 class Tagger(str, Enum):
@@ -327,37 +375,38 @@ STYLE_GUIDANCE = (float, typer.Option(help="Step size ξ of the style term. Its 
                                            "small, so it is far larger than an edit's; the context keeps the edits' ξ."), 100.0)
 
 
-@edit_command(fixed={"loss_space": "audio"}, guidance=STYLE_GUIDANCE)
+@edit_command(fixed={"loss_space": "audio"}, beats=True, guidance=STYLE_GUIDANCE)
 def restyle(
     song: Annotated[Path, typer.Argument(help="The song.")],
     common: Common,
+    timing: Timing,
     like: Annotated[Optional[list[Path]], typer.Option(help="Reference clip(s) whose style to move toward (embedding guidance).")] = None,
     toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
     away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
     strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = 0.6,
     keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = 1.0,
     match_level: Annotated[bool, typer.Option(help="Give the restyled region the input's RMS level (one gain, at most ±12 dB).")] = True,
-    start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the start).")] = None,
+    start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the whole song, in windows).")] = None,
     end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
     tagger: TaggerOpt = Tagger.msd,
 ) -> None:
-    """Steer a clip toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
-    from .timespec import parse_time
-
+    """Steer a song toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
     like, toward, away_from = like or [], toward or [], away_from or []
     if not (like or toward or away_from):
         raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
     if not keep >= 0 or not math.isfinite(keep):
         raise UserError(f"--keep must be a finite number >= 0, got {keep}")
-    a = 0.0 if start is None else parse_time(start, "--start")
-    b = None if end is None else parse_time(end, "--end")
+    timing.song = song
+    a = 0.0 if start is None else timing.seconds(start, "--start")
+    b = None if end is None else timing.seconds(end, "--end")
     if b is not None and a >= b:
         raise UserError(f"--start ({start}) must be before --end ({end})")
-    style = runner.Style(like=like, toward=toward, away_from=away_from, tagger=tagger.value, strength=_strength(strength),
+    style = jobs.Style(like=like, toward=toward, away_from=away_from, tagger=tagger.value, strength=_strength(strength),
                          keep=keep, match_level=match_level)
     extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
              "keep": keep, "start": start, "end": end, "tagger": tagger.value, "match_level": match_level}
-    _run("restyle", common, [song], runner.restyle_edit(common, style, a, b), 1, extra)
+    _run("restyle", common, [song], jobs.restyle_edit(common, style, a, b),
+         lambda model, sources: jobs.restyle_chunk_count(model, sources, a, b), extra, timing)
 
 
 @app.command()
@@ -399,6 +448,25 @@ def _shared(key: str):
 
 
 ModelOpt, DeviceOpt, Quiet, Overwrite = (_shared(k) for k in ("model", "device", "quiet", "overwrite"))
+@app.command()
+def beats(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    bpm: Annotated[Optional[float], typer.Option(help="The tempo, if you know it.")] = None,
+    downbeat: Annotated[Optional[str], typer.Option(help="Where bar 1 begins, if you know it.")] = None,
+    beats_per_bar: Annotated[Optional[int], typer.Option(help="The meter (default: detected, 4 or 3).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grid as JSON.")] = False,
+) -> None:
+    """The song's beat grid as bar and beat times take it: tempo, meter, and every bar's beats (bars from 1)."""
+    from .beats import format_grid
+
+    STATE["json"] = as_json
+    grid = Timing(bpm=bpm, downbeat=downbeat, beats_per_bar=beats_per_bar, song=song).grid()
+    if as_json:
+        print(json.dumps({"ok": True, "file": str(song), **grid.to_dict()}))
+    else:
+        out.print(format_grid(grid), markup=False, highlight=False)
+
+
 DataDir = Annotated[Path, typer.Argument(help="Folder of audio files (.wav/.flac/.ogg, searched recursively), 44.1 kHz stereo preferred.")]
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder (refused if it holds a run, unless --resume).")]
 Preset = Annotated[str, typer.Option(help="tiny (CPU seconds), demo (what ships), sao (SAO 1.0 shapes).")]

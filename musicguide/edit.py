@@ -377,7 +377,8 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     the restyled region the input's RMS level there: a restyle changes the style, not the mix
     level, and a VAE that loses level on its round trip (the demo's loses ~4 dB) would otherwise
     make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
-    _check_region(song, start, end, model.sample_rate)
+    songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
+    _check_region(songs[0], start, end, model.sample_rate)
     if not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
     if not keep >= 0 or not math.isfinite(keep):
@@ -385,8 +386,8 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     settings = settings.for_model(model)
     xi_context = DEFAULT_GUIDANCE["latent"] if context_guidance is None else context_guidance
     sr, hop = model.sample_rate, model.downsampling_ratio
-    window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
-    songs = song[None].expand(variations, -1, -1)
+    length = songs.shape[-1]
+    window = plan_window(length, start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed)
     schedule = model.schedule
     mask = tasks.free_range_mask(x_bar.shape[-1], window.free, model.encoder_leak_frames())
@@ -407,7 +408,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
         return total
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
-        total = song.shape[-1] if song_length is None else song_length
+        total = length if song_length is None else song_length
         return model.denoise(x, t, seconds_start=(offset + window.at) / sr, seconds_total=total / sr)
 
     consistency = paste_known(mask, y, schedule) if settings.consistency and mask.n_known else None
@@ -420,8 +421,45 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     if match_level:
         decoded, gains = _match_level(decoded, audio.float().cpu(), a, b)
     edited, seams = _splice_all(songs, decoded, window, sr)
-    result = _result(edited, [window], seams, song, sr, last_loss)
+    result = _result(edited, [window], seams, songs[0], sr, last_loss)
     result.level_gain_db = gains
+    return result
+
+
+def restyle_chunks(model, samples: int) -> list[int]:
+    """Where a restyle of `samples` samples is cut into windows: one window when it fits with
+    context around it, else equal parts of at most half the model's window."""
+    hop = model.downsampling_ratio
+    window = model.max_frames * hop
+    if samples <= window - 2 * context_floor(model) - 2 * hop:
+        return [0, samples]
+    count = -(-samples // (window // 2))
+    return [round(k * samples / count) for k in range(count + 1)]
+
+
+def restyle_song(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, variations: int = 1,
+                 callback: Callback | None = None, **kwargs) -> EditResult:
+    """Restyle song[:, start:end] of any length. Past one model window it goes in windows of at
+    most half the model's window, in order, each with its own seed. Each window's left context is
+    the restyled audio before it: the context term and the pasted known frames make it continue
+    that audio, as a continuation does, so that the style carries across windows and no seam
+    opens between them. `level_gain_db` holds the mean gain over the windows, per variation."""
+    cuts = [start + c for c in restyle_chunks(model, end - start)]
+    songs = song[None].expand(variations, -1, -1)
+    windows, positions, gains, loss = [], set(), [], None
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        part = restyle(model, songs, a, b, replace(settings, seed=settings.seed + k), variations=variations,
+                       callback=callback, **kwargs)
+        songs = torch.stack(part.songs)
+        windows += part.windows
+        # a window's end seam lies inside the next window's new audio, unless it is the last window
+        last = k == len(cuts) - 2
+        positions |= {seam.position for seam in part.seams[0] if last or seam.position < (a + b) // 2}
+        gains.append(part.level_gain_db)
+        loss = part.guidance_loss
+    result = _result(songs, windows, sorted(positions), song, model.sample_rate, loss)
+    if all(gains):
+        result.level_gain_db = [sum(g[i] for g in gains) / len(gains) for i in range(variations)]
     return result
 
 
@@ -440,3 +478,30 @@ def _match_level(decoded: Tensor, original: Tensor, a: int, b: int) -> tuple[Ten
     gain_db = (20 * torch.minimum(ratio, headroom).clamp(min=1e-9).log10()).clamp(-MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB)
     gain = 10 ** (gain_db / 20)
     return decoded * gain.to(decoded.dtype)[:, None, None], [float(g) for g in gain_db]
+
+
+def loop(model, region: Tensor, regenerate: int, settings: SamplerSettings, *, strength: float = tasks.DEFAULT_STRENGTH,
+         variations: int = 1, context: int | None = None, reference: Tensor | None = None,
+         callback: Callback | None = None) -> EditResult:
+    """A seamless loop of `region` [channels, L]: its last `regenerate` samples are regenerated so
+    that they flow back into its start, a transition from the region's end to its start.
+
+    The region is laid twice end to end and the end of the first copy is regenerated with the
+    second copy's start as its right context. The loop is then read from the second copy's start
+    up to a point halfway into the untouched stretch, and from there on from the first copy: it
+    keeps the fades of both seams (the first `fade` samples of its start carry the loop point's
+    crossfade) and joins untouched audio to itself where it wraps. The seams are measured on the
+    loop played twice, against `reference` (default: the region): where the regenerated stretch
+    begins, and the loop point."""
+    length = region.shape[-1]
+    if not 0 < regenerate <= length // 2:
+        raise UserError("the regenerated end must be positive and at most half the loop")
+    doubled = torch.cat([region, region], dim=-1)
+    part = infill(model, doubled, length - regenerate, length, settings, variations=variations, context=context,
+                  strength=strength, callback=callback)
+    split = (length - regenerate) // 2  # inside the untouched stretch, past both seams' fades
+    loops = [torch.cat([song[:, length : length + split], song[:, split:length]], dim=-1) for song in part.songs]
+    seams = [length - regenerate, length]
+    reference = region if reference is None else reference
+    reports = [seam_report(torch.cat([z, z], dim=-1), model.sample_rate, seams, reference=reference) for z in loops]
+    return EditResult(loops, part.windows, reports, part.guidance_loss)

@@ -86,12 +86,14 @@ def draw_edit(
     region: tuple[float, float] | None = None,
     seams: Iterable[Seam] = (),
     title: str | None = None,
+    time_origin: float = 0.0,
 ):
     """The matplotlib Figure of an edit, on the edited audio's time axis.
 
     `original` and `edited` are [channels, samples]; `offset` is where the original starts on the
     edited audio's time axis; `region` (seconds, on that axis) is shaded; each seam is a vertical
-    line, red when it is flagged.
+    line, red when it is flagged. `time_origin` is added to the tick labels: an excerpt that starts
+    1:23 into a song is labelled in the song's time.
     """
     require_matplotlib()
     seams = list(seams)
@@ -107,7 +109,7 @@ def draw_edit(
     for axis in axes:
         _mark_edit(axis, region, seams, on_spectrogram=axis is not axes[-1])
     axes[-1].set_xlim(0, edited.shape[-1] / sample_rate)
-    axes[-1].xaxis.set_major_formatter(_minutes_and_seconds)
+    axes[-1].xaxis.set_major_formatter(lambda seconds, _position=None: _minutes_and_seconds(seconds + time_origin))
     axes[-1].set_xlabel("time in the output (m:ss)")
     _legend(axes[-1], original is not None, region, seams)
     if title:

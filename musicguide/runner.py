@@ -47,6 +47,7 @@ class Common:
     context: float | None = None
     sample_format: str = "auto"
     as_json: bool = False
+    plot: bool = False
 
     def check(self) -> None:
         """Refuse bad values before any work: every number has a range."""
@@ -75,7 +76,9 @@ class Edited:
 
     result: object  # edit.EditResult, with windows and seams in the output's coordinates
     pieces: list[list]
-    sources: list = field(default_factory=list)  # the SongFiles, to measure seams against
+    # per variation, for --plot: (the audio before or None, the edited excerpt, where it starts in s)
+    views: list[tuple] = field(default_factory=list)
+    extra: list[dict] = field(default_factory=list)  # per variation, added to the sidecar
 
 
 def output_paths(first_input: Path | None, common: Common, verb: str) -> list[Path]:
@@ -177,18 +180,23 @@ def opened(paths: list[Path], sample_rate: int, channels: int) -> Iterator[list]
 
 
 def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs, edit_settings: dict, *,
-             progress, say: Callable[[str], None]) -> Run:
+             progress, say: Callable[[str], None], plot: bool = False, timing=None) -> Run:
     """Check, reserve the outputs, load, run `edit(model, sources, settings, begin) -> Edited`,
     write and publish. `runs` is how many sampling runs the edit takes (a number, or a function
-    of the model); `progress(total, label)` is a context manager yielding the step callback, and
-    the edit enters `begin()` (that context) around its sampling."""
+    of the model and the sources); `progress(total, label)` is a context manager yielding the
+    step callback, and the edit enters `begin()` (that context) around its sampling. With `plot`,
+    a picture of each output is written beside it; `timing` (jobs.Timing) adds its beat grid."""
     from .atomic import Outputs
 
     common.check()
     settings = settings_for(common)
     paths = output_paths(inputs[0] if inputs else None, common, verb)
     infos = [probe_input(p) for p in inputs]
-    targets = [f for p in paths for f in (p, sidecar_path(p))]
+    if plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
     with Outputs(targets, overwrite=common.overwrite, inputs=tuple(inputs)) as outputs:
         outputs.reserve()
         model, resolved, device = load_model(common, say)
@@ -198,13 +206,14 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
                 for note in source.info.conversions:
                     say(f"[dim]{Path(info.path).name}: {note}[/dim]")
             started = time.perf_counter()
-            total_runs = runs(model) if callable(runs) else runs
+            total_runs = runs(model, sources) if callable(runs) else runs
             label = f"{verb} ({settings.sampler}, seed {settings.seed})"
             # the edit checks its inputs first and starts the bar when sampling starts
             edited = edit(model, sources, settings, lambda: progress(total_runs * settings.steps, label))
             elapsed = time.perf_counter() - started
             context = {"verb": verb, "common": common, "settings": settings, "model": model, "resolved": resolved,
-                       "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed}
+                       "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed,
+                       "plot": plot, "beats": {} if timing is None else timing.sidecar()}
             run = write_outputs(outputs, paths, edited, context)
         outputs.publish()
     return run
@@ -226,11 +235,27 @@ def write_outputs(outputs, paths: list[Path], edited: Edited, context: dict) -> 
         saved: list = []
         outputs.write(path, lambda temporary: saved.append(
             write_song(temporary, pieces, model.sample_rate, subtype or DEFAULT_SUBTYPE, named=path)))
-        sidecar = _sidecar(context, i, saved[0], lengths[i], edited.result, outputs.temporary(path))
+        sidecar = {**_sidecar(context, i, saved[0], lengths[i], edited.result, outputs.temporary(path)),
+                   **(edited.extra[i] if edited.extra else {})}
+        if context["plot"]:
+            outputs.write(path.with_suffix(".png"), lambda temporary: _picture(temporary, edited, i, model.sample_rate, path))
         outputs.write(sidecar_path(path), lambda temporary: temporary.write_text(json.dumps(sidecar, indent=2) + "\n"))
         run.outputs.append({"path": str(path), "sidecar": str(sidecar_path(path)), "seconds": lengths[i] / model.sample_rate,
                             "saved": saved[0], "seams": edited.result.seams[i]})
     return run
+
+
+def _picture(temporary: Path, edited: Edited, i: int, sample_rate: int, path: Path) -> None:
+    """The edit's picture: the excerpt the model saw, before and after, on the song's time axis."""
+    from .plot import draw_edit, save_png
+
+    before, after, start = edited.views[i]
+    result = edited.result
+    region = (min(w.edit_start for w in result.windows) / sample_rate - start,
+              max(w.edit_end for w in result.windows) / sample_rate - start) if result.windows else None
+    seams = [replace(s, seconds=s.seconds - start) for s in result.seams[i]]
+    figure = draw_edit(before, after, sample_rate, region=region, seams=seams, time_origin=start, title=path.name)
+    save_png(figure, temporary)
 
 
 def _piece_length(piece) -> int:
@@ -255,205 +280,9 @@ def _sidecar(context: dict, i: int, saved, length: int, result, written: Path) -
         "seams": [s.to_dict() for s in result.seams[i]],
         "guidance_loss_final": result.guidance_loss,
         **({"level_gain_db": result.level_gain_db[i]} if result.level_gain_db else {}),
+        **context["beats"],
         # the audio this sidecar describes: a script can check that the pair belongs together
         "output": {**saved.to_dict(), "sha256": sha256(written)},
         "seconds": length / sr,
         "elapsed_s": round(context["elapsed"], 3),
     }
-
-
-# ---- excerpts: what each command reads, and how its output is put together --------------------
-
-
-def model_window(model) -> int:
-    return model.max_frames * model.downsampling_ratio
-
-
-def region_excerpt(source, start: int, end: int, model) -> tuple[int, int]:
-    """The samples an edit of [start, end) can look at: a model window on each side (the window
-    planner never reaches further), clipped to the song."""
-    reach = model_window(model)
-    return max(0, start - reach), min(source.length, end + reach)
-
-
-def check_region(source, start_s: float, end_s: float, sample_rate: int) -> tuple[int, int]:
-    """--start/--end in samples, checked against the song."""
-    from .timespec import seconds_to_samples
-
-    start, end = seconds_to_samples(start_s, sample_rate), seconds_to_samples(end_s, sample_rate)
-    length = source.length
-    if start >= length:
-        raise UserError(f"--start ({start_s:g} s) is past the end of the song ({length / sample_rate:.3f} s)")
-    if end > length:
-        raise UserError(f"--end ({end_s:g} s) is past the end of the song ({length / sample_rate:.3f} s)")
-    if end <= start:
-        raise UserError(f"--start ({start_s!r} s) and --end ({end_s!r} s) are less than one sample apart")
-    return start, end
-
-
-def check_not_silent(audio, what: str) -> None:
-    from .audio import check_not_silent as check
-
-    check(audio, what=what)
-
-
-def shifted(result, offset: int, sample_rate: int):
-    """The result with its windows and seams moved `offset` samples later (excerpt → song)."""
-    windows = [replace(w, at=w.at + offset, edit_start=w.edit_start + offset, edit_end=w.edit_end + offset)
-               for w in result.windows]
-    seams = [[replace(s, position=s.position + offset, seconds=s.seconds + offset / sample_rate) for s in per]
-             for per in result.seams]
-    return replace(result, windows=windows, seams=seams)
-
-
-def estimate_memory(model, samples: int, variations: int, what: str) -> None:
-    """Refuse a run whose audio alone cannot fit: each variation holds a few copies of its excerpt."""
-    from .audio import check_memory
-
-    copies = 8
-    check_memory(samples * model.audio_channels * 4 * copies * variations, what)
-
-
-def check_length(seconds: float, what: str) -> float:
-    check_seconds(seconds, what)
-    if not seconds > 0:
-        raise UserError(f"{what} must be a positive number of seconds, got {seconds:g}")
-    return seconds
-
-
-# ---- the edits on files --------------------------------------------------------------------------
-
-
-def _context_samples(common: Common, sample_rate: int) -> int | None:
-    return None if common.context is None else round(common.context * sample_rate)
-
-
-def region_edit(common: Common, start_s: float, end_s: float, strength: float | None) -> Callable:
-    """infill (strength None) or regenerate: the excerpt around the region, edited, streamed back."""
-    from . import edit
-
-    def run(model, sources, settings, begin) -> Edited:
-        song, sr = sources[0], model.sample_rate
-        start, end = check_region(song, start_s, end_s, sr)
-        s0, s1 = region_excerpt(song, start, end, model)
-        estimate_memory(model, s1 - s0, common.variations, f"{common.variations} variation(s) of this edit")
-        excerpt = song.read(s0, s1)
-        check_not_silent(excerpt, f"{song.path} around the edit")
-        with begin() as callback:
-            result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=common.variations,
-                                 context=_context_samples(common, sr), strength=strength, offset=s0,
-                                 song_length=song.length, callback=callback)
-        pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
-        return Edited(shifted(result, s0, sr), pieces)
-
-    return run
-
-
-def continue_edit(common: Common, seconds: float) -> Callable:
-    from . import edit
-
-    def run(model, sources, settings, begin) -> Edited:
-        song, sr = sources[0], model.sample_rate
-        s0 = max(0, song.length - model_window(model))
-        new = round(seconds * sr)
-        estimate_memory(model, song.length - s0 + new, common.variations, f"continuing by {seconds:g} s")
-        excerpt = song.read(s0, song.length)
-        check_not_silent(excerpt, f"the end of {song.path}")
-        with begin() as callback:
-            result = edit.continue_song(model, excerpt, seconds, settings, variations=common.variations,
-                                        context=_context_samples(common, sr), offset=s0, callback=callback)
-        return Edited(shifted(result, s0, sr), [[(song, 0, s0), audio] for audio in result.songs])
-
-    return run
-
-
-def transition_edit(common: Common, length_s: float, strength: float) -> Callable:
-    from . import edit
-
-    def run(model, sources, settings, begin) -> Edited:
-        first, second = sources
-        sr, reach = model.sample_rate, model_window(model)
-        overlap = round(length_s * sr)
-        if overlap > min(first.length, second.length):
-            raise UserError(f"--length {length_s:g} s is longer than one of the tracks")
-        s0, e2 = max(0, first.length - overlap - reach), min(second.length, overlap + reach)
-        estimate_memory(model, first.length - s0 + e2, common.variations, f"{common.variations} transition(s)")
-        head, tail = first.read(s0, first.length), second.read(0, e2)
-        check_not_silent(head, f"the end of {first.path}")
-        check_not_silent(tail, f"the start of {second.path}")
-        with begin() as callback:
-            result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=common.variations,
-                                     context=_context_samples(common, sr), offset=s0,
-                                     song_length=first.length + second.length - overlap, callback=callback)
-        pieces = [[(first, 0, s0), audio, (second, e2, second.length)] for audio in result.songs]
-        return Edited(shifted(result, s0, sr), pieces)
-
-    return run
-
-
-def generate_edit(common: Common, seconds: float) -> Callable:
-    from . import edit
-
-    def run(model, sources, settings, begin) -> Edited:
-        with begin() as callback:
-            result = edit.generate(model, seconds, settings, variations=common.variations, callback=callback)
-        return Edited(result, [[audio] for audio in result.songs])
-
-    return run
-
-
-@dataclass(frozen=True)
-class Style:
-    """What restyle steers toward, and how hard."""
-
-    like: list[Path]
-    toward: list[str]
-    away_from: list[str]
-    tagger: str
-    strength: float
-    keep: float
-    match_level: bool
-
-
-def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | None) -> Callable:
-    from . import edit, losses
-    from .audio import load_audio
-    from .musicnn import load_musicnn
-
-    for clip in style.like:
-        probe_input(clip)
-
-    def run(model, sources, settings, begin) -> Edited:
-        import torch
-
-        song, sr = sources[0], model.sample_rate
-        start, end = check_region(song, start_s, seconds_of(song.length, sr) if end_s is None else end_s, sr)
-        net = load_musicnn(style.tagger, device=model.device)
-        terms = []
-        if style.like:
-            references = [load_audio(clip, sr, model.audio_channels)[0] for clip in style.like]
-            for clip, reference in zip(style.like, references):
-                check_not_silent(reference, str(clip))
-            with torch.no_grad():
-                target = torch.stack([net.embedding(r[None].to(model.device), sr)[0] for r in references]).mean(dim=0)
-            terms.append(losses.embedding_distance(net, target, sr))
-        if style.toward or style.away_from:
-            terms.append(losses.tag_bce(net, [net.tag_index(t) for t in style.toward],
-                                        [net.tag_index(t) for t in style.away_from], sr))
-        s0, s1 = region_excerpt(song, start, end, model)
-        estimate_memory(model, s1 - s0, common.variations, f"{common.variations} restyle variation(s)")
-        excerpt = song.read(s0, s1)
-        check_not_silent(excerpt, f"{song.path} around the region")
-        with begin() as callback:
-            result = edit.restyle(model, excerpt, start - s0, end - s0, settings, style_loss=lambda x: sum(t(x) for t in terms),
-                                  structure=losses.log_mel_envelope(net, sr), keep=style.keep, strength=style.strength,
-                                  match_level=style.match_level, variations=common.variations,
-                                  context=_context_samples(common, sr), offset=s0, song_length=song.length, callback=callback)
-        pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
-        return Edited(shifted(result, s0, sr), pieces)
-
-    return run
-
-
-def seconds_of(samples: int, sample_rate: int) -> float:
-    return samples / sample_rate

@@ -1,0 +1,328 @@
+"""What each command reads, edits and writes: one function per command, called by `runner`.
+
+Each returns `run(model, sources, settings, begin) -> Edited`: it checks its times against the
+songs, reads the excerpt that the edit can see (a model window on each side of the region, never
+the whole song), runs the edit inside `begin()` (the progress bar), and says how each output is
+put together: input ranges streamed from disk, with the edited excerpt between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+from .runner import Common, Edited, probe_input
+from .timespec import check_seconds, seconds_to_samples
+
+
+def model_window(model) -> int:
+    return model.max_frames * model.downsampling_ratio
+
+
+def region_excerpt(length: int, start: int, end: int, model) -> tuple[int, int]:
+    """The samples an edit of [start, end) can look at: a model window on each side (the window
+    planner never reaches further), clipped to the song."""
+    reach = model_window(model)
+    return max(0, start - reach), min(length, end + reach)
+
+
+def check_region(song, start_s: float, end_s: float, sample_rate: int) -> tuple[int, int]:
+    """--start/--end in samples, checked against the song."""
+    start, end = seconds_to_samples(start_s, sample_rate), seconds_to_samples(end_s, sample_rate)
+    if start >= song.length:
+        raise UserError(f"--start ({start_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
+    if end > song.length:
+        raise UserError(f"--end ({end_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
+    if end <= start:
+        raise UserError(f"--start ({start_s!r} s) and --end ({end_s!r} s) are less than one sample apart")
+    return start, end
+
+
+def check_not_silent(audio, what: str) -> None:
+    from .audio import check_not_silent as check
+
+    check(audio, what=what)
+
+
+def check_length(seconds: float, what: str) -> float:
+    check_seconds(seconds, what)
+    if not seconds > 0:
+        raise UserError(f"{what} must be a positive number of seconds, got {seconds:g}")
+    return seconds
+
+
+def estimate_memory(model, samples: int, variations: int, what: str) -> None:
+    """Refuse a run whose audio alone cannot fit: each variation holds a few copies of its excerpt."""
+    from .audio import check_memory
+
+    copies = 8
+    check_memory(samples * model.audio_channels * 4 * copies * variations, what)
+
+
+def shifted(result, offset: int, sample_rate: int):
+    """The result with its windows and seams moved `offset` samples later (excerpt → song)."""
+    windows = [replace(w, at=w.at + offset, edit_start=w.edit_start + offset, edit_end=w.edit_end + offset)
+               for w in result.windows]
+    seams = [[replace(s, position=s.position + offset, seconds=s.seconds + offset / sample_rate) for s in per]
+             for per in result.seams]
+    return replace(result, windows=windows, seams=seams)
+
+
+def _context_samples(common: Common, sample_rate: int) -> int | None:
+    return None if common.context is None else round(common.context * sample_rate)
+
+
+def _excerpt_edited(result, excerpt, s0: int, sr: int, pieces: list[list], *, before=None, extra=None) -> Edited:
+    """An `Edited` whose result is in song coordinates, with the excerpt kept for --plot."""
+    views = [(excerpt if before is None else before, audio, s0 / sr) for audio in result.songs]
+    return Edited(shifted(result, s0, sr), pieces, views=views, extra=extra or [{} for _ in result.songs])
+
+
+# ---- the commands ------------------------------------------------------------------------------------
+
+
+def region_edit(common: Common, start_s: float, end_s: float, strength: float | None) -> Callable:
+    """infill (strength None) or regenerate: the excerpt around the region, edited, streamed back."""
+    from . import edit
+
+    def run(model, sources, settings, begin) -> Edited:
+        song, sr = sources[0], model.sample_rate
+        start, end = check_region(song, start_s, end_s, sr)
+        s0, s1 = region_excerpt(song.length, start, end, model)
+        estimate_memory(model, s1 - s0, common.variations, f"{common.variations} variation(s) of this edit")
+        excerpt = song.read(s0, s1)
+        check_not_silent(excerpt, f"{song.path} around the edit")
+        with begin() as callback:
+            result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=common.variations,
+                                 context=_context_samples(common, sr), strength=strength, offset=s0,
+                                 song_length=song.length, callback=callback)
+        pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
+        return _excerpt_edited(result, excerpt, s0, sr, pieces)
+
+    return run
+
+
+def continue_edit(common: Common, seconds: float) -> Callable:
+    from . import edit
+
+    def run(model, sources, settings, begin) -> Edited:
+        song, sr = sources[0], model.sample_rate
+        s0 = max(0, song.length - model_window(model))
+        new = round(seconds * sr)
+        estimate_memory(model, song.length - s0 + new, common.variations, f"continuing by {seconds:g} s")
+        excerpt = song.read(s0, song.length)
+        check_not_silent(excerpt, f"the end of {song.path}")
+        with begin() as callback:
+            result = edit.continue_song(model, excerpt, seconds, settings, variations=common.variations,
+                                        context=_context_samples(common, sr), offset=s0, callback=callback)
+        return _excerpt_edited(result, excerpt, s0, sr, [[(song, 0, s0), audio] for audio in result.songs])
+
+    return run
+
+
+def transition_edit(common: Common, length_s: float, strength: float) -> Callable:
+    from . import edit, tasks
+
+    def run(model, sources, settings, begin) -> Edited:
+        first, second = sources
+        sr, reach = model.sample_rate, model_window(model)
+        overlap = round(length_s * sr)
+        if overlap > min(first.length, second.length):
+            raise UserError(f"--length {length_s:g} s is longer than one of the tracks")
+        s0, e2 = max(0, first.length - overlap - reach), min(second.length, overlap + reach)
+        estimate_memory(model, first.length - s0 + e2, common.variations, f"{common.variations} transition(s)")
+        head, tail = first.read(s0, first.length), second.read(0, e2)
+        check_not_silent(head, f"the end of {first.path}")
+        check_not_silent(tail, f"the start of {second.path}")
+        with begin() as callback:
+            result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=common.variations,
+                                     context=_context_samples(common, sr), offset=s0,
+                                     song_length=first.length + second.length - overlap, callback=callback)
+        pieces = [[(first, 0, s0), audio, (second, e2, second.length)] for audio in result.songs]
+        # "before" in a picture of a transition is the plain crossfade it regenerates
+        return _excerpt_edited(result, None, s0, sr, pieces, before=tasks.join_with_crossfade(head, tail, overlap))
+
+    return run
+
+
+def generate_edit(common: Common, seconds: float) -> Callable:
+    from . import edit
+
+    def run(model, sources, settings, begin) -> Edited:
+        with begin() as callback:
+            result = edit.generate(model, seconds, settings, variations=common.variations, callback=callback)
+        return Edited(result, [[audio] for audio in result.songs], views=[(None, audio, 0.0) for audio in result.songs])
+
+    return run
+
+
+def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | None, strength: float) -> Callable:
+    """`loop`: the region, its end regenerated so that it flows back into its start."""
+    from . import edit
+
+    def run(model, sources, settings, begin) -> Edited:
+        song, sr = sources[0], model.sample_rate
+        start, end = check_region(song, start_s, end_s, sr)
+        region = song.read(start, end)
+        check_not_silent(region, f"{song.path} between --start and --end")
+        regenerate = round(sr * (min(2.0, (end - start) / sr / 4) if length_s is None else length_s))
+        if not 0 < regenerate <= (end - start) // 2:
+            raise UserError(f"--length {regenerate / sr:g} s must be positive and at most half the loop "
+                            f"({(end - start) / sr / 2:g} s)")
+        estimate_memory(model, 2 * (end - start), common.variations, f"{common.variations} loop(s)")
+        s0, s1 = region_excerpt(song.length, start, end, model)
+        with begin() as callback:
+            result = edit.loop(model, region, regenerate, settings, strength=strength, variations=common.variations,
+                               context=_context_samples(common, sr), reference=song.read(s0, s1), callback=callback)
+        return Edited(result, [[audio] for audio in result.songs], views=[(region, audio, 0.0) for audio in result.songs],
+                      extra=[{"loop_s": [start / sr, end / sr], "regenerated_s": regenerate / sr} for _ in result.songs])
+
+    return run
+
+
+@dataclass(frozen=True)
+class Style:
+    """What restyle steers toward, and how hard."""
+
+    like: list[Path]
+    toward: list[str]
+    away_from: list[str]
+    tagger: str
+    strength: float
+    keep: float
+    match_level: bool
+
+
+def restyle_chunk_count(model, sources, start_s: float, end_s: float | None) -> int:
+    """How many sampling runs a restyle takes (for the progress bar)."""
+    from .edit import restyle_chunks
+
+    sr = model.sample_rate
+    end = sources[0].length if end_s is None else min(seconds_to_samples(end_s, sr), sources[0].length)
+    return max(1, len(restyle_chunks(model, max(end - seconds_to_samples(start_s, sr), 1))) - 1)
+
+
+def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | None) -> Callable:
+    from . import edit, losses
+    from .musicnn import load_musicnn
+
+    for clip in style.like:
+        probe_input(clip)
+
+    def run(model, sources, settings, begin) -> Edited:
+        song, sr = sources[0], model.sample_rate
+        start, end = check_region(song, start_s, song.length / sr if end_s is None else end_s, sr)
+        net = load_musicnn(style.tagger, device=model.device)
+        style_loss = _style_loss(net, style, model)
+        s0, s1 = region_excerpt(song.length, start, end, model)
+        estimate_memory(model, s1 - s0, common.variations, f"{common.variations} restyle variation(s)")
+        excerpt = song.read(s0, s1)
+        check_not_silent(excerpt, f"{song.path} around the region")
+        with begin() as callback:
+            result = edit.restyle_song(model, excerpt, start - s0, end - s0, settings, style_loss=style_loss,
+                                       structure=losses.log_mel_envelope(net, sr), keep=style.keep,
+                                       strength=style.strength, match_level=style.match_level,
+                                       variations=common.variations, context=_context_samples(common, sr), offset=s0,
+                                       song_length=song.length, callback=callback)
+        pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
+        tags = _tags_by_window(net, style, excerpt, result, sr)
+        return _excerpt_edited(result, excerpt, s0, sr, pieces, extra=[{"restyle_windows": t} for t in tags])
+
+    return run
+
+
+def _style_loss(net, style: Style, model) -> Callable:
+    from . import losses
+    from .audio import load_audio
+
+    sr = model.sample_rate
+    terms = []
+    if style.like:
+        references = [load_audio(clip, sr, model.audio_channels)[0] for clip in style.like]
+        for clip, reference in zip(style.like, references):
+            check_not_silent(reference, str(clip))
+        with torch.no_grad():
+            target = torch.stack([net.embedding(r[None].to(model.device), sr)[0] for r in references]).mean(dim=0)
+        terms.append(losses.embedding_distance(net, target, sr))
+    if style.toward or style.away_from:
+        terms.append(losses.tag_bce(net, [net.tag_index(t) for t in style.toward],
+                                    [net.tag_index(t) for t in style.away_from], sr))
+    return lambda audio: sum(term(audio) for term in terms)
+
+
+REPORTED_TAGS = 5  # with --like only, the original's top tags are the ones followed window by window
+
+
+def _tags_by_window(net, style: Style, excerpt, result, sample_rate: int) -> list[list[dict]]:
+    """Per variation, per window: the tagger's probabilities of the steered tags (or, with --like
+    only, of the original's top tags) before and after, on the window's edited stretch."""
+    def probs(audio) -> torch.Tensor:
+        with torch.no_grad():
+            return net.tag_probs(audio[None].to(net_device(net)), sample_rate).mean(dim=1)[0].cpu()
+
+    names = [*style.toward, *style.away_from]
+    if not names:
+        whole = probs(excerpt)
+        names = [net.config.tags[i] for i in whole.argsort(descending=True)[:REPORTED_TAGS]]
+    indices = [net.tag_index(name) for name in names]
+    reports = []
+    for audio in result.songs:
+        rows = []
+        for w in result.windows:
+            a, b = w.edit_start, w.edit_end
+            before, after = probs(excerpt[:, a:b]), probs(audio[:, a:b])
+            rows.append({"start_s": a / sample_rate, "end_s": b / sample_rate,
+                         "before": {n: round(float(before[i]), 4) for n, i in zip(names, indices)},
+                         "after": {n: round(float(after[i]), 4) for n, i in zip(names, indices)}})
+        reports.append(rows)
+    return reports
+
+
+def net_device(net) -> torch.device:
+    return next(net.parameters()).device
+
+
+# ---- times in bars and beats ----------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """`--bpm`, `--downbeat`, `--beats-per-bar` and `--snap`, and the song's beat grid, found
+    only when a time is written in bars or `--snap` asks for it."""
+
+    bpm: float | None = None
+    downbeat: str | None = None
+    beats_per_bar: int | None = None
+    snap: bool = False
+    song: Path | None = None
+    _grid: object = field(default=None, repr=False)
+
+    def grid(self):
+        if self._grid is None:
+            from .audio import load_audio
+            from .beats import track_beats
+            from .timespec import parse_time
+
+            if self.song is None:
+                raise UserError("bar and beat times need a song")
+            probe_input(self.song)
+            audio, _ = load_audio(self.song, sample_rate=22050, channels=1)
+            downbeat = None if self.downbeat is None else parse_time(self.downbeat, "--downbeat")
+            self._grid = track_beats(audio, 22050, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
+        return self._grid
+
+    def seconds(self, text: str, what: str) -> float:
+        """A time as typed (seconds, m:ss, or b9.3); seconds move to the nearest beat with --snap."""
+        from .beats import parse_time_or_beat, snap
+
+        seconds = parse_time_or_beat(text, what, self.grid)
+        if self.snap and not text.strip().lower().startswith("b"):
+            seconds = snap(seconds, self.grid())
+        return seconds
+
+    def sidecar(self) -> dict:
+        return {} if self._grid is None else {"beat_grid": self._grid.to_dict()}
