@@ -170,7 +170,7 @@ def main() -> None:
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         where = "GPU" if isinstance(error, torch.cuda.OutOfMemoryError) else "CPU"
         _fail(f"out of {where} memory; nothing was written (edit a shorter region, pass a smaller --context or fewer "
-              "--variations, --loss-space latent, or --precision/--device to use less)", 2, error)
+              "--variations, --loss-space latent, or --device cpu)", 2, error)
     except Interrupted as error:
         from .atomic import PUBLISHED
 

@@ -310,9 +310,9 @@ class Timing:
             if self.song is None:
                 raise UserError("bar and beat times need a song")
             probe_input(self.song)
-            audio, _ = load_audio(self.song, sample_rate=22050, channels=1)
+            audio, _ = load_audio(self.song, sample_rate=44100, channels=1)
             downbeat = None if self.downbeat is None else parse_time(self.downbeat, "--downbeat")
-            self._grid = track_beats(audio, 22050, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
+            self._grid = track_beats(audio, 44100, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
         return self._grid
 
     def seconds(self, text: str, what: str) -> float:

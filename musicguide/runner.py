@@ -57,8 +57,8 @@ class Common:
             raise UserError(f"--steps must be from 1 to {MAX_STEPS}, got {_short(self.steps)}")
         if not 1 <= self.variations <= MAX_VARIATIONS:
             raise UserError(f"--variations must be from 1 to {MAX_VARIATIONS}, got {_short(self.variations)}")
-        if self.context is not None:
-            check_seconds(self.context, "--context")
+        if self.context is not None and not check_seconds(self.context, "--context") > 0:
+            raise UserError(f"--context must be a positive number of seconds, got {self.context:g}")
         if self.eta and self.sampler in ("ddpm", "pingpong"):
             raise UserError(f"--eta applies to the ddim sampler only; {self.sampler} draws fresh noise every step",
                             hint="drop --eta, or use --sampler ddim")
