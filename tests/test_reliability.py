@@ -350,3 +350,33 @@ def test_memory_stays_flat_in_the_song_length(tmp_path):
         peaks[minutes] = int(result.stdout.split()[-1])
         song.unlink()
     assert peaks[12] < 1.5 * peaks[1], peaks
+
+
+def test_an_unwritable_folder_is_found_before_any_work(song_wav, tmp_path, monkeypatch, capsys):
+    """root ignores permissions, so the folder's answer is given by os.access here."""
+    real = os.access
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False if Path(path) == tmp_path / "ro" else real(path, mode))
+    (tmp_path / "ro").mkdir()
+    loaded = []
+    monkeypatch.setattr("musicguide.runner.load_model", lambda *a, **k: loaded.append(1))
+    code, _, stderr = run_cli(["infill", song_wav, "--start", "1", "--end", "2", "-o", tmp_path / "ro" / "x.wav", *FAST],
+                              monkeypatch, capsys)
+    one_line_error(code, stderr, "no permission to write")
+    assert not loaded and files(tmp_path / "ro") == []
+
+
+@pytest.mark.parametrize("code_, words", [(errno.ENOSPC, "is full"), (errno.EACCES, "no permission"),
+                                          (errno.ENAMETOOLONG, "too long"), (errno.EROFS, "read-only")])
+def test_os_errors_read_as_plain_words(code_, words):
+    assert words in atomic.plain_reason(OSError(code_, os.strerror(code_)), Path("/music/out.wav"))
+
+
+def test_running_out_of_memory_is_one_line_and_writes_nothing(song_wav, tmp_path, monkeypatch, capsys):
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr("musicguide.edit.infill", exhausted)
+    code, _, stderr = run_cli(["infill", song_wav, "--start", "1", "--end", "2", "-o", tmp_path / "m.wav", *FAST],
+                              monkeypatch, capsys)
+    one_line_error(code, stderr, "out of CPU memory")
+    assert files(tmp_path) == [song_wav.name]
