@@ -21,6 +21,7 @@ from .operators import SampleMask
 from .sampling import SAMPLERS, Step, paste_known
 from .schedules import RectifiedFlow, sampling_times
 from .splice import SeamMetric, cut_window, fade_samples, seam_report, splice
+from .timespec import samples_to_frames, whole_frames
 
 # Default step sizes ξ, one per loss term, chosen by the sweep in docs/guidance.md on held-out
 # clips. They are per-element sums (latent elements, or audio samples for "audio") and apply at
@@ -143,12 +144,11 @@ def plan_window(song_length: int, edit_start: int, edit_end: int, hop: int, max_
     right = min(budget - left, after)
     left = min(budget - right, before)
     span = left + gap + right
-    length = -(-span // hop) * hop
+    length = whole_frames(span, hop) * hop
     grow_left = min(length - span, edit_start - left)
     at = edit_start - left - grow_left
-    first = (edit_start - at) // hop
-    last = -(-(edit_end - at) // hop)
-    return Window(at=at, length=length, edit_start=edit_start, edit_end=edit_end, free=(first, last))
+    return Window(at=at, length=length, edit_start=edit_start, edit_end=edit_end,
+                  free=samples_to_frames(edit_start - at, edit_end - at, hop))
 
 
 def _encode_window(model, songs: Tensor, window: Window, seed: int, hide: bool = False
@@ -185,45 +185,79 @@ def _known_audio(window: Window, song_length: int) -> SampleMask:
     return SampleMask(known)
 
 
-def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, strength: float | None = None,
-                  seconds_total: float | None = None, offset: int = 0, callback: Callback | None = None
-                  ) -> tuple[Tensor, float | None]:
+@dataclass(frozen=True)
+class Start:
+    """How the window's x_T is made.
+
+    "noise": the free frames are noise (infill, continuation); "mix": they are `strength` noise
+    and 1 − strength original (regeneration, transition) — in both the known frames are y noised
+    to t = 1; "sdedit": the whole window noised to t = `strength`, and sampling starts there
+    (restyle: the result keeps the input's timing)."""
+
+    kind: str = "noise"
+    strength: float = 1.0
+
+
+# A loss builder: given the problem (mask, y), the window's audio and x̄, the guidance loss on x̂0
+# and its step size ξ (restyle's composite carries its own step sizes inside, so its ξ is 1).
+LossBuilder = Callable[[tasks.EditProblem, Tensor, Tensor], tuple[Callable[[Tensor], Tensor] | None, float]]
+
+
+def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, start: Start = Start(),
+                  loss: LossBuilder | None = None, seconds_total: float | None = None, offset: int = 0,
+                  callback: Callback | None = None) -> tuple[Tensor, float | None]:
     """Sample the window's free frames for a batch of songs [B, channels, N] (the variations).
     `songs` may be an excerpt that starts `offset` samples into the song (the timing conditioning
-    counts from the song's start).
+    counts from the song's start). `loss` replaces the edit's own d(y, A(x̂0)).
 
     Returns the decoded windows [B, channels, window.length] and the guidance loss d(y, A(x̂0))
     at the last guided step (summed over the batch), or None without guidance."""
     settings = settings.for_model(model)
-    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed, hide=strength is None)
-    margin = model.encoder_leak_frames()
-    if strength is None:
-        problem = tasks.from_noise(x_bar, window.free, noise, model.schedule, margin)
-    else:
-        problem = tasks.from_mix(x_bar, window.free, noise, model.schedule, strength, margin)
-
-    if settings.loss_space == "latent":
-        loss = latent_loss(problem.mask, problem.y, settings.distance)
-    else:
-        # The target is the VAE's own rendering of the known audio, not the original: a decoder
-        # that is not phase-faithful cannot reach the original's waveform, and an L1 toward an
-        # unreachable waveform is smallest for silence, which dug a hole into the gap (docs/guidance.md).
-        # For a phase-faithful VAE the two targets agree.
-        mask = _known_audio(window, songs.shape[-1])
-        with torch.no_grad():  # x̄ is that encoding already, unless the gap was muted for it (infill)
-            rendered = model.decode(x_bar if strength is not None else model.encode(audio))
-        loss = audio_loss(model.decode, mask, mask(rendered), settings.distance)
-    consistency = paste_known(problem.mask, problem.y, model.schedule) if settings.consistency else None
+    hide = start.kind == "noise"
+    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed, hide=hide)
+    problem, t_max = _problem(model, x_bar, window, noise, start)
+    d, xi = (loss or _edit_loss(model, settings, window, songs.shape[-1], hide))(problem, audio, x_bar)
+    known = settings.consistency and problem.mask.n_known
+    consistency = paste_known(problem.mask, problem.y, model.schedule) if known else None
     seconds_start = (offset + window.at) / model.sample_rate
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total)
 
     x0, last_loss = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
-                            loss=loss, guidance=settings.guidance, consistency=consistency)
+                            loss=d, guidance=xi if d is not None else 0.0, t_max=t_max, consistency=consistency)
     with torch.no_grad():
         decoded = model.decode(x0).float().cpu()
     return decoded, last_loss
+
+
+def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start) -> tuple[tasks.EditProblem, float]:
+    margin, schedule = model.encoder_leak_frames(), model.schedule
+    if start.kind == "noise":
+        return tasks.from_noise(x_bar, window.free, noise, schedule, margin), 1.0
+    if start.kind == "mix":
+        return tasks.from_mix(x_bar, window.free, noise, schedule, start.strength, margin), 1.0
+    mask = tasks.free_range_mask(x_bar.shape[-1], window.free, margin)
+    t = torch.tensor(start.strength, dtype=torch.float64)
+    x_start = schedule.alpha(t).to(x_bar) * x_bar + schedule.sigma(t).to(x_bar) * noise
+    return tasks.EditProblem(mask, mask(x_bar), x_start), start.strength
+
+
+def _edit_loss(model, settings: SamplerSettings, window: Window, song_length: int, hidden: bool) -> LossBuilder:
+    """d(y, A(x̂0)) on latents, or on the decoded audio of the window's known samples."""
+    def build(problem: tasks.EditProblem, audio: Tensor, x_bar: Tensor):
+        if settings.loss_space == "latent":
+            return latent_loss(problem.mask, problem.y, settings.distance), settings.guidance
+        # The target is the VAE's own rendering of the known audio, not the original: a decoder
+        # that is not phase-faithful cannot reach the original's waveform, and an L1 toward an
+        # unreachable waveform is smallest for silence, which dug a hole into the gap (docs/guidance.md).
+        # For a phase-faithful VAE the two targets agree.
+        mask = _known_audio(window, song_length)
+        with torch.no_grad():  # x̄ is that encoding already, unless the gap was muted for it (infill)
+            rendered = model.decode(model.encode(audio) if hidden else x_bar)
+        return audio_loss(model.decode, mask, mask(rendered), settings.distance), settings.guidance
+
+    return build
 
 
 def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, generator: torch.Generator,
@@ -273,7 +307,8 @@ def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings,
     window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     songs = song[None].expand(variations, -1, -1)
     total = song.shape[-1] if song_length is None else song_length
-    decoded, loss = sample_window(model, songs, window, settings, strength=strength, seconds_total=total / sr,
+    start_from = Start() if strength is None else Start("mix", strength)
+    decoded, loss = sample_window(model, songs, window, settings, start=start_from, seconds_total=total / sr,
                                   offset=offset, callback=callback)
     edited, seams = _splice_all(songs, decoded, window, sr)
     return _result(edited, [window], seams, song, sr, loss)
@@ -293,7 +328,7 @@ def regenerate(model, song: Tensor, start: int, end: int, settings: SamplerSetti
 def continuation_chunks(model, seconds: float) -> int:
     """How many sampling runs `continue_song` makes: each adds at most half the model's window."""
     half = model.max_frames * model.downsampling_ratio // 2
-    return max(1, -(-round(seconds * model.sample_rate) // half))
+    return max(1, whole_frames(round(seconds * model.sample_rate), half))
 
 
 def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings, *, variations: int = 1,
@@ -313,9 +348,9 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
         have = songs.shape[-1]
         new = min(final_length - have, max_length // 2)
         # a multiple of the hop whenever the model's length is what limits it, so the window fits
-        ctx = min(max_length - -(-new // hop) * hop, have,
+        ctx = min(max_length - whole_frames(new, hop) * hop, have,
                   max_length if context is None else max(context, context_floor(model)))
-        length = -(-(ctx + new) // hop) * hop
+        length = whole_frames(ctx + new, hop) * hop
         window = Window(at=have - ctx, length=length, edit_start=have, edit_end=have + new, free=(ctx // hop, length // hop))
         chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
         decoded, loss = sample_window(model, songs, window, chunk, seconds_total=(offset + final_length) / sr,
@@ -345,7 +380,7 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
     max_length = model.max_frames * hop
     if not 0 < samples <= max_length:
         raise UserError(f"--seconds must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
-    frames = -(-samples // hop)
+    frames = whole_frames(samples, hop)
     settings = settings.for_model(model)
     device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed)
@@ -383,43 +418,34 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
         raise UserError(f"--strength must be in (0, 1], got {strength}")
     if not keep >= 0 or not math.isfinite(keep):
         raise UserError(f"--keep must be a finite number >= 0, got {keep}")
-    settings = settings.for_model(model)
     xi_context = DEFAULT_GUIDANCE["latent"] if context_guidance is None else context_guidance
     sr, hop = model.sample_rate, model.downsampling_ratio
     length = songs.shape[-1]
     window = plan_window(length, start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
-    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed)
-    schedule = model.schedule
-    mask = tasks.free_range_mask(x_bar.shape[-1], window.free, model.encoder_leak_frames())
-    y = mask(x_bar)
-    t_max = torch.tensor(strength, dtype=torch.float64)
-    x_start = schedule.alpha(t_max).to(x_bar) * x_bar + schedule.sigma(t_max).to(x_bar) * noise
     a, b = window.edit_start - window.at, window.edit_end - window.at
-    target = None if structure is None or not keep else structure(audio[..., a:b]).detach()
-    context_loss = latent_loss(mask, y, settings.distance) if mask.n_known else None
 
-    def loss(x0: Tensor) -> Tensor:
-        region = model.decode(x0)[..., a:b]
-        total = settings.guidance * style_loss(region)
-        if target is not None:
-            total = total + keep * (structure(region) - target).abs().sum()
-        if context_loss is not None:
-            total = total + xi_context * context_loss(x0)
-        return total
+    def composite(problem: tasks.EditProblem, audio: Tensor, x_bar: Tensor):
+        target = None if structure is None or not keep else structure(audio[..., a:b]).detach()
+        context_loss = latent_loss(problem.mask, problem.y, settings.distance) if problem.mask.n_known else None
 
-    def denoiser(x: Tensor, t: Tensor) -> Tensor:
-        total = length if song_length is None else song_length
-        return model.denoise(x, t, seconds_start=(offset + window.at) / sr, seconds_total=total / sr)
+        def loss(x0: Tensor) -> Tensor:
+            region = model.decode(x0)[..., a:b]
+            total = settings.guidance * style_loss(region)
+            if target is not None:
+                total = total + keep * (structure(region) - target).abs().sum()
+            if context_loss is not None:
+                total = total + xi_context * context_loss(x0)
+            return total
 
-    consistency = paste_known(mask, y, schedule) if settings.consistency and mask.n_known else None
-    # the step sizes live inside the loss, so the sampler's ξ is 1 (still scaled by step width)
-    x0, last_loss = _sample(denoiser, schedule, x_start, settings, generator, callback, guidance=1.0, t_max=strength,
-                            loss=loss, consistency=consistency)
-    with torch.no_grad():
-        decoded = model.decode(x0).float().cpu()
+        return loss, 1.0  # the step sizes live inside the loss (still scaled by step width)
+
+    total = length if song_length is None else song_length
+    decoded, last_loss = sample_window(model, songs, window, settings, start=Start("sdedit", strength), loss=composite,
+                                       seconds_total=total / sr, offset=offset, callback=callback)
+    original = torch.stack([cut_window(song, window.at, window.length) for song in songs]).float()
     gains = None
     if match_level:
-        decoded, gains = _match_level(decoded, audio.float().cpu(), a, b)
+        decoded, gains = _match_level(decoded, original, a, b)
     edited, seams = _splice_all(songs, decoded, window, sr)
     result = _result(edited, [window], seams, songs[0], sr, last_loss)
     result.level_gain_db = gains
@@ -433,7 +459,7 @@ def restyle_chunks(model, samples: int) -> list[int]:
     window = model.max_frames * hop
     if samples <= window - 2 * context_floor(model) - 2 * hop:
         return [0, samples]
-    count = -(-samples // (window // 2))
+    count = whole_frames(samples, window // 2)
     return [round(k * samples / count) for k in range(count + 1)]
 
 

@@ -283,7 +283,7 @@ def _tags_by_window(net, style: Style, excerpt, result, sample_rate: int) -> lis
 
 
 def net_device(net) -> torch.device:
-    return next(net.parameters()).device
+    return next(net.parameters()).device  # musicnn has no device property of its own
 
 
 # ---- times in bars and beats ----------------------------------------------------------------------

@@ -94,6 +94,11 @@ def format_time(seconds: float) -> str:
     return f"{minutes}:{milliseconds // 1000:02d}.{milliseconds % 1000:03d}"
 
 
+def whole_frames(samples: int, hop: int) -> int:
+    """How many latent frames cover `samples` samples (a partial frame counts)."""
+    return -(-samples // hop)
+
+
 def samples_to_frames(start: int, end: int, hop: int) -> tuple[int, int]:
     """The smallest latent-frame range [f0, f1) whose samples cover [start, end).
 
@@ -101,7 +106,7 @@ def samples_to_frames(start: int, end: int, hop: int) -> tuple[int, int]:
     edit never loses a sample to rounding, it only grows to whole frames.
     """
     _check_range(start, end, hop)
-    return start // hop, -(-end // hop)
+    return start // hop, whole_frames(end, hop)
 
 
 def frames_to_samples(first_frame: int, end_frame: int, hop: int) -> tuple[int, int]:

@@ -88,12 +88,23 @@ class LatentDiffusion(nn.Module):
         return schedule_for(self.objective)
 
     @property
+    def dit(self) -> DiffusionTransformer:
+        """The diffusion transformer (state-dict prefix `model.model.`, as in the reference)."""
+        return self.model.model
+
+    @property
+    def vae(self) -> nn.Module:
+        """The Oobleck VAE (state-dict prefix `pretransform.model.`); its latents are scaled by
+        `pretransform.scale` before the DiT sees them."""
+        return self.pretransform.model
+
+    @property
     def device(self) -> torch.device:
-        return self.model.model.preprocess_conv.weight.device
+        return self.dit.preprocess_conv.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.model.preprocess_conv.weight.dtype
+        return self.dit.preprocess_conv.weight.dtype
 
     # A known latent frame "sees across" an edit boundary when muting the audio on the other side
     # changes it by more than this fraction of the latents' std.
@@ -134,7 +145,7 @@ class LatentDiffusion(nn.Module):
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each transformer block in the backward pass: less memory, about a third more time."""
-        self.model.model.transformer.gradient_checkpointing = enabled
+        self.dit.transformer.gradient_checkpointing = enabled
 
     def encode(self, audio: Tensor, sample: bool = False, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """audio [B, audio_channels, N], N a multiple of downsampling_ratio -> latents [B, latent_channels, N / ratio].
@@ -146,7 +157,7 @@ class LatentDiffusion(nn.Module):
         if audio.shape[-1] % self.downsampling_ratio:
             raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE's "
                              f"{self.downsampling_ratio} samples per latent frame; pad it first")
-        encoded = self.pretransform.model.encode(audio.to(self.dtype), sample=sample, return_kl=return_kl)
+        encoded = self.vae.encode(audio.to(self.dtype), sample=sample, return_kl=return_kl)
         latents, kl = encoded if return_kl else (encoded, None)
         latents = (latents / self.pretransform.scale).to(audio.dtype)
         return (latents, kl) if return_kl else latents
@@ -155,7 +166,7 @@ class LatentDiffusion(nn.Module):
         """latents [B, latent_channels, T] -> audio [B, audio_channels, T * downsampling_ratio]."""
         if latents.ndim != 3 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(latents.shape)}")
-        return self.pretransform.model.decode(latents.to(self.dtype) * self.pretransform.scale).to(latents.dtype)
+        return self.vae.decode(latents.to(self.dtype) * self.pretransform.scale).to(latents.dtype)
 
     def denoise(self, x: Tensor, t: Tensor | float, *, seconds_start: float | Tensor = 0.0,
                 seconds_total: float | Tensor | None = None, text_tokens: Tensor | None = None) -> Tensor:
@@ -200,7 +211,7 @@ class LatentDiffusion(nn.Module):
         cross_attn_cond = None
         if text_tokens is not None:
             cross_attn_cond = self._cross_attention_tokens(text_tokens.to(dtype), embedding)
-        out = self.model.model(x.to(dtype), t.to(dtype), cross_attn_cond=cross_attn_cond, global_cond=global_cond)
+        out = self.dit(x.to(dtype), t.to(dtype), cross_attn_cond=cross_attn_cond, global_cond=global_cond)
         return out.to(x.dtype)
 
     def _cross_attention_tokens(self, text_tokens: Tensor, embedding: Callable[[str], Tensor]) -> Tensor:
