@@ -1,21 +1,37 @@
-"""Train the demo model in one run on one GPU, and leave the result in $OUT.
+"""Improve the demo model in one GPU call of about ten minutes; keep the result only if it is better.
 
-    PYTHONUNBUFFERED=1 python bench/train_demo.py --data .data/train --out "$OUT"
-    python bench/train_demo.py --smoke --data SOME_FOLDER --out /tmp/demo   # tiny preset, CPU, seconds
+    PYTHONUNBUFFERED=1 python3 bench/train_demo.py --data .data/corpus --out "$OUT"        # on the GPU
+    python bench/train_demo.py --smoke --data .data/corpus --out /tmp/demo-smoke           # CPU, ~2 minutes
+    PYTHONUNBUFFERED=1 python3 bench/train_demo.py --measure-vae 1024:32:32 512:32:32 256:32:32 \\
+        --data .data/corpus --out "$OUT"                                                    # choosing the VAE
 
-Decode the corpus with a process pool, train the VAE for --vae-minutes, encode the corpus, train
-the DiT for --dit-minutes (shortened to end before --deadline-minutes from the start), then write
-to --out at most 8 files, each at most 16 MiB:
+A run decodes the corpus (scripts/build_corpus.py's folder; its manifest gives the held-out
+split) in a pool of processes, evaluates the model it starts from (--init, by default the
+committed musicguide/weights/demo) on clips of the held-out tracks, fine-tunes that model's VAE
+for --vae-minutes and then its DiT on the new VAE's latents until --deadline-minutes leaves just
+enough time to evaluate the result the same way, and writes to --out (at most 8 files, each at
+most 16 MiB, as the GPU machine returns them):
 
-    vae.safetensors, dit.safetensors (or dit-1, dit-2, ...)   fp16 weights, in parts
-    model_config.json                                         the model they make up
-    train_log.json                                            both stages' logs (losses, held-out files)
-    summary.txt                                               steps, losses, throughput
+    summary.txt, evaluation.json    every target before and after, and the verdict
+    train_log.json                  both stages' logs, and the runs the weights have had so far
+    vae.safetensors, dit-N.safetensors, model_config.json
+                                    the new fp16 weights in parts: only if the evaluation improved
+                                    (or with --write always)
 
-The VAE part and a config are written as soon as the VAE stage ends, so a later failure still
-leaves what was trained. Put the parts together with
-`musicguide.train.merge_parts([vae, dit...], "model_config.json", "models/demo")`.
-Checkpoints and full-precision weights stay in --work.
+`musicguide.train.merge_parts` puts the parts back into musicguide/weights/demo (docs/training.md).
+
+The evaluation (the targets of issue 11, on the held-out clips, with the commands' own code):
+VAE round-trip MR over each clip's 2 s gap against the linear crossfade's MR there (target: at
+most half); `generate` of 10 s (the CLI's settings, 8 seeds): median RMS within 4 dB of the
+held-out clips' median and spectral centroid within a factor of 1.5 of theirs; infill of the 2 s
+gap (the CLI's default settings): RMS within 3 dB of the original's, every 0.5 s stretch within
+6 dB. A result is "better" if its summed shortfall from the targets (each in units of its target)
+falls by at least --min-gain of the starting model's, and no target moves away by more than
+--tolerance of its own size.
+
+--measure-vae trains each VAE variant (ratio:latent channels:width) from scratch for the same
+minutes and reports its round-trip MR ratio and the DiT tokens per window it would cost; it
+writes no weights.
 """
 
 from __future__ import annotations
@@ -23,34 +39,73 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from musicguide import edit  # noqa: E402
+from musicguide.audio import rms_db  # noqa: E402
+from musicguide.edit import SamplerSettings  # noqa: E402
+from musicguide.evaluate import (  # noqa: E402
+    Clip,
+    Protocol,
+    build_cases,
+    cut_clips,
+    linear_crossfade_fill,
+    mel_distance,
+    model_method,
+    round_trip,
+)
+from musicguide.models import build_model, load_model_folder  # noqa: E402
+from musicguide.splice import fade_samples  # noqa: E402
 from musicguide.train import (  # noqa: E402
     CONFIG_FILE,
     LOG_FILE,
     SAMPLE_RATE,
-    VAE_WEIGHTS_FILE,
+    Corpus,
     DiTTrainConfig,
     TrainProgress,
     TrainResult,
     VAETrainConfig,
     load_corpus,
-    preset_config,
+    load_vae,
+    read_manifest,
     split_weights,
     train_dit,
     train_vae,
+    vae_variant,
 )
 
-MAX_FILE_BYTES = 16 << 20
-FINISH_RESERVE_MIN = 0.5  # encoding, final validation and export after the DiT's budget
+MAX_FILE_BYTES = 16 << 20  # what the GPU machine returns per file
+DEFAULT_INIT = REPO / "musicguide" / "weights" / "demo"
+STAGE_OVERHEAD_MIN = 0.5  # per stage, outside its training budget: encoding, final validation, export
+SMOKE_OVERHEAD_MIN = 0.15  # the same for the smoke run's seconds of audio
+UNBOUNDED_STEPS = 10**9  # the time budget ends each stage, and the learning rate's cosine follows it
+GENERATE_SECONDS = 10.0
+STRETCH_SECONDS = 0.5
+# target -> the largest value that meets it (issue 11's targets)
+TARGETS = {
+    "vae_mr_ratio": 0.5,
+    "generate_level_gap_db": 4.0,
+    "generate_centroid_factor": 1.5,
+    "infill_level_error_db": 3.0,
+    "infill_worst_stretch_db": 6.0,
+}
+# Clips for the tiny preset (the smoke run's): its window is 1.5 s, too short for the 6 s / 2 s protocol.
+TINY_PROTOCOL = Protocol(clip_seconds=3.0, gap_seconds=0.5, clips_per_file=1)
+SMOKE_TRAIN = (20.0, 6.0)  # (start, seconds) of each training excerpt: past the intros
+SMOKE_HELD_OUT = (10.0, 4.0)
 STARTED = time.monotonic()
 
 
@@ -58,38 +113,321 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:7.1f}s] {message}", flush=True)
 
 
+def minutes_left(deadline_minutes: float) -> float:
+    return deadline_minutes - (time.monotonic() - STARTED) / 60
+
+
 def show(event: TrainProgress) -> None:
     if event.val_loss is not None:
         say(f"{event.stage} step {event.step}: validation loss {event.val_loss:.4f}")
     else:
-        say(f"{event.stage} step {event.step}/{event.steps}  loss {event.loss:.4f}  lr {event.lr:.2e}  "
-            f"{event.elapsed_s:.0f}s")
+        say(f"{event.stage} step {event.step}  loss {event.loss:.4f}  lr {event.lr:.2e}  {event.elapsed_s:.0f}s")
 
+
+# --- Evaluation -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalSettings:
+    protocol: Protocol
+    clips: int  # held-out clips (each gives one VAE round trip and one infill)
+    steps: int  # sampling steps of infill and generate
+    generations: int  # 10 s generations (seeds 0, 1, ...)
+
+
+def spectral_centroid_hz(audio: torch.Tensor, n_fft: int = 2048) -> float:
+    """The magnitude-weighted mean frequency of the channel mean, over the whole clip."""
+    mono = audio.float().mean(0)
+    spectrum = torch.stft(mono, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True).abs()
+    frequencies = torch.fft.rfftfreq(n_fft, 1 / SAMPLE_RATE)
+    return float((frequencies[:, None] * spectrum).sum() / spectrum.sum().clamp_min(1e-12))
+
+
+def stretch_errors_db(made: torch.Tensor, original: torch.Tensor) -> list[float]:
+    """|level difference| of each 0.5 s stretch of a gap (a shorter gap is one stretch)."""
+    length = round(STRETCH_SECONDS * SAMPLE_RATE)
+    pieces = list(zip(made.split(length, dim=-1), original.split(length, dim=-1)))
+    if len(pieces) > 1 and pieces[-1][0].shape[-1] < length // 2:
+        pieces.pop()  # a sliver at the end says little about a level
+    return [abs(rms_db(a) - rms_db(b)) for a, b in pieces]
+
+
+def held_out_clips(data: Path, corpus: Corpus, settings: EvalSettings) -> list[Clip]:
+    clips, _ = cut_clips([data / name for name in corpus.holdout], settings.protocol, SAMPLE_RATE, 2, settings.clips)
+    if not clips:
+        raise SystemExit("no held-out clips: the corpus needs held-out tracks longer than a clip")
+    return clips
+
+
+def vae_scores(model, clips: list[Clip], protocol: Protocol) -> dict:
+    """Round-trip MR over each clip's gap, against the linear crossfade's MR over the same gap."""
+    fade = fade_samples(SAMPLE_RATE)
+    vae, crossfade = [], []
+    for case in build_cases(clips, protocol, SAMPLE_RATE)["infill"]:
+        gap = slice(case.start, case.end)
+        original = case.original[:, gap]
+        vae.append(mel_distance(round_trip(model, case.original)[:, gap], original, SAMPLE_RATE))
+        crossfade.append(mel_distance(linear_crossfade_fill(case, fade).audio[:, gap], original, SAMPLE_RATE))
+    return {"vae_mr": statistics.mean(vae), "crossfade_mr": statistics.mean(crossfade),
+            "vae_mr_ratio": statistics.mean(vae) / statistics.mean(crossfade)}
+
+
+def infill_scores(model, clips: list[Clip], settings: EvalSettings) -> dict:
+    infill = model_method(model, SamplerSettings(steps=settings.steps, seed=0), settings.protocol)
+    level, worst = [], []
+    for case in build_cases(clips, settings.protocol, SAMPLE_RATE)["infill"]:
+        gap = slice(case.start, case.end)
+        made, original = infill(case).audio[:, gap], case.original[:, gap]
+        level.append(abs(rms_db(made) - rms_db(original)))
+        worst.append(max(stretch_errors_db(made, original)))
+    return {"infill_level_error_db": statistics.mean(level), "infill_worst_stretch_db": statistics.mean(worst)}
+
+
+def generate_scores(model, clips: list[Clip], settings: EvalSettings) -> dict:
+    """`musicguide generate`'s settings (no guidance), against the held-out clips' level and brightness."""
+    seconds = min(GENERATE_SECONDS, model.max_frames * model.downsampling_ratio / SAMPLE_RATE)
+    plain = SamplerSettings(steps=settings.steps, seed=0, guidance=0.0, consistency=False)
+    songs = edit.generate(model, seconds, plain, variations=settings.generations).songs
+    level = statistics.median(rms_db(song) for song in songs)
+    centroid = statistics.median(spectral_centroid_hz(song) for song in songs)
+    held_level = statistics.median(rms_db(clip.audio) for clip in clips)
+    held_centroid = statistics.median(spectral_centroid_hz(clip.audio) for clip in clips)
+    return {"generate_seconds": seconds, "generate_level_db": level, "heldout_level_db": held_level,
+            "generate_level_gap_db": abs(level - held_level), "generate_centroid_hz": centroid,
+            "heldout_centroid_hz": held_centroid,
+            "generate_centroid_factor": max(centroid, held_centroid) / max(min(centroid, held_centroid), 1e-9)}
+
+
+def evaluate_folder(folder: Path, clips: list[Clip], settings: EvalSettings, device: str) -> dict:
+    """Every target's value for the model folder (as it ships: fp16 weights), and how long it took."""
+    started = time.monotonic()
+    model = load_model_folder(folder, device=device)
+    scores = {**vae_scores(model, clips, settings.protocol), **infill_scores(model, clips, settings),
+              **generate_scores(model, clips, settings)}
+    return {**scores, "clips": len(clips), "seconds": round(time.monotonic() - started, 1)}
+
+
+def shortfalls(scores: dict) -> dict[str, float]:
+    """How far each target is from met, in units of the target (0 when met)."""
+    return {name: max(0.0, scores[name] - target) / target for name, target in TARGETS.items()}
+
+
+def verdict(before: dict, after: dict, min_gain: float, tolerance: float) -> tuple[bool, str]:
+    was, now = shortfalls(before), shortfalls(after)
+    worse = [name for name in TARGETS if now[name] > was[name] + tolerance]
+    total_was, total_now = sum(was.values()), sum(now.values())
+    summary = f"summed shortfall {total_was:.3f} -> {total_now:.3f}"
+    if worse:
+        return False, f"not better: {', '.join(worse)} moved away from the target ({summary})"
+    if total_was == 0:
+        return False, f"every target was already met; nothing to gain ({summary})"
+    if total_now > total_was * (1 - min_gain):
+        return False, f"not better by {min_gain:.0%} ({summary})"
+    return True, f"better ({summary})"
+
+
+def score_lines(before: dict | None, after: dict) -> list[str]:
+    lines = [f"{'target':26} {'goal':>6} {'before':>9} {'after':>9}"]
+    for name, target in TARGETS.items():
+        was = f"{before[name]:9.3f}" if before else f"{'-':>9}"
+        lines.append(f"{name:26} {target:6.2f} {was} {after[name]:9.3f}  {'met' if after[name] <= target else ''}")
+    for name in ("vae_mr", "crossfade_mr", "generate_level_db", "heldout_level_db", "generate_centroid_hz",
+                 "heldout_centroid_hz"):
+        was = f"{before[name]:9.2f}" if before else f"{'-':>9}"
+        lines.append(f"  {name:24} {'':6} {was} {after[name]:9.2f}")
+    return lines
+
+
+# --- Training -------------------------------------------------------------------------------------
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(".data/train"))
+    parser.add_argument("--data", type=Path, default=REPO / ".data" / "corpus", help="scripts/build_corpus.py's folder")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "demo-out")))
     parser.add_argument("--work", type=Path, default=None, help="checkpoints and fp32 weights (default: a temp dir)")
+    parser.add_argument("--init", default=str(DEFAULT_INIT), help="model folder to start from, or 'none'")
     parser.add_argument("--preset", default="demo")
-    parser.add_argument("--vae-minutes", type=float, default=4.0)
-    parser.add_argument("--dit-minutes", type=float, default=3.5)
+    parser.add_argument("--vae-minutes", type=float, default=3.0, help="0: keep the starting model's VAE")
+    parser.add_argument("--dit-minutes", type=float, default=3.0)
     parser.add_argument("--deadline-minutes", type=float, default=8.5, help="the whole script, start to end")
+    parser.add_argument("--warmup-steps", type=int, default=100,
+                        help="learning-rate warm-up of each stage (the optimiser state starts fresh)")
     parser.add_argument("--vae-batch", type=int, default=None)
     parser.add_argument("--dit-batch", type=int, default=None)
     parser.add_argument("--vae-lr", type=float, default=None)
     parser.add_argument("--dit-lr", type=float, default=None)
-    parser.add_argument("--holdout-list", type=Path, default=None, help="file names to hold out, one a line")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--compile", action="store_true", help="torch.compile both losses (CUDA only)")
+    parser.add_argument("--eval-clips", type=int, default=30)
+    parser.add_argument("--eval-steps", type=int, default=50)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--min-gain", type=float, default=0.05)
+    parser.add_argument("--tolerance", type=float, default=0.1)
+    parser.add_argument("--write", choices=("if-better", "always"), default="if-better",
+                        help="always: also weights that did not evaluate better (to continue a new lineage)")
+    parser.add_argument("--measure-vae", nargs="+", metavar="RATIO:LATENT:WIDTH", default=None)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--smoke", action="store_true", help="tiny preset, a few steps: checks the script end to end")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny preset from scratch on part of the corpus, a few steps: checks the script on a CPU")
     args = parser.parse_args(argv)
+    args.init = None if args.init == "none" else Path(args.init)
+    args.overhead_minutes = STAGE_OVERHEAD_MIN
     if args.smoke:
-        args.preset = "tiny"
-        args.vae_minutes = min(args.vae_minutes, 0.25)
-        args.dit_minutes = min(args.dit_minutes, 0.25)
+        args.preset, args.init, args.write, args.overhead_minutes = "tiny", None, "always", SMOKE_OVERHEAD_MIN
+        args.warmup_steps = None  # from scratch: the preset's own
+        args.vae_minutes, args.dit_minutes = min(args.vae_minutes, 0.5), min(args.dit_minutes, 0.3)
+        args.deadline_minutes = min(args.deadline_minutes, 2.0)
+        args.eval_clips, args.eval_steps, args.generations = min(args.eval_clips, 4), min(args.eval_steps, 5), 2
+    if not (args.vae_minutes >= 0 and args.dit_minutes > 0 and args.deadline_minutes > 0):
+        parser.error("--vae-minutes must be >= 0, --dit-minutes and --deadline-minutes above 0")
+    if args.vae_minutes == 0 and args.init is None:
+        parser.error("--vae-minutes 0 keeps the starting model's VAE: it needs --init")
     return args
+
+
+def smoke_subset(data: Path, into: Path) -> Path:
+    """A small corpus for the smoke run: 6 s of the first training file of each package and 4 s of
+    four held-out files, as WAV, with a manifest that places them in their tracks."""
+    manifest = read_manifest(data)
+    firsts: dict[str, dict] = {}
+    for entry in manifest.values():
+        if entry["split"] == "train":
+            firsts.setdefault(entry["package"], entry)
+    held_out = [entry for entry in manifest.values() if entry["split"] == "holdout"][:4]
+    chosen = []
+    for entry, (start, seconds) in [(e, SMOKE_TRAIN) for e in firsts.values()] + [(e, SMOKE_HELD_OUT) for e in held_out]:
+        start = max(0.0, min(start, entry["seconds"] - seconds))  # short files: their end
+        audio, rate = sf.read(data / entry["file"], dtype="float32")
+        excerpt = audio[round(start * rate): round((start + seconds) * rate)]
+        file = str(Path(entry["file"]).with_suffix(".wav"))
+        (into / file).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(into / file, excerpt, rate, subtype="FLOAT")
+        chosen.append({**entry, "file": file, "offset_s": entry["offset_s"] + start, "seconds": len(excerpt) / rate})
+    (into / "manifest.json").write_text(json.dumps({"tracks": chosen}))
+    return into
+
+
+def loss_line(name: str, result: TrainResult | None, log_dir: Path) -> str:
+    if result is None:
+        return f"{name}: did not run or did not finish (see the console)"
+    history = json.loads((log_dir / LOG_FILE).read_text())["history"]
+    first, last = (f"{history[0]['loss']:.4f} (step {history[0]['step']})", f"{history[-1]['loss']:.4f}") if history \
+        else ("-", "-")
+    return (f"{name}: {result.step} steps in {result.seconds:.0f} s (stopped: {result.stopped}), "
+            f"{result.step / max(result.seconds, 1e-9):.2f} steps/s, {result.examples_per_s:.1f} examples/s; "
+            f"training loss {first} -> {last}; validation loss {result.val_loss}")
+
+
+def stage_configs(args: argparse.Namespace, vae_minutes: float,
+                  dit_minutes: float) -> tuple[VAETrainConfig, DiTTrainConfig]:
+    """Both stages' settings: the preset's, stopped by the time budget alone."""
+    shared = dict(steps=UNBOUNDED_STEPS, warmup_steps=args.warmup_steps, compile=args.compile)
+    return (VAETrainConfig.for_preset(args.preset, max_minutes=vae_minutes, batch_size=args.vae_batch, lr=args.vae_lr,
+                                      **shared),
+            DiTTrainConfig.for_preset(args.preset, max_minutes=dit_minutes, batch_size=args.dit_batch, lr=args.dit_lr,
+                                      **shared))
+
+
+def run_history(init: Path | None, this_run: dict) -> list[dict]:
+    """The runs the weights have had (the starting model's log lists them, or is one run's), and this one."""
+    log_path = init / LOG_FILE if init else None
+    if log_path is None or not log_path.is_file():
+        return [this_run]
+    old = json.loads(log_path.read_text())
+    if "runs" in old:
+        earlier = old["runs"]
+    elif "result" in old:  # one stage's folder
+        earlier = [{old["stage"]: old["result"]}]
+    else:  # both stages' logs, as bench/train_demo.py wrote them before it kept a list
+        earlier = [{stage: part["result"] for stage, part in old.items() if "result" in part}]
+    return earlier + [this_run]
+
+
+def write_weights(out: Path, model_dir: Path) -> list[str]:
+    parts = split_weights(model_dir, out, MAX_FILE_BYTES)
+    (out / CONFIG_FILE).write_text((model_dir / CONFIG_FILE).read_text())
+    return [f"{p.name}: {p.stat().st_size / 2**20:.2f} MiB" for p in parts]
+
+
+def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
+            work: Path) -> tuple[list[str], dict]:
+    """Evaluate the starting model, fine-tune VAE then DiT, evaluate again, keep what is better."""
+    lines, report = [], {}
+    before = evaluate_folder(args.init, clips, settings, device) if args.init else None
+    report["before"] = before
+    if before:
+        say(f"starting model evaluated in {before['seconds']} s")
+    # The second evaluation takes as long as the first (a bit more for safety).
+    reserve = before["seconds"] / 60 * 1.3 if before else 0.5
+    vae_dir, dit_dir = work / "vae", work / "dit"
+    vae_result = None
+    training = minutes_left(args.deadline_minutes) - reserve - 2 * args.overhead_minutes
+    vae_minutes = min(args.vae_minutes, training * args.vae_minutes / (args.vae_minutes + args.dit_minutes))
+    if args.vae_minutes > 0:
+        vae_config, _ = stage_configs(args, max(vae_minutes, 0.1), 1.0)
+        vae_result = train_vae(corpus, vae_dir, vae_config, device=device, progress=show, init=args.init)
+        lines.append(loss_line("VAE", vae_result, vae_dir))
+        say(lines[-1])
+    dit_minutes = min(args.dit_minutes, minutes_left(args.deadline_minutes) - reserve - args.overhead_minutes)
+    _, dit_config = stage_configs(args, 1.0, max(dit_minutes, 0.1))
+    say(f"DiT budget {dit_config.max_minutes:.2f} min")
+    dit_result = train_dit(corpus, vae_dir if vae_result else args.init, dit_dir, dit_config, device=device,
+                           progress=show, init=args.init)
+    lines.append(loss_line("DiT", dit_result, dit_dir))
+    say(lines[-1])
+
+    after = evaluate_folder(dit_dir, clips, settings, device)
+    report["after"] = after
+    say(f"trained model evaluated in {after['seconds']} s")
+    better, why = (verdict(before, after, args.min_gain, args.tolerance) if before
+                   else (False, "no starting model to compare with"))
+    report["verdict"] = {"better": better, "why": why, "targets": TARGETS, "min_gain": args.min_gain,
+                         "tolerance": args.tolerance}
+    lines += score_lines(before, after) + [f"verdict: {why}"]
+    logs = {stage: json.loads((d / LOG_FILE).read_text()) for stage, d in (("vae", vae_dir), ("dit", dit_dir))
+            if (d / LOG_FILE).is_file()}
+    this_run = {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **{stage: log["result"] for stage, log in logs.items()}, "evaluation": after, "kept": better}
+    logs["runs"] = run_history(args.init, this_run)
+    (args.out / "train_log.json").write_text(json.dumps(logs, indent=1) + "\n")
+    if better or args.write == "always":
+        lines += write_weights(args.out, dit_dir)
+    else:
+        lines.append("weights not written: keep the committed ones")
+    return lines, report
+
+
+def measure_vaes(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
+                 work: Path) -> tuple[list[str], dict]:
+    """Each VAE variant from scratch for the same minutes, and its round-trip MR ratio."""
+    lines, report, logs = [], {}, {}
+    if args.init:
+        model = load_model_folder(args.init, device=device)
+        report["starting model"] = vae_scores(model, clips, settings.protocol)
+        lines.append(f"starting model's VAE: MR ratio {report['starting model']['vae_mr_ratio']:.3f}")
+    for i, spec in enumerate(args.measure_vae):
+        ratio, latent_dim, channels = (int(x) for x in spec.split(":"))
+        config = vae_variant(args.preset, ratio, latent_dim, channels)
+        share = (minutes_left(args.deadline_minutes) - 0.5) / (len(args.measure_vae) - i) - args.overhead_minutes
+        vae_config, _ = stage_configs(args, max(min(args.vae_minutes, share), 0.1), 1.0)
+        folder = work / f"vae-{ratio}-{latent_dim}-{channels}"
+        result = train_vae(corpus, folder, vae_config, device=device, progress=show, model_config=config)
+        trained_config, state = load_vae(folder, device)
+        model = build_model(trained_config).to(device).eval()
+        model.load_state_dict(state, strict=False)  # the VAE's part; the DiT stays untrained and unused
+        scores = vae_scores(model, clips, settings.protocol)
+        tokens = config.sample_size // config.autoencoder.downsampling_ratio
+        report[spec] = {**scores, "compression": 2 * ratio / latent_dim, "dit_tokens_per_window": tokens,
+                        "parameters": sum(p.numel() for n, p in model.pretransform.named_parameters()),
+                        "steps": result.step, "seconds": result.seconds, "examples_per_s": result.examples_per_s,
+                        "val_loss": result.val_loss}
+        logs[spec] = json.loads((folder / LOG_FILE).read_text())
+        lines.append(f"VAE {spec}: {2 * ratio / latent_dim:.0f}x compression, {tokens} DiT tokens per window, "
+                     f"{result.step} steps in {result.seconds:.0f} s; MR ratio {scores['vae_mr_ratio']:.3f} "
+                     f"(MR {scores['vae_mr']:.3f} vs crossfade {scores['crossfade_mr']:.3f}); "
+                     f"validation loss {result.val_loss}")
+        say(lines[-1])
+    (args.out / "train_log.json").write_text(json.dumps(logs, indent=1) + "\n")
+    return lines, report
 
 
 def describe_machine(device: str) -> str:
@@ -98,93 +436,40 @@ def describe_machine(device: str) -> str:
     return f"CPU (torch {torch.__version__}, {os.cpu_count()} CPUs)"
 
 
-def stage_line(name: str, result: TrainResult | None, unit_seconds: float, unit: str) -> str:
-    if result is None:
-        return f"{name}: did not finish (see train_log.json / the console)"
-    per_s = result.examples_per_s
-    return (f"{name}: {result.step} steps in {result.seconds:.0f} s (stopped: {result.stopped}); "
-            f"train loss {result.train_loss}, validation loss {result.val_loss}; "
-            f"{result.step / max(result.seconds, 1e-9):.2f} steps/s, {per_s:.1f} {unit}/s "
-            f"= {per_s * unit_seconds:.1f} s of audio per second")
-
-
-def write_outputs(out: Path, vae_dir: Path, dit_dir: Path, summary: list[str]) -> None:
-    """Copy what exists into `out` in fp16 parts, with the logs and the summary."""
-    if (dit_dir / "model.safetensors").is_file():
-        parts = split_weights(dit_dir, out, MAX_FILE_BYTES)
-        (out / CONFIG_FILE).write_text((dit_dir / CONFIG_FILE).read_text())
-    elif (vae_dir / VAE_WEIGHTS_FILE).is_file():
-        from safetensors.torch import load_file, save_file
-        state = {k: v.half() for k, v in load_file(str(vae_dir / VAE_WEIGHTS_FILE)).items()}
-        save_file(state, str(out / "vae.safetensors"), metadata={"format": "pt"})
-        (out / CONFIG_FILE).write_text((vae_dir / CONFIG_FILE).read_text())
-        parts = [out / "vae.safetensors"]
-    else:
-        parts = []
-    logs = {stage: json.loads((d / LOG_FILE).read_text()) for stage, d in (("vae", vae_dir), ("dit", dit_dir))
-            if (d / LOG_FILE).is_file()}
-    (out / "train_log.json").write_text(json.dumps(logs, indent=1) + "\n")
-    summary += [f"{p.name}: {p.stat().st_size / 2**20:.2f} MiB" for p in parts]
-    (out / "summary.txt").write_text("\n".join(summary) + "\n")
-    for path in sorted(out.iterdir()):
-        if path.stat().st_size > MAX_FILE_BYTES:
-            say(f"WARNING: {path.name} is {path.stat().st_size / 2**20:.1f} MiB, over the 16 MiB limit")
-
-
 def main(argv: list[str] | None = None) -> int:
     global STARTED
     STARTED = time.monotonic()  # the deadline counts from here
     args = arguments(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.smoke:
+        torch.set_num_threads(1)  # a tiny model is all per-op overhead: a second thread only adds waiting
     work = args.work or Path(tempfile.mkdtemp(prefix="musicguide-train-"))
-    vae_dir, dit_dir = work / "vae", work / "dit"
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = [f"preset {args.preset} on {describe_machine(device)}"]
+    summary = [f"preset {args.preset} on {describe_machine(device)}, starting from {args.init or 'scratch'}"]
     say(summary[0])
+    report: dict = {}
     failed = False
-    vae_result = dit_result = None
     try:
-        holdout = args.holdout_list.read_text().split() if args.holdout_list else None
-        corpus = load_corpus(args.data, holdout=holdout, val_fraction=args.val_fraction, workers=args.workers)
-        train_count = len(corpus.names) - len(corpus.holdout)
-        line = (f"corpus: {len(corpus.names)} files, {corpus.seconds / 60:.1f} min; {train_count} for training, "
-                f"held out: {', '.join(corpus.holdout) or 'none'}")
-        summary.append(line)
-        say(line)
-
-        vae_config = VAETrainConfig.for_preset(args.preset, max_minutes=args.vae_minutes, batch_size=args.vae_batch,
-                                               lr=args.vae_lr, val_fraction=args.val_fraction)
-        try:
-            vae_result = train_vae(corpus, vae_dir, vae_config, device=device, progress=show)
-        except Exception:
-            failed = True
-            say("VAE stage failed:\n" + traceback.format_exc())
-        summary.append(stage_line("VAE", vae_result, vae_config.segment_samples / SAMPLE_RATE, "segments"))
-        write_outputs(args.out, vae_dir, dit_dir, list(summary))  # the VAE is safe from here on
+        data = smoke_subset(args.data, work / "smoke-corpus") if args.smoke else args.data
+        corpus = load_corpus(data, workers=args.workers)
+        summary.append(f"corpus: {len(corpus.names)} files, {corpus.seconds / 60:.1f} min; "
+                       f"held out: {len(corpus.holdout)} files")
         say(summary[-1])
-
-        if (vae_dir / VAE_WEIGHTS_FILE).is_file():
-            left = args.deadline_minutes - (time.monotonic() - STARTED) / 60 - FINISH_RESERVE_MIN
-            dit_minutes = min(args.dit_minutes, max(left, 0.1))
-            dit_config = DiTTrainConfig.for_preset(args.preset, max_minutes=dit_minutes, batch_size=args.dit_batch,
-                                                   lr=args.dit_lr, val_fraction=args.val_fraction)
-            say(f"DiT budget {dit_minutes:.2f} min")
-            try:
-                dit_result = train_dit(corpus, vae_dir, dit_dir, dit_config, device=device, progress=show)
-            except Exception:
-                failed = True
-                say("DiT stage failed:\n" + traceback.format_exc())
-            window_s = preset_config(args.preset).sample_size / SAMPLE_RATE
-            summary.append(stage_line("DiT", dit_result, window_s, "windows"))
-            say(summary[-1])
+        settings = EvalSettings(TINY_PROTOCOL if args.preset == "tiny" else Protocol(), args.eval_clips,
+                                args.eval_steps, args.generations)
+        clips = held_out_clips(data, corpus, settings)
+        task = measure_vaes if args.measure_vae else improve
+        lines, report = task(args, corpus, clips, settings, device, work)
+        summary += lines
     except Exception:
         failed = True
         summary.append("failed:\n" + traceback.format_exc())
         say(summary[-1])
     finally:
         summary.append(f"total {time.monotonic() - STARTED:.0f} s")
-        write_outputs(args.out, vae_dir, dit_dir, summary)
-        say("wrote " + ", ".join(sorted(p.name for p in args.out.iterdir())))
+        (args.out / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.out / "summary.txt").write_text("\n".join(summary) + "\n")
+        say("summary:\n" + "\n".join(summary))
     return 1 if failed else 0
 
 

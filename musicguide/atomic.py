@@ -26,7 +26,9 @@ from typing import Callable, Iterator
 from musicguide.errors import UserError
 
 TEMP_SUFFIX = ".partial"
-PUBLISHED: list[Path] = []  # every file this process published, for the message after an interrupt
+PUBLISHED: list[Path] = []
+_UMASK = os.umask(0)  # read once (setting it is the only way), and put back at once
+os.umask(_UMASK)  # every file this process published, for the message after an interrupt
 
 
 def name_max(folder: Path) -> int:
@@ -55,6 +57,7 @@ def write_atomically(target: str | os.PathLike, write: Callable[[Path], None]) -
     temporary = temporary_name(target)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # some writers (safetensors) create files 0600
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -485,9 +485,10 @@ def train_vae_cmd(data: DataDir, out_dir: OutDir, preset: Preset = "demo", steps
                   resume: Resume = False, holdout: Holdout = None, device: TrainDevice = Device.auto,
                   quiet: Quiet = False) -> None:
     """Train the Oobleck VAE (multi-resolution STFT + L1 + KL)."""
-    from .train import VAETrainConfig, train_vae
+    from .train import VAETrainConfig, check_out_dir, train_vae
 
     config = VAETrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
+    check_out_dir(out_dir)
     _train("vae", lambda progress: train_vae(data, out_dir, config, device=runner.pick_device(device.value), resume=resume,
                                              holdout=holdout, progress=progress), config, quiet)
 
@@ -498,9 +499,10 @@ def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder 
                   lr: LearningRate = None, max_minutes: MaxMinutes = None, resume: Resume = False,
                   holdout: Holdout = None, device: TrainDevice = Device.auto, quiet: Quiet = False) -> None:
     """Train the DiT (v-prediction) on the VAE's latents; writes a complete model folder for --model."""
-    from .train import DiTTrainConfig, train_dit
+    from .train import DiTTrainConfig, check_out_dir, train_dit
 
     config = DiTTrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
+    check_out_dir(out_dir)
     _train("dit", lambda progress: train_dit(data, vae, out_dir, config, device=runner.pick_device(device.value), resume=resume,
                                              holdout=holdout, progress=progress), config, quiet)
 

@@ -11,6 +11,14 @@ uses (where the crop starts in its track, how long the track is) and the null te
 that `LatentDiffusion.denoise` samples with. Both stages share one loop: AdamW, warmup then cosine
 learning rate, gradient clipping, bf16 autocast on CUDA, a wall-clock budget, validation on
 held-out files, a resumable `checkpoint.pt` and a JSON log. Published weights are safetensors only.
+
+A run can also start from the weights of a model folder (`init=`, e.g. the shipped demo model):
+fp16 weights are enough, since the optimiser state starts fresh under the warm-up anyway. A folder
+with a `manifest.json` (scripts/build_corpus.py writes one) gives the held-out split and where each
+excerpt sits in its original track, so the timing conditioning stays that of the whole track.
+
+Every setting is checked when a config is made, and `--out` before any work: a bad value is a
+`UserError` and nothing is written. The output folder is made when its first file is.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -38,18 +47,19 @@ from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder, save_model_folder
 
-AUDIO_SUFFIXES = (".ogg", ".wav", ".flac")
+AUDIO_SUFFIXES = (".ogg", ".opus", ".wav", ".flac")
 SAMPLE_RATE = 44100
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.json"
 VAE_WEIGHTS_FILE = "vae.safetensors"
 CONFIG_FILE = "model_config.json"
+MANIFEST_FILE = "manifest.json"
 VAE_PREFIXES = ("pretransform.",)
 DIT_PREFIXES = ("model.", "conditioner.")
 # Window sizes of the spectral loss (75 % overlap), as stable-audio-tools uses for Oobleck minus
 # its 32-sample one: large windows resolve pitch, small ones transients.
 STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
-SMALL_CORPUS_BYTES = 32 << 20  # decoded in this process: faster than starting a pool
+SMALL_CORPUS_SECONDS = 600.0  # decoded in this process: faster than starting a pool of spawned workers
 MAX_BAD_STEPS = 50  # consecutive non-finite losses before a run gives up
 
 
@@ -98,7 +108,19 @@ def _family_config(*, sample_size: int, channels: int, c_mults: Sequence[int], s
     })
 
 
-PRESETS = ("tiny", "demo", "sao")
+# The shapes of each preset's model (arguments of _family_config).
+PRESET_SHAPES: dict[str, dict] = {
+    "tiny": dict(sample_size=65536, channels=8, c_mults=(1, 2, 4, 8), strides=(4, 4, 8, 8),
+                 latent_dim=8, width=64, depth=2, heads=2, cond_dim=16),
+    "demo": dict(sample_size=524288, channels=32, c_mults=(1, 2, 4, 8), strides=(4, 4, 8, 8),
+                 latent_dim=32, width=256, depth=8, heads=4, cond_dim=64),
+    "sao": dict(sample_size=2097152, channels=128, c_mults=(1, 2, 4, 8, 16), strides=(2, 4, 4, 8, 8),
+                latent_dim=64, width=1536, depth=24, heads=24, cond_dim=768, text_conditioning=True),
+}
+PRESETS = tuple(PRESET_SHAPES)
+TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
+# Encoder strides for each samples-per-latent-frame ratio of a VAE variant (four stages, as demo's).
+VARIANT_STRIDES = {256: (2, 4, 4, 8), 512: (4, 4, 4, 8), 1024: (4, 4, 8, 8), 2048: (4, 4, 8, 16)}
 
 
 def preset_config(name: str) -> ModelConfig:
@@ -107,19 +129,36 @@ def preset_config(name: str) -> ModelConfig:
     tiny: trains in CPU seconds; for tests. demo: what the project ships, ~11M parameters (2.6M VAE,
     8.7M DiT; 22 MB in fp16), 1024x VAE with 32 latent channels (64x compression, as SAO 1.0) and
     an 11.9 s window. sao: Stable Audio Open 1.0's shapes (1.2B parameters), for real hardware."""
-    if name == "tiny":
-        return _family_config(sample_size=65536, channels=8, c_mults=(1, 2, 4, 8), strides=(4, 4, 8, 8),
-                              latent_dim=8, width=64, depth=2, heads=2, cond_dim=16)
-    if name == "demo":
-        return _family_config(sample_size=524288, channels=32, c_mults=(1, 2, 4, 8), strides=(4, 4, 8, 8),
-                              latent_dim=32, width=256, depth=8, heads=4, cond_dim=64)
-    if name == "sao":
-        return _family_config(sample_size=2097152, channels=128, c_mults=(1, 2, 4, 8, 16), strides=(2, 4, 4, 8, 8),
-                              latent_dim=64, width=1536, depth=24, heads=24, cond_dim=768, text_conditioning=True)
-    raise UserError(f"unknown preset {name!r}", hint=f"choose one of {', '.join(PRESETS)}")
+    if name not in PRESET_SHAPES:
+        raise UserError(f"unknown preset {name!r}", hint=f"choose one of {', '.join(PRESETS)}")
+    return _family_config(**PRESET_SHAPES[name])
+
+
+def vae_variant(preset: str, ratio: int, latent_dim: int, channels: int) -> ModelConfig:
+    """The preset's model with another VAE: `ratio` audio samples per latent frame, `latent_dim`
+    numbers per frame, `channels` wide in its first stage. Compression is 2 * ratio / latent_dim
+    (demo: 2 * 1024 / 32 = 64x). For choosing the VAE by measurement (bench/train_demo.py)."""
+    if ratio not in VARIANT_STRIDES:
+        raise UserError(f"no VAE variant with ratio {ratio}", hint=f"choose one of {sorted(VARIANT_STRIDES)}")
+    if not (_is_whole(latent_dim, 1) and _is_whole(channels, 1)):
+        raise UserError(f"a VAE variant needs whole numbers of latent channels and width, got {latent_dim}, {channels}")
+    shapes = {**PRESET_SHAPES[preset], "strides": VARIANT_STRIDES[ratio], "latent_dim": latent_dim, "channels": channels}
+    return _family_config(**shapes)
 
 
 # --- Training settings ----------------------------------------------------------------------------
+
+# How a setting is named in messages: its command-line option where it has one.
+_OPTIONS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "max_minutes": "--max-minutes"}
+
+
+def _is_whole(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -141,7 +180,25 @@ class TrainConfig:
     checkpoint_every: int = 1000
     seed: int = 0
     mixed_precision: bool = True  # bf16 autocast; CUDA only
-    compile: bool = False  # torch.compile the loss (costs a minute of compiling up front)
+    compile: bool = False  # torch.compile the loss on CUDA (costs a minute of compiling up front)
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}", hint=f"choose one of {', '.join(PRESETS)}")
+        for name in ("steps", "batch_size", "val_every", "val_examples", "log_every", "checkpoint_every"):
+            self._require(name, _is_whole(getattr(self, name), 1), "a whole number of at least 1")
+        self._require("warmup_steps", _is_whole(self.warmup_steps, 0), "a whole number of at least 0")
+        self._require("seed", _is_whole(self.seed, 0) and self.seed < 2**32, "a whole number in [0, 2^32)")
+        self._require("lr", _is_finite(self.lr) and self.lr > 0, "a finite number above 0")
+        self._require("grad_clip", _is_finite(self.grad_clip) and self.grad_clip > 0, "a finite number above 0")
+        self._require("weight_decay", _is_finite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0")
+        self._require("max_minutes", self.max_minutes is None or (_is_finite(self.max_minutes) and self.max_minutes > 0),
+                      "a finite number of minutes above 0")
+        self._require("val_fraction", _is_finite(self.val_fraction) and 0 <= self.val_fraction < 1, "in [0, 1)")
+
+    def _require(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise UserError(f"{_OPTIONS.get(name, name)} must be {what}, got {getattr(self, name)!r}")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides):
@@ -162,6 +219,12 @@ class VAETrainConfig(TrainConfig):
     l1_weight: float = 1.0
     kl_weight: float = 1e-4  # the family's weight: a light pull toward N(0, 1) that keeps latents smooth
 
+    def __post_init__(self):
+        super().__post_init__()
+        self._require("segment_samples", _is_whole(self.segment_samples, 1), "a whole number of at least 1")
+        for name in ("l1_weight", "kl_weight"):
+            self._require(name, _is_finite(getattr(self, name)) and getattr(self, name) >= 0, "a finite number >= 0")
+
 
 @dataclass(frozen=True)
 class DiTTrainConfig(TrainConfig):
@@ -171,6 +234,15 @@ class DiTTrainConfig(TrainConfig):
     timestep_sampler: str = "uniform"  # or "logit_normal" (sigmoid of a standard normal)
     gradient_checkpointing: bool = False
     stereo_flip: bool = True  # also train on every track with left and right swapped
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._require("window_frames", self.window_frames is None or _is_whole(self.window_frames, 1),
+                      "a whole number of at least 1")
+        self._require("short_crops", _is_finite(self.short_crops) and 0 <= self.short_crops <= 1, "in [0, 1]")
+        self._require("ema_decay", _is_finite(self.ema_decay) and 0 <= self.ema_decay < 1, "in [0, 1)")
+        self._require("timestep_sampler", self.timestep_sampler in TIMESTEP_SAMPLERS,
+                      f"one of {', '.join(TIMESTEP_SAMPLERS)}")
 
 
 _TRAIN_DEFAULTS: dict[tuple[str, str], dict] = {
@@ -262,10 +334,17 @@ class Corpus:
     names: list[str]  # paths relative to the data folder
     tracks: list[Tensor]
     holdout: list[str]
+    # name -> (seconds into its original track, the original's length), for excerpts (manifest.json)
+    placements: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def split(self, held_out: bool) -> tuple[list[str], list[Tensor]]:
         chosen = [(n, t) for n, t in zip(self.names, self.tracks) if (n in self.holdout) == held_out]
         return [n for n, _ in chosen], [t for _, t in chosen]
+
+    def timing(self, held_out: bool) -> list[tuple[float, float]]:
+        """(offset, track length) in seconds of each file of the split: a whole file sits at 0 of itself."""
+        names, tracks = self.split(held_out)
+        return [self.placements.get(n, (0.0, t.shape[-1] / SAMPLE_RATE)) for n, t in zip(names, tracks)]
 
     @property
     def seconds(self) -> float:
@@ -277,24 +356,47 @@ def _decode_half(path: str) -> np.ndarray:
     return audio.numpy().astype(np.float16)
 
 
+def read_manifest(data_dir: str | os.PathLike) -> dict[str, dict]:
+    """The entries of the folder's manifest.json by file (relative path), or none without one."""
+    path = Path(data_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return {entry["file"]: entry for entry in json.loads(path.read_text())["tracks"]}
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is not a corpus manifest ({error})") from error
+
+
+def _decode_all(files: Sequence[Path], workers: int | None) -> list[np.ndarray]:
+    """Decode in a pool of processes (one file each), unless the corpus is too short to be worth it."""
+    if workers is None:  # starting a process costs seconds: only worth it for a real corpus
+        seconds = sum(sf.info(str(p)).duration for p in files)
+        workers = 1 if seconds < SMALL_CORPUS_SECONDS else os.cpu_count() or 1
+    workers = min(len(files), workers)
+    if workers == 1:
+        return [_decode_half(str(p)) for p in files]
+    # spawn, not fork: the parent may already hold CUDA or OpenMP threads.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_decode_half, map(str, files)))
+
+
 def load_corpus(data_dir: str | os.PathLike, *, holdout: Sequence[str] | None = None, val_fraction: float = 0.15,
                 workers: int | None = None) -> Corpus:
-    """Decode every audio file under `data_dir` in a pool of processes. Held out: `holdout` (names)
-    if given, else the deterministic `holdout_names` rule with `val_fraction`."""
+    """Decode every audio file under `data_dir`. Held out: `holdout` (names) if given, else the
+    manifest's "holdout" files if the folder has a manifest.json, else the `holdout_names` rule."""
     files = audio_files(data_dir)
     names = [p.relative_to(data_dir).as_posix() for p in files]
-    if workers is None:  # starting a process costs a few seconds: only worth it for a real corpus
-        small = sum(p.stat().st_size for p in files) < SMALL_CORPUS_BYTES
-        workers = 1 if small else os.cpu_count() or 1
-    workers = min(len(files), workers)
-    if workers > 1:
-        # spawn, not fork: the parent may already hold CUDA or OpenMP threads.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            arrays = list(pool.map(_decode_half, map(str, files)))
+    manifest = read_manifest(data_dir)
+    placements = {n: (float(manifest[n]["offset_s"]), float(manifest[n]["track_seconds"]))
+                  for n in names if n in manifest}
+    if holdout:
+        held_out = _match_holdout(names, holdout)
+    elif manifest:
+        held_out = [n for n in names if manifest.get(n, {}).get("split") == "holdout"]
     else:
-        arrays = [_decode_half(str(p)) for p in files]
-    held_out = _match_holdout(names, holdout) if holdout else holdout_names(names, val_fraction)
-    return Corpus(names, [torch.from_numpy(a) for a in arrays], held_out)
+        held_out = holdout_names(names, val_fraction)
+    arrays = _decode_all(files, workers)
+    return Corpus(names, [torch.from_numpy(a) for a in arrays], held_out, placements)
 
 
 @dataclass
@@ -309,13 +411,17 @@ class TrackBank:
     of crops is one gather. Tracks shorter than `min_length` are padded with silence."""
 
     def __init__(self, tracks: Sequence[Tensor], rate: float, min_length: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, timing: Sequence[tuple[float, float]] | None = None):
+        """`timing`: each track's (offset, length) in seconds within the song it is an excerpt of;
+        by default each track is a whole song."""
         if not tracks:
             raise ValueError("a TrackBank needs at least one track")
         padded = [F.pad(t, (0, max(0, min_length - t.shape[-1]))) for t in tracks]
         self.lengths = torch.tensor([p.shape[-1] for p in padded])
         self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
-        self.durations = torch.tensor([t.shape[-1] / rate for t in tracks])
+        timing = timing or [(0.0, t.shape[-1] / rate) for t in tracks]
+        self.song_offsets = torch.tensor([offset for offset, _ in timing], dtype=torch.float64)
+        self.durations = torch.tensor([length for _, length in timing])
         self.rate = rate
         self.data = torch.cat(padded, dim=-1).to(device=device, dtype=dtype)
 
@@ -326,7 +432,8 @@ class TrackBank:
         device = self.data.device
         index = (self.offsets[track] + start).to(device)[:, None] + torch.arange(length, device=device)
         x = self.data[:, index].transpose(0, 1).float()
-        return Crops(x, (start / self.rate).float().to(device), self.durations[track].to(device))
+        seconds_start = self.song_offsets[track] + start / self.rate
+        return Crops(x, seconds_start.float().to(device), self.durations[track].to(device))
 
     def random_crops(self, batch: int, length: int, generator: torch.Generator) -> Crops:
         """Uniform over every crop position in the bank (so long tracks are seen in proportion)."""
@@ -483,9 +590,10 @@ class _Run:
         matrices = [p for p in self.params if p.ndim >= 2]  # weight decay on weights, not gains and biases
         others = [p for p in self.params if p.ndim < 2]
         betas = (0.8, 0.99) if self.stage == "vae" else (0.9, 0.99)  # (0.8, 0.99): Oobleck's own
+        # fused: one kernel for the whole update instead of several per tensor (CUDA only)
         self.optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": self.config.weight_decay},
                                             {"params": others, "weight_decay": 0.0}],
-                                           lr=self.config.lr, betas=betas)
+                                           lr=self.config.lr, betas=betas, fused=self.device.type == "cuda")
         self.log.setdefault("history", [])
         self.log.setdefault("validation", [])
 
@@ -567,6 +675,7 @@ def _train(run: _Run, step_loss: Callable[[int], tuple[Tensor, dict[str, Tensor]
     """Step until `steps` or the time budget; validate, log and checkpoint on the way. Whatever
     stops the run (the end, the budget, Ctrl-C, an error), what was trained is saved and exported."""
     config, clock = run.config, _Clock(run.config, run.progress)
+    run.out_dir.mkdir(parents=True, exist_ok=True)  # only now: every check and all set-up are behind us
     torch.manual_seed(config.seed + run.step)  # noise draws: a resumed run does not replay old ones
     run.model.train()
     first_step, stopped = run.step, "steps"
@@ -658,9 +767,24 @@ def _device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _start(out_dir: Path, stage: str, resume: bool) -> dict | None:
-    """The checkpoint to resume from, if asked; refuses to overwrite a run that was not asked to resume."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out that cannot become a folder, before any work: a file, a path under a file,
+    or a place we may not write."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == out_dir else f"is under {existing}, which is a file"
+        raise UserError(f"--out {out_dir} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out_dir}: no permission to write in {existing}")
+
+
+def _prepare(out_dir: Path, stage: str, resume: bool, init: str | os.PathLike | None) -> dict | None:
+    """Check --out, and return the checkpoint to resume from if asked. Writes nothing: the folder
+    is made together with its first file (see _train), so a run refused later leaves no trace."""
+    check_out_dir(out_dir)
+    if resume and init is not None:
+        raise UserError("--resume continues the run in --out; init starts a new one from a model's weights: "
+                        "pass one of them")
     has_checkpoint = (out_dir / CHECKPOINT_FILE).is_file()
     if resume and not has_checkpoint:
         raise UserError(f"nothing to resume: {out_dir / CHECKPOINT_FILE} does not exist")
@@ -668,6 +792,44 @@ def _start(out_dir: Path, stage: str, resume: bool) -> dict | None:
         raise UserError(f"{out_dir} already holds a training run",
                         hint="pass --resume to continue it, or choose another --out")
     return _load_checkpoint(out_dir, stage) if resume else None
+
+
+def _start_from(model: LatentDiffusion, state: dict[str, Tensor], prefixes: tuple[str, ...],
+                source: str | os.PathLike) -> None:
+    """Copy the `prefixes` part of `state` (e.g. a shipped model's fp16 weights) into `model`,
+    which must have exactly those tensors in those shapes."""
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    theirs = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    differs = sorted(k for k in ours.keys() | theirs.keys()
+                     if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+    if differs:
+        raise UserError(f"the weights in {source} do not fit this run's model ({differs[0]} differs)",
+                        hint="start from a model of the same preset and VAE")
+    with torch.no_grad():
+        for key, value in theirs.items():
+            ours[key].copy_(value)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _save_weights(state: dict[str, Tensor], path: Path) -> None:
+    """safetensors, written atomically and with the permissions every other file gets (0644
+    under the usual umask; safetensors itself creates 0600)."""
+    def write(temporary: Path) -> None:
+        save_file(state, str(temporary), metadata={"format": "pt"})
+        os.chmod(temporary, 0o666 & ~_umask())
+
+    write_atomically(path, write)
+
+
+def _compiled(loss: Callable, config: TrainConfig, device: torch.device) -> Callable:
+    """The loss through torch.compile when asked and on CUDA; elsewhere (where a C++ toolchain may
+    be missing and the gain is small) the plain function."""
+    return torch.compile(loss) if config.compile and device.type == "cuda" else loss
 
 
 def _corpus(data: str | os.PathLike | Corpus, config: TrainConfig, holdout: Sequence[str] | None) -> Corpus:
@@ -684,35 +846,44 @@ def _data_log(corpus: Corpus, config: TrainConfig, device: torch.device, model_c
 
 def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, config: VAETrainConfig | None = None, *,
               device: str | torch.device | None = None, resume: bool = False, holdout: Sequence[str] | None = None,
-              progress: ProgressCallback | None = None) -> TrainResult:
+              progress: ProgressCallback | None = None, init: str | os.PathLike | None = None,
+              model_config: ModelConfig | None = None) -> TrainResult:
     """Train the preset's VAE on random segments of the files under `data` (or a loaded Corpus).
+
+    `init`: start from the VAE of this folder (a model folder, or a `train_vae` one) instead of
+    random weights. `model_config`: train this model's VAE instead of the preset's (a variant of
+    another compression, say; the preset still gives the training settings).
 
     Writes to `out_dir`: model_config.json (the preset's model), vae.safetensors (the VAE's weights,
     float32), checkpoint.pt (to resume) and train_log.json. `train_dit` reads this folder."""
     config = config or VAETrainConfig.for_preset("demo")
     out_dir, device = Path(out_dir), _device(device)
-    checkpoint = _start(out_dir, "vae", resume)
-    corpus = _corpus(data, config, holdout)
-    model_config = ModelConfig.from_dict(json.loads(checkpoint["model_config"])) if checkpoint else preset_config(config.preset)
-    if checkpoint and model_config.to_dict() != preset_config(config.preset).to_dict():
-        raise UserError(f"{out_dir} was trained with another preset than {config.preset!r}")
-    torch.manual_seed(config.seed)
-    model = build_model(model_config).to(device)
-    model.pretransform.requires_grad_(True)
-    ratio = model.downsampling_ratio
+    checkpoint = _prepare(out_dir, "vae", resume, init)
+    wanted = model_config or preset_config(config.preset)
+    model_config = ModelConfig.from_dict(json.loads(checkpoint["model_config"])) if checkpoint else wanted
+    if model_config.to_dict() != wanted.to_dict():
+        raise UserError(f"{out_dir} was trained with another model than this run's (preset {config.preset!r})")
+    ratio = model_config.autoencoder.downsampling_ratio
     if config.segment_samples % ratio:
         raise UserError(f"segment_samples must be a multiple of the VAE's {ratio} samples per latent frame")
+    corpus = _corpus(data, config, holdout)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    if init is not None:
+        _start_from(model, load_vae(init)[1], VAE_PREFIXES, init)
+    model.pretransform.requires_grad_(True)
 
     _, train_tracks = corpus.split(held_out=False)
     _, val_tracks = corpus.split(held_out=True)
     bank = TrackBank(train_tracks, SAMPLE_RATE, config.segment_samples, device, torch.float16)
     val_bank = TrackBank(val_tracks, SAMPLE_RATE, config.segment_samples, device, torch.float16) if val_tracks else None
     run = _Run("vae", model, VAE_PREFIXES, config, out_dir, device, config.batch_size, progress,
-               log={"stage": "vae", **_data_log(corpus, config, device, model_config)})
+               log={"stage": "vae", **_data_log(corpus, config, device, model_config),
+                    "init": None if init is None else str(init)})
     if checkpoint:
         _restore(run, checkpoint)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step)
-    loss_fn = torch.compile(vae_loss) if config.compile else vae_loss
+    loss_fn = _compiled(vae_loss, config, device)
 
     def step_loss(step: int) -> tuple[Tensor, dict[str, Tensor]]:
         audio = bank.random_crops(config.batch_size, config.segment_samples, generator).x
@@ -728,7 +899,7 @@ def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, conf
         config_dict = model.config.to_dict()
         write_atomically(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config_dict, indent=2) + "\n"))
         state = {k: v.detach().float().cpu().contiguous() for k, v in run.trained_state().items()}
-        write_atomically(out_dir / VAE_WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        _save_weights(state, out_dir / VAE_WEIGHTS_FILE)
 
     return _train(run, step_loss, validate, export)
 
@@ -801,35 +972,42 @@ def encode_track(model: LatentDiffusion, audio: Tensor, chunk_frames: int = 2048
     return torch.cat(pieces, dim=-1)[:, :frames]
 
 
-def _encode_corpus(model: LatentDiffusion, tracks: Sequence[Tensor], flip: bool) -> list[Tensor]:
+def _encode_corpus(model: LatentDiffusion, corpus: Corpus, held_out: bool,
+                   flip: bool) -> tuple[list[Tensor], list[tuple[float, float]]]:
+    """The latents of one split's tracks (and of their left/right-swapped copies, with `flip`),
+    with each track's timing."""
+    _, tracks = corpus.split(held_out)
+    timing = corpus.timing(held_out)
     latents = [encode_track(model, t) for t in tracks]
     if flip:
-        latents += [encode_track(model, t.flip(0)) for t in tracks]
-    return latents
+        return latents + [encode_track(model, t.flip(0)) for t in tracks], timing + timing
+    return latents, timing
 
 
 def train_dit(data: str | os.PathLike | Corpus, vae_dir: str | os.PathLike, out_dir: str | os.PathLike,
               config: DiTTrainConfig | None = None, *, device: str | torch.device | None = None, resume: bool = False,
               holdout: Sequence[str] | None = None, progress: ProgressCallback | None = None,
-              export_dtype: torch.dtype = torch.float16) -> TrainResult:
+              export_dtype: torch.dtype = torch.float16, init: str | os.PathLike | None = None) -> TrainResult:
     """Train the preset's DiT on latents of the files under `data`, encoded once by the VAE in `vae_dir`.
+
+    `init`: start from the DiT of this model folder (same preset and latent size) instead of
+    random weights; its latent scale is not kept, since `vae_dir`'s VAE may have moved on.
 
     Writes to `out_dir` a complete model folder (model_config.json + model.safetensors with the VAE
     copied in and the EMA of the DiT, in `export_dtype`), plus checkpoint.pt and train_log.json.
     The pretransform scale is set to the latents' standard deviation, so the DiT sees unit-variance data."""
     config = config or DiTTrainConfig.for_preset("demo")
     out_dir, device = Path(out_dir), _device(device)
-    checkpoint = _start(out_dir, "dit", resume)
-    corpus = _corpus(data, config, holdout)
+    checkpoint = _prepare(out_dir, "dit", resume, init)
     vae_config, vae_state = load_vae(vae_dir, device)
+    initial = load_model_folder(init).state_dict() if init is not None else None
+    corpus = _corpus(data, config, holdout)
 
     torch.manual_seed(config.seed)
     model = build_model(compose_config(vae_config, preset_config(config.preset))).to(device)
     _load_vae_weights(model, vae_state, vae_dir)
-    _, train_tracks = corpus.split(held_out=False)
-    _, val_tracks = corpus.split(held_out=True)
-    train_latents = _encode_corpus(model, train_tracks, config.stereo_flip)
-    val_latents = _encode_corpus(model, val_tracks, flip=False)
+    train_latents, train_timing = _encode_corpus(model, corpus, held_out=False, flip=config.stereo_flip)
+    val_latents, val_timing = _encode_corpus(model, corpus, held_out=True, flip=False)
     if checkpoint:
         model_config = ModelConfig.from_dict(json.loads(checkpoint["model_config"]))
         scale = model_config.autoencoder.scale  # the scale the DiT was trained with
@@ -839,7 +1017,10 @@ def train_dit(data: str | os.PathLike | Corpus, vae_dir: str | os.PathLike, out_
         scale = torch.cat([z.flatten() for z in train_latents]).std().item()
         model_config = compose_config(vae_config, preset_config(config.preset), scale)
     model.config, model.pretransform.scale = model_config, scale  # from now on encode() gives unit-variance latents
-    _zero_init_branches(model)
+    if initial is not None:
+        _start_from(model, initial, DIT_PREFIXES, init)
+    else:
+        _zero_init_branches(model)
     model.model.requires_grad_(True)
     model.conditioner.requires_grad_(True)
     model.set_gradient_checkpointing(config.gradient_checkpointing)
@@ -847,17 +1028,19 @@ def train_dit(data: str | os.PathLike | Corpus, vae_dir: str | os.PathLike, out_
     window = config.window_frames or model.max_frames
     patch = model_config.diffusion.dit.patch_size
     rate = SAMPLE_RATE / model.downsampling_ratio
-    bank = TrackBank([z / scale for z in train_latents], rate, window, device)
-    val_bank = TrackBank([z / scale for z in val_latents], rate, window, device) if val_latents else None
+    bank = TrackBank([z / scale for z in train_latents], rate, window, device, timing=train_timing)
+    val_bank = (TrackBank([z / scale for z in val_latents], rate, window, device, timing=val_timing)
+                if val_latents else None)
 
     run = _Run("dit", model, DIT_PREFIXES, config, out_dir, device, config.batch_size, progress,
                log={"stage": "dit", **_data_log(corpus, config, device, model_config), "latent_scale": scale,
-                    "vae_dir": str(vae_dir), "latent_frames": int(bank.lengths.sum())})
+                    "vae_dir": str(vae_dir), "init": None if init is None else str(init),
+                    "latent_frames": int(bank.lengths.sum())})
     run.ema = EMA(run.named_params, config.ema_decay)
     if checkpoint:
         _restore(run, checkpoint)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step)
-    loss_fn = torch.compile(v_loss) if config.compile else v_loss
+    loss_fn = _compiled(v_loss, config, device)
 
     def step_loss(step: int) -> tuple[Tensor, dict[str, Tensor]]:
         length = window
@@ -873,6 +1056,7 @@ def train_dit(data: str | os.PathLike | Corpus, vae_dir: str | os.PathLike, out_
     def export() -> None:
         with run.averaged():
             save_model_folder(model, out_dir, dtype=export_dtype)
+        os.chmod(out_dir / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0600
 
     return _train(run, step_loss, validate, export)
 
@@ -932,7 +1116,7 @@ def split_weights(model_dir: str | os.PathLike, out_dir: str | os.PathLike, max_
         chunks = _chunks({k: v for k, v in state.items() if k.startswith(prefixes)}, max_bytes)
         for i, chunk in enumerate(chunks, start=1):
             path = out / (f"{name}.safetensors" if len(chunks) == 1 else f"{name}-{i}.safetensors")
-            save_file(chunk, str(path), metadata={"format": "pt"})
+            _save_weights(chunk, path)
             written.append(path)
     return written
 
@@ -973,5 +1157,6 @@ def merge_parts(parts: Sequence[str | os.PathLike], config: str | os.PathLike, o
                         + (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"))
     model.load_state_dict(state, strict=True, assign=True)
     save_model_folder(model, out_dir, dtype=dtype)
+    os.chmod(Path(out_dir) / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0600
     load_model_folder(out_dir)  # fails loudly if the folder would not load
     return Path(out_dir)

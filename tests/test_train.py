@@ -1,13 +1,16 @@
 """Training: presets, data split, losses that go down, checkpoints that resume, folders that load.
 
 Everything runs the `tiny` preset on a few seconds of generated stereo tones, on CPU. The VAE and
-DiT folders are trained once per module and shared by the tests that read them.
+DiT folders are trained once per module and shared by the tests that read them. Bad settings are
+tried through the command line: exit 2, one line, nothing written.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from musicguide import cli
 from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
 from musicguide.train import (
@@ -37,6 +41,7 @@ from musicguide.train import (
     train_vae,
     v_loss,
     vae_loss,
+    vae_variant,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -338,23 +343,226 @@ def test_weights_split_into_parts_and_merge_back(dit_dir, tmp_path):
         merge_parts(parts[1:], dit_dir / "model_config.json", tmp_path / "incomplete")
 
 
+def default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_published_weights_get_the_usual_permissions(vae_dir, dit_dir, tmp_path):
+    """safetensors creates files 0600; everything else musicguide writes is 0644 (umask 022)."""
+    parts = split_weights(dit_dir, tmp_path / "parts")
+    merged = merge_parts(parts, dit_dir / "model_config.json", tmp_path / "merged")
+    for path in [vae_dir / "vae.safetensors", dit_dir / "model.safetensors", *parts, merged / "model.safetensors"]:
+        assert stat.S_IMODE(path.stat().st_mode) == default_mode(), path
+
+
+# --- Starting from a model's weights -------------------------------------------------------------
+
+def test_train_vae_starts_from_the_weights_it_is_given(vae_dir, data_dir, tmp_path):
+    # lr so small that one step leaves the weights where they started
+    config = tiny_vae_config(steps=1, lr=1e-12, warmup_steps=0)
+    train_vae(data_dir, tmp_path / "from", config, device="cpu", holdout=[HELD_OUT], init=vae_dir)
+    train_vae(data_dir, tmp_path / "fresh", config, device="cpu", holdout=[HELD_OUT])
+    given = load_file(vae_dir / "vae.safetensors")
+    started, fresh = load_file(tmp_path / "from" / "vae.safetensors"), load_file(tmp_path / "fresh" / "vae.safetensors")
+    assert all(torch.allclose(started[k], given[k], atol=1e-6) for k in given)
+    assert not all(torch.allclose(fresh[k], given[k], atol=1e-3) for k in given)
+
+
+def test_train_dit_starts_from_a_model_folder(dit_dir, vae_dir, data_dir, tmp_path):
+    config = tiny_dit_config(steps=1, lr=1e-12, warmup_steps=0)
+    out = tmp_path / "dit"
+    train_dit(data_dir, vae_dir, out, config, device="cpu", holdout=[HELD_OUT], init=dit_dir)
+    given, started = load_model_folder(dit_dir).state_dict(), load_model_folder(out).state_dict()
+    dit_keys = [k for k in given if k.startswith(("model.", "conditioner."))]
+    # fp16 both ways; the branches that a fresh DiT zeroes keep their trained values
+    assert all(torch.allclose(started[k], given[k], atol=2e-3) for k in dit_keys)
+    assert started["model.model.transformer.layers.0.ff.ff.2.weight"].abs().max() > 0
+
+
+def test_weights_of_another_shape_are_refused_before_anything_is_written(vae_dir, data_dir, tmp_path):
+    other = vae_variant("tiny", 512, 8, 8)
+    with pytest.raises(UserError, match="do not fit this run's model"):
+        train_vae(data_dir, tmp_path / "out", tiny_vae_config(), device="cpu", init=vae_dir, model_config=other)
+    with pytest.raises(UserError, match="pass one of them"):
+        train_vae(data_dir, tmp_path / "out", tiny_vae_config(), device="cpu", init=vae_dir, resume=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_vae_variants_change_the_compression_only():
+    demo = preset_config("demo")
+    assert vae_variant("demo", 1024, 32, 32) == demo
+    wider = vae_variant("demo", 512, 32, 64)
+    assert wider.autoencoder.downsampling_ratio == 512 and wider.autoencoder.latent_dim == 32
+    assert wider.sample_size == demo.sample_size and wider.diffusion.dit == demo.diffusion.dit
+    with pytest.raises(UserError, match="no VAE variant"):
+        vae_variant("demo", 300, 32, 32)
+
+
+# --- A corpus with a manifest (scripts/build_corpus.py's) -----------------------------------------
+
+def write_corpus(folder: Path, tracks: list[tuple[str, str, str, float, float, float]]) -> Path:
+    """(file, package, split, seconds, offset_s, track_seconds) each; tones and a manifest.json."""
+    entries = []
+    for i, (file, package, split, seconds, offset, total) in enumerate(tracks):
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / file, tones(seconds, 200 + 40 * i, i), RATE)
+        entries.append({"file": file, "package": package, "split": split, "seconds": seconds, "offset_s": offset,
+                        "track_seconds": total})
+    (folder / "manifest.json").write_text(json.dumps({"tracks": entries}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"), [
+        ("train/pkg-a/a-one.wav", "pkg-a", "train", 4.0, 0.0, 4.0),
+        ("train/pkg-b/b-one.wav", "pkg-b", "train", 4.0, 30.0, 200.0),
+        ("holdout/a-two.wav", "pkg-a", "holdout", 5.0, 12.0, 60.0),
+        ("holdout/b-two.wav", "pkg-b", "holdout", 5.0, 0.0, 5.0),
+    ])
+
+
+def test_a_manifest_gives_the_split_and_where_each_excerpt_sits(corpus_dir):
+    corpus = load_corpus(corpus_dir, workers=1)
+    assert corpus.holdout == ["holdout/a-two.wav", "holdout/b-two.wav"]
+    assert corpus.timing(held_out=False) == [(0.0, 4.0), (30.0, 200.0)]
+    # The timing conditioning is the whole track's: an excerpt 30 s into a 200 s track says so.
+    _, tracks = corpus.split(held_out=False)
+    bank = TrackBank(tracks, RATE, 4096, torch.device("cpu"), timing=corpus.timing(held_out=False))
+    crops = bank.crops(torch.tensor([1, 0]), torch.tensor([RATE, RATE]), 4096)
+    assert crops.seconds_start.tolist() == [31.0, 1.0] and crops.seconds_total.tolist() == [200.0, 4.0]
+    assert load_corpus(corpus_dir, holdout=["a-one"], workers=1).holdout == ["train/pkg-a/a-one.wav"]
+
+
+# --- Bad settings: exit 2, one line, nothing written ---------------------------------------------
+
+def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["vae", "dit"])
+@pytest.mark.parametrize("option, value, message", [
+    ("--lr", "nan", "--lr must be a finite number above 0"),
+    ("--lr", "-1", "--lr must be a finite number above 0"),
+    ("--batch-size", "0", "--batch-size must be a whole number of at least 1"),
+    ("--steps", "0", "--steps must be a whole number of at least 1"),
+    ("--steps", "-1", "--steps must be a whole number of at least 1"),
+    ("--max-minutes", "-1", "--max-minutes must be a finite number of minutes above 0"),
+    ("--max-minutes", "0", "--max-minutes must be a finite number of minutes above 0"),
+])
+def test_bad_training_settings_exit_2_with_one_line_and_write_nothing(stage, option, value, message, data_dir,
+                                                                      vae_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    extra = ["--vae", vae_dir] if stage == "dit" else []
+    code, err = run_cli(["train", stage, data_dir, "--out", out, "--preset", "tiny", *extra, option, value],
+                        monkeypatch, capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_out_that_cannot_be_a_folder_exits_2_before_any_work(where, data_dir, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("keep me")
+    out = blocker if where == "file" else blocker / "run"
+    code, err = run_cli(["train", "vae", data_dir, "--out", out, "--preset", "tiny", "--steps", "1"], monkeypatch, capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "not a folder" in err
+    assert blocker.read_text() == "keep me"
+
+
+def test_settings_outside_the_cli_are_checked_too():
+    for make in (lambda: VAETrainConfig.for_preset("tiny", kl_weight=-1.0),
+                 lambda: VAETrainConfig.for_preset("tiny", segment_samples=0),
+                 lambda: DiTTrainConfig.for_preset("tiny", ema_decay=1.0),
+                 lambda: DiTTrainConfig.for_preset("tiny", timestep_sampler="cosine"),
+                 lambda: DiTTrainConfig.for_preset("tiny", window_frames=0),
+                 lambda: DiTTrainConfig.for_preset("tiny", val_fraction=1.0),
+                 lambda: DiTTrainConfig(preset="huge")):
+        with pytest.raises(UserError):
+            make()
+
+
 # --- The GPU demo script, on CPU -----------------------------------------------------------------
 
-def test_demo_script_smoke_run_leaves_a_mergeable_model(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def train_demo():
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import train_demo
     finally:
         sys.path.remove(str(REPO / "bench"))
-    out = tmp_path / "out"
-    code = train_demo.main(["--smoke", "--data", str(data_dir), "--out", str(out), "--work", str(tmp_path / "work"),
-                            "--vae-minutes", "0.04", "--dit-minutes", "0.04", "--workers", "2", "--device", "cpu"])
-    assert code == 0
+    return train_demo
+
+
+def test_centroid_and_stretch_levels(train_demo):
+    t = torch.arange(RATE) / RATE
+    tone = torch.sin(2 * math.pi * 1000 * t).repeat(2, 1)
+    assert train_demo.spectral_centroid_hz(tone) == pytest.approx(1000, rel=0.05)
+    made = torch.cat([tone[:, : RATE // 2], 0.1 * tone[:, RATE // 2:]], dim=1)  # the second half 20 dB down
+    assert train_demo.stretch_errors_db(made, tone) == pytest.approx([0.0, 20.0], abs=0.01)
+
+
+def scores(**changes) -> dict:
+    return {**train_demo_targets(), **changes}
+
+
+def train_demo_targets() -> dict:
+    return {"vae_mr_ratio": 1.0, "generate_level_gap_db": 10.0, "generate_centroid_factor": 1.2,
+            "infill_level_error_db": 8.0, "infill_worst_stretch_db": 12.0}
+
+
+def test_the_verdict_wants_a_real_gain_and_no_target_lost(train_demo):
+    before = scores()
+    better, why = train_demo.verdict(before, scores(vae_mr_ratio=0.7), min_gain=0.05, tolerance=0.1)
+    assert better and why.startswith("better")
+    assert not train_demo.verdict(before, scores(vae_mr_ratio=0.99), 0.05, 0.1)[0]  # too small a gain
+    # a large gain on one target does not pay for another that moved away
+    assert not train_demo.verdict(before, scores(vae_mr_ratio=0.5, generate_centroid_factor=1.8), 0.05, 0.1)[0]
+    assert not train_demo.verdict(before, before, 0.05, 0.1)[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_out(train_demo, corpus_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke")
+    code = train_demo.main(["--smoke", "--data", str(corpus_dir), "--out", str(out / "out"), "--work",
+                            str(out / "work"), "--vae-minutes", "0.03", "--dit-minutes", "0.03", "--device", "cpu"])
+    assert code == 0, (out / "out" / "summary.txt").read_text()
+    return out
+
+
+def test_demo_script_smoke_run_trains_evaluates_and_leaves_a_mergeable_model(smoke_out, tmp_path):
+    out = smoke_out / "out"
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["dit.safetensors", "model_config.json", "summary.txt", "train_log.json", "vae.safetensors"]
-    assert all((out / f).stat().st_size <= 16 << 20 for f in files)
+    assert files == ["dit.safetensors", "evaluation.json", "model_config.json", "summary.txt", "train_log.json",
+                     "vae.safetensors"]
+    summary = (out / "summary.txt").read_text()
+    assert "VAE:" in summary and "DiT:" in summary and "verdict: no starting model" in summary
+    after = json.loads((out / "evaluation.json").read_text())["after"]
+    assert set(after) >= set(train_demo_targets()) and all(math.isfinite(after[k]) for k in train_demo_targets())
     log = json.loads((out / "train_log.json").read_text())
-    assert set(log) == {"vae", "dit"} and log["dit"]["result"]["stopped"] in ("time", "steps")
-    assert "VAE:" in (out / "summary.txt").read_text() and "DiT:" in (out / "summary.txt").read_text()
+    assert log["dit"]["result"]["stopped"] == "time" and len(log["runs"]) == 1
     merged = merge_parts([out / "vae.safetensors", out / "dit.safetensors"], out / "model_config.json", tmp_path / "m")
     assert load_model_folder(merged).config.sample_size == preset_config("tiny").sample_size
+
+
+def test_demo_script_keeps_new_weights_only_if_they_evaluate_better(train_demo, smoke_out, corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    code = train_demo.main(["--preset", "tiny", "--init", str(smoke_out / "work" / "dit"), "--data", str(corpus_dir),
+                            "--out", str(out), "--work", str(tmp_path / "work"), "--vae-minutes", "0.02",
+                            "--dit-minutes", "0.02", "--eval-clips", "2", "--eval-steps", "3", "--generations", "2",
+                            "--device", "cpu"])
+    assert code == 0, (out / "summary.txt").read_text()
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report) == {"before", "after", "verdict"}
+    assert report["verdict"]["better"] == (out / "model_config.json").is_file() == (out / "vae.safetensors").is_file()
+    log = json.loads((out / "train_log.json").read_text())
+    assert len(log["runs"]) == 2 and log["runs"][-1]["kept"] == report["verdict"]["better"]
