@@ -43,7 +43,7 @@ app.add_typer(train_app, name="train")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
-STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False}
+STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False, "runs": None}
 DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
 
 
@@ -59,6 +59,13 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class LossSpace(str, Enum):
@@ -85,6 +92,7 @@ SHARED_OPTIONS = {
     "seed": (Optional[int], typer.Option(help="Random seed (0 to 4294967295); the same seed on the same device gives the same audio bit for bit."), None),
     "variations": (int, typer.Option(help="Number of results (a batch); written as NAME_1 … NAME_N."), 1),
     "device": (Device, typer.Option(help="Where to run."), Device.auto),
+    "precision": (Precision, typer.Option(help="The model's number format: auto (bf16 on CUDA cards that have it, else fp16; fp32 on CPU and MPS), fp32, bf16, fp16."), Precision.auto),
     "quiet": (bool, typer.Option("--quiet", "-q", help="No progress or messages, errors only."), False),
     "overwrite": (bool, typer.Option(help="Replace existing output files (never the input)."), False),
     "loss_space": (LossSpace, typer.Option(help="Measure the guidance loss on latents (fast) or on decoded audio (exact, slower)."), LossSpace.latent),
@@ -224,6 +232,9 @@ def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_setting
     run = runner.run_edit(verb, common, inputs, edit, runs, edit_settings,
                           progress=lambda total, label: _progress(quiet, total, label), say=say, plot=common.plot,
                           timing=timing)
+    if STATE["runs"] is not None:  # a batch job: the batch reports
+        STATE["runs"].append(run)
+        return
     if common.as_json:
         print(json.dumps({"ok": True, "command": verb, "outputs": [
             {"path": o["path"], "sidecar": o["sidecar"], "seconds": o["seconds"],
@@ -447,7 +458,73 @@ def _shared(key: str):
     return Annotated[kind, option]
 
 
-ModelOpt, DeviceOpt, Quiet, Overwrite = (_shared(k) for k in ("model", "device", "quiet", "overwrite"))
+ModelOpt, DeviceOpt, PrecisionOpt, Quiet, Overwrite = (_shared(k) for k in ("model", "device", "precision", "quiet", "overwrite"))
+
+
+@app.command()
+def batch(
+    jobs: Annotated[Path, typer.Argument(help='JOBS.jsonl: one {"args": ["infill", "a.wav", "--start", "30", "--end", "34"]} a line.')],
+    model: ModelOpt = DEFAULT_MODEL, device: DeviceOpt = Device.auto, precision: PrecisionOpt = Precision.auto,
+    quiet: Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: every job with its outputs or error.")] = False,
+) -> None:
+    """Run many edits with one model load: each job writes what its command alone would, from the same seed.
+    Under torchrun the jobs are split across the processes (one model load each)."""
+    from . import distributed
+
+    STATE["json"] = as_json
+    jobs_list = runner.read_jobs(jobs)
+    here = distributed.start("cuda" if device == Device.cuda else "cpu")
+    mine = jobs_list[here.rank :: here.size]
+    own = ["--model", model, "--device", distributed.device_for(device.value, here), "--precision", precision.value,
+           "--quiet"]
+    results = []
+    with runner.models_held(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                        TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                                        disable=quiet or as_json or not here.is_main, transient=True) as bar:
+        task = bar.add_task("batch", total=len(mine))
+        for job in mine:
+            results.append(_batch_job(job, own))
+            bar.update(task, advance=1)
+    merged = sorted((r for part in distributed.gather(results, here) for r in part), key=lambda r: r["line"])
+    distributed.stop()
+    failed = [r for r in merged if not r["ok"]]
+    if here.is_main:
+        _batch_summary(jobs, merged, failed, as_json, quiet)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _batch_job(job, own: list[str]) -> dict:
+    """One job in this process, as its command alone would run it; its error becomes one line."""
+    batch_json = STATE["json"]
+    STATE["runs"] = []
+    result = {"line": job.line, "args": list(job.args), "ok": False}
+    try:
+        app([*job.args, *own], standalone_mode=False)
+        result.update(ok=True, outputs=[{"path": o["path"], "sidecar": o["sidecar"],
+                                         "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
+                                        for run in STATE["runs"] for o in run.outputs])
+    except UserError as error:
+        result["error"] = str(error)
+    except click.exceptions.ClickException as error:
+        result["error"] = error.format_message()
+    except (MemoryError, Exception) as error:  # noqa: BLE001 - one job's failure must not stop the rest
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        STATE.update(runs=None, json=batch_json)
+    return result
+
+
+def _batch_summary(jobs: Path, results: list[dict], failed: list[dict], as_json: bool, quiet: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": not failed, "jobs": results}))
+        return
+    for r in failed:
+        err.print(f"error: {jobs}, line {r['line']} ({' '.join(r['args'][:2])}): {r['error']}", markup=False, soft_wrap=True)
+    if not quiet:
+        written = sum(len(r.get("outputs", [])) for r in results)
+        out.print(f"batch: {len(results) - len(failed)} of {len(results)} jobs done, {written} file(s) written"
+                  + (f"; {len(failed)} failed" if failed else ""))
 @app.command()
 def beats(
     song: Annotated[Path, typer.Argument(help="The song.")],

@@ -48,6 +48,7 @@ class Common:
     sample_format: str = "auto"
     as_json: bool = False
     plot: bool = False
+    precision: str = "auto"
 
     def check(self) -> None:
         """Refuse bad values before any work: every number has a range."""
@@ -134,12 +135,56 @@ def pick_device(choice: str):
     return torch.device(choice)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_dtype(precision: str, device):
+    """--precision: auto is bf16 on CUDA cards that have it, else fp16 on CUDA, and fp32 on CPU and
+    MPS (their half-precision kernels are slow or missing). The sampler's own arithmetic stays in
+    fp32/fp64 either way: the model computes in its dtype and answers in the caller's."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# While a batch runs, each (model, device, precision) is loaded once and kept here.
+_HELD: dict | None = None
+
+
+@contextmanager
+def models_held() -> Iterator[None]:
+    """Keep every model that `load_model` loads until the block ends (`musicguide batch`)."""
+    global _HELD
+    _HELD = {}
+    try:
+        yield
+    finally:
+        _HELD = None
+
+
 def load_model(common: Common, say: Callable[[str], None]):
+    key = (common.model, common.device, common.precision)
+    if _HELD is not None and key in _HELD:
+        return _HELD[key]
+    loaded = _load_model(common, say)
+    if _HELD is not None:
+        _HELD[key] = loaded
+    return loaded
+
+
+def _load_model(common: Common, say: Callable[[str], None]):
     import torch
 
     from .registry import load_model as load
 
     device = pick_device(common.device)
+    dtype = pick_dtype(common.precision, device)
     if device.type == "cuda":
         # --seed promises bit-for-bit results on the same device: cuDNN must not pick kernels by timing
         torch.backends.cudnn.deterministic = True
@@ -148,7 +193,7 @@ def load_model(common: Common, say: Callable[[str], None]):
         from huggingface_hub.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    model, resolved = load(common.model, device=device, dtype=torch.float32)
+    model, resolved = load(common.model, device=device, dtype=dtype)
     model.eval().requires_grad_(False)
     if resolved.kind == "builtin":
         say(f"[yellow]model {resolved.name}: {resolved.description}[/yellow]")
@@ -274,7 +319,8 @@ def _sidecar(context: dict, i: int, saved, length: int, result, written: Path) -
         "model": {"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
                   "folder": None if resolved.folder is None else str(resolved.folder), "objective": model.objective},
         "settings": {**settings.to_dict(), **context["edit_settings"], "variation": i + 1,
-                     "variations": common.variations, "device": str(context["device"]), "context_s": common.context},
+                     "variations": common.variations, "device": str(context["device"]), "context_s": common.context,
+                     "precision": common.precision, "dtype": str(model.dtype).removeprefix("torch.")},
         "seed": settings.seed,
         "windows": [w.to_dict(sr) for w in result.windows],
         "seams": [s.to_dict() for s in result.seams[i]],
@@ -286,3 +332,48 @@ def _sidecar(context: dict, i: int, saved, length: int, result, written: Path) -
         "seconds": length / sr,
         "elapsed_s": round(context["elapsed"], 3),
     }
+
+
+# ---- batch jobs ----------------------------------------------------------------------------------
+
+EDIT_COMMANDS = ("infill", "regenerate", "continue", "transition", "generate", "restyle", "loop")
+BATCH_OPTIONS = ("--model", "-m", "--device", "--precision", "--json")  # the batch's own, given once
+
+
+@dataclass(frozen=True)
+class Job:
+    line: int
+    args: tuple[str, ...]
+
+
+def read_jobs(path: Path) -> list[Job]:
+    """JOBS.jsonl: one `{"args": [...]}` a line, the arguments of one edit command as typed.
+    Every line is checked before any job runs; a bad one is an error naming its line."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read the jobs file {path}: {getattr(error, 'strerror', None) or error}") from error
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            jobs.append(Job(number, _job_args(path, number, line)))
+    if not jobs:
+        raise UserError(f"{path} holds no jobs", hint='one {"args": ["infill", "a.wav", "--start", "1", "--end", "2"]} a line')
+    return jobs
+
+
+def _job_args(path: Path, number: int, line: str) -> tuple[str, ...]:
+    where = f"{path}, line {number}"
+    try:
+        job = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where}: not JSON ({error.msg})") from error
+    args = job.get("args") if isinstance(job, dict) else None
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        raise UserError(f'{where}: expected {{"args": ["COMMAND", ...]}} with string arguments')
+    if args[0] not in EDIT_COMMANDS:
+        raise UserError(f"{where}: {args[0]!r} is not an edit command ({', '.join(EDIT_COMMANDS)})")
+    own = [a for a in args if a.split("=", 1)[0] in BATCH_OPTIONS]
+    if own:
+        raise UserError(f"{where}: {own[0].split('=', 1)[0]} is the batch's own option; give it once to `musicguide batch`")
+    return tuple(args)
