@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 
 from musicguide import atomic, cli
+from musicguide.errors import UserError
 
 from conftest import synth_song
 
@@ -221,7 +222,7 @@ def test_evaluate_keeps_its_numbers_when_the_report_cannot_be_written(tmp_path, 
         def to_dict(self):
             return {"numbers": [1.0, 2.0]}
 
-    monkeypatch.setattr(evaluate, "render_markdown", lambda report: "# report\n")
+    monkeypatch.setattr("musicguide.evaluate.report.render_markdown", lambda report: "# report\n")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "rescue"))
     (tmp_path / "rescue").mkdir()
     real = Path.write_text
@@ -230,7 +231,7 @@ def test_evaluate_keeps_its_numbers_when_the_report_cannot_be_written(tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
     monkeypatch.setattr(Path, "write_text", disk_full)
-    with pytest.raises(evaluate.UserError, match="numbers are in") as caught:
+    with pytest.raises(UserError, match="numbers are in") as caught:
         evaluate.write_report(Report(), tmp_path / "r.md", tmp_path / "r.json")
     monkeypatch.setattr(Path, "write_text", real)
     rescued = Path(str(caught.value).rsplit("numbers are in ", 1)[1])

@@ -1,0 +1,148 @@
+"""The speed of the command itself: a 4 s infill in a 3-minute song, through the CLI's own code path.
+
+    python bench/cli_speed.py                                        # GPU: SAO 1.0 and SAO Small shapes
+    python bench/cli_speed.py --shapes demo --steps 8 --device cpu   # a CPU smoke run of the same path
+
+For each shape it builds a model folder with random weights (the published configs: SAO 1.0 at
+full depth, SAO Small's rectified-flow config at depth 20), then:
+
+* load: `musicguide`'s model loading of that folder, against the time to read the file from disk;
+* infill: `musicguide infill song.wav --start 88 --end 92 …` run in process with the model already
+  loaded (`runner.models_held`, as `musicguide batch` does): reading and streaming the song,
+  encoding, sampling, decoding, splicing, writing the WAV and sidecar — best of --repeats after a
+  warm-up;
+* the cost of a guided step against an unguided one (the same infill with --guidance 0);
+* peak GPU memory of the infill with --loss-space audio (decoder-space guidance).
+
+Prints a Markdown table (docs/models.md keeps the measured one). Targets on one H100/H200 at
+--precision auto: SAO Small shape at 8 steps under 1 s; SAO 1.0 shape at 100 steps under 6 s; a
+guided step at most 3.5x an unguided one; loading at most 2x reading the file; peak memory with
+decoder-space guidance at most 26 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from musicguide import cli, runner  # noqa: E402
+from musicguide.models import ModelConfig, build_model  # noqa: E402
+from musicguide.models.folder import WEIGHTS_FILE, save_model_folder  # noqa: E402
+
+DEFAULT_STEPS = {"sao-1.0-shape": 100, "sao-small-shape": 8}
+
+
+def shaped_folder(name: str, folder: Path) -> Path:
+    """A model folder for a shape (random weights, fp32 on disk), or a registry name as it is."""
+    from conformance import sao_config, sao_small_rf_config
+
+    if name == "sao-1.0-shape":
+        config = sao_config()
+    elif name == "sao-small-shape":
+        config = sao_small_rf_config()
+        config["model"]["diffusion"]["config"]["depth"] = 20
+    else:
+        return Path(name)
+    path = folder / name
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model_folder(build_model(ModelConfig.from_dict(config)), path)
+    return path
+
+
+def song(folder: Path, minutes: float = 3.0) -> Path:
+    path = folder / "song.wav"
+    rng = np.random.default_rng(0)
+    t = np.arange(round(minutes * 60 * 44100)) / 44100
+    music = 0.2 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t)) + 0.02 * rng.standard_normal(len(t))
+    sf.write(path, np.stack([music, music], axis=1).astype(np.float32), 44100, subtype="PCM_16")
+    return path
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def read_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def infill(model: Path, wav: Path, out: Path, device: str, precision: str, steps: int, *extra: str) -> None:
+    code = cli.app(["infill", str(wav), "--start", "88", "--end", "92", "-o", str(out), "--overwrite", "--quiet",
+                    "--model", str(model), "--device", device, "--precision", precision, "--steps", str(steps),
+                    "--seed", "0", *extra], standalone_mode=False)
+    if code not in (None, 0):
+        raise SystemExit(f"infill failed with {code}")
+
+
+def measure(name: str, folder: Path, wav: Path, device: str, precision: str, steps: int, repeats: int) -> list[str]:
+    model = shaped_folder(name, folder)
+    weights = model / WEIGHTS_FILE
+    read = timed(lambda: read_file(weights), device) if weights.exists() else float("nan")
+    common = runner.Common(model=str(model), device=device, precision=precision, quiet=True)
+    load = timed(lambda: runner.load_model(common, lambda text: None), device)
+    out = folder / "out.wav"
+    with runner.models_held():
+        def run(steps_: int, *extra: str) -> float:
+            infill(model, wav, out, device, precision, steps_, *extra)  # warm-up (and the one model load)
+            return min(timed(lambda: infill(model, wav, out, device, precision, steps_, *extra), device)
+                       for _ in range(repeats))
+
+        guided, unguided = run(steps), run(steps, "--guidance", "0")
+        # per step: the fixed costs (read, encode, decode, write) cancel against a 1-step run
+        per_guided = (guided - run(1)) / max(steps - 1, 1)
+        per_unguided = (unguided - run(1, "--guidance", "0")) / max(steps - 1, 1)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        audio_loss = run(steps, "--loss-space", "audio")
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.startswith("cuda") else "–"
+    step_ratio = per_guided / max(per_unguided, 1e-9)
+    return [name, str(steps), f"{guided:.2f} s", f"{unguided:.2f} s", f"{step_ratio:.2f}x", f"{audio_loss:.2f} s",
+            f"{load:.2f} s", f"{read:.2f} s", f"{load / read:.2f}x" if read == read else "–", peak]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["sao-small-shape", "sao-1.0-shape"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--steps", type=int, default=None, help="default: 100 for SAO 1.0, 8 for SAO Small")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; a 4 s infill in a 3-minute song")
+    header = ["shape", "steps", "infill", "unguided", "guided/unguided step", "infill, audio loss", "load",
+              "read file", "load/read", "peak GPU memory (audio loss)"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    with tempfile.TemporaryDirectory() as folder:
+        wav = song(Path(folder))
+        for name in args.shapes:
+            steps = args.steps or DEFAULT_STEPS.get(name, 8)
+            row = measure(name, Path(folder), wav, args.device, args.precision, steps, args.repeats)
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The protocol runner: the model's sampling variants, every row's method, and `evaluate`, which
+cuts the clips, runs every row on every case and scores them into an `EvalReport`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .. import edit
+from ..edit import SamplerSettings
+from ..errors import UserError
+from ..splice import fade_samples
+from .baselines import BASELINES, round_trip_method, unedited, with_fade
+from .clips import TASKS, Case, Method, Output, Protocol, audio_files, build_cases, check_tasks, cut_clips
+from .metrics import Embedder, Scores, aggregate, score_case, split_half_fd
+from .report import EvalReport, verdicts
+
+# Sampling variants: name -> overrides of SamplerSettings. All share the step count and, per clip,
+# the seed (seed + clip index), so their differences come from the settings and not from the noise.
+MODEL_VARIANTS: dict[str, dict] = {
+    "replacement only": {"sampler": "ddim", "loss_space": "latent", "guidance": 0.0, "consistency": True},
+    "guided DDIM, latent loss": {"sampler": "ddim", "loss_space": "latent", "consistency": True},
+    "guided DDIM, waveform loss": {"sampler": "ddim", "loss_space": "audio", "consistency": True},
+    "guided DDPM, latent loss": {"sampler": "ddpm", "loss_space": "latent", "consistency": True},
+}
+# The paper's Table 1 configuration: the variant the verdicts compare with the baselines.
+PRIMARY_VARIANT = "guided DDIM, latent loss"
+ORIGINAL = "original (no edit)"
+ROUND_TRIP = "VAE round trip"
+
+Progress = Callable[[int, int, str], None]
+
+
+def model_variants(steps: int, seed: int, table: Mapping[str, dict] = MODEL_VARIANTS) -> dict[str, SamplerSettings]:
+    return {name: SamplerSettings(**{"steps": steps, "seed": seed, **overrides}) for name, overrides in table.items()}
+
+
+def _run_model(model, case: Case, settings: SamplerSettings, protocol: Protocol) -> edit.EditResult:
+    context = None if protocol.context_seconds is None else round(protocol.context_seconds * model.sample_rate)
+    if case.task == "infill":
+        return edit.infill(model, case.song, case.start, case.end, settings, context=context)
+    if case.task == "regeneration":
+        return edit.regenerate(model, case.song, case.start, case.end, settings, strength=protocol.strength, context=context)
+    if case.task == "continuation":
+        return edit.continue_song(model, case.song, (case.end - case.start) / model.sample_rate, settings, context=context)
+    first, second = case.pair
+    return edit.transition(model, first, second, case.end - case.start, settings, strength=protocol.strength, context=context)
+
+
+def model_method(model, settings: SamplerSettings, protocol: Protocol) -> Method:
+    def run(case: Case) -> Output:
+        result = _run_model(model, case, replace(settings, seed=settings.seed + case.index), protocol)
+        seams = result.seams[0]  # measured against case.song, as score_case would
+        return Output(result.songs[0][:, : case.length], [s.position for s in seams], seams)
+
+    return run
+
+
+def method_table(model, variants: Mapping[str, SamplerSettings], protocol: Protocol, fade: int,
+                 tasks: Sequence[str] = TASKS) -> dict[str, dict[str, Method]]:
+    """Every row of the report that does one of `tasks`: name -> {task: method}, in the table's order."""
+    rows = {name: {task: with_fade(fill, fade) for task, fill in fills.items()} for name, fills in BASELINES.items()}
+    for name, settings in variants.items():
+        rows[name] = dict.fromkeys(TASKS, model_method(model, settings, protocol))
+    rows[ROUND_TRIP] = dict.fromkeys(TASKS[:3], round_trip_method(model))
+    rows[ORIGINAL] = {task: with_fade(unedited, fade) for task in TASKS[:3]}
+    rows = {name: {t: m for t, m in methods.items() if t in tasks} for name, methods in rows.items()}
+    return {name: methods for name, methods in rows.items() if methods}
+
+
+def score_method(method: Method, cases: Sequence[Case], sample_rate: int, embed: Embedder, originals: np.ndarray,
+                 tick: Callable[[], None]) -> Scores:
+    """Run one row's method on every case of a task and score the outputs."""
+    scored, excerpts = [], []
+    for case in cases:
+        output = method(case)
+        scored.append(score_case(case, output, sample_rate))
+        excerpts.append(output.audio[:, case.excerpt[0] : case.excerpt[1]])
+        tick()
+    return aggregate(scored, embed(excerpts), originals)
+
+
+def _primary(variants: Mapping[str, SamplerSettings]) -> str | None:
+    if PRIMARY_VARIANT in variants:
+        return PRIMARY_VARIANT
+    return next((name for name, s in variants.items() if s.guidance > 0), None)
+
+
+def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] | None = None, steps: int = 50,
+             n_clips: int = 24, seed: int = 0, protocol: Protocol = Protocol(), tracks: Sequence[str] | None = None,
+             model_info: dict | None = None, progress: Progress | None = None,
+             tasks: Sequence[str] = TASKS) -> EvalReport:
+    """Run the protocol with `model` (on its own device) on clips cut from the files in `clips_dir`
+    (only `tracks`, when given). `variants` defaults to MODEL_VARIANTS with `steps` and `seed`;
+    clip k samples with seed + k. progress(done, total, what) is called after every output. `tasks`
+    runs a subset of the protocol's tasks (a sweep of one setting needs only some)."""
+    tasks = check_tasks(tasks)
+    started = time.perf_counter()
+    variants = dict(model_variants(steps, seed) if variants is None else variants)
+    sr = model.sample_rate
+    clips, skipped = cut_clips(audio_files(clips_dir, tracks), protocol, sr, model.audio_channels, n_clips)
+    if len(clips) < 2 or len({c.file for c in clips}) < 2:
+        raise UserError(f"need at least 2 usable {protocol.clip_seconds:g} s clips from 2 different files, found "
+                        f"{len(clips)}", hint="add audio files, or allow more clips with --clips")
+    cases = build_cases(clips, protocol, sr)
+    embed = Embedder(model.device, sr)
+    originals = embed([c.audio for c in clips])
+    table = method_table(model, variants, protocol, fade_samples(sr), tasks)
+    total = sum(len(cases[task]) for methods in table.values() for task in methods)
+    done = [0]
+
+    def tick(what: str) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total, what)
+
+    rows = {name: {task: score_method(method, cases[task], sr, embed, originals, lambda: tick(f"{name}: {task}"))
+                   for task, method in methods.items()}
+            for name, methods in table.items()}
+    primary = _primary(variants)
+    return EvalReport(
+        rows=rows, variants={n: s.to_dict() for n, s in variants.items()}, primary=primary,
+        protocol=protocol.to_dict(), model=model_info or {}, seed=seed, steps=steps,
+        clips=[c.to_dict(sr) for c in clips], skipped=skipped,
+        cases={task: [c.label for c in task_cases] for task, task_cases in cases.items()},
+        fd_floor=split_half_fd(originals), verdicts=verdicts(rows, primary, variants, tasks),
+        elapsed_s=round(time.perf_counter() - started, 1), tasks=list(tasks),
+    )
