@@ -16,6 +16,14 @@ Cases: "sao-1.0" (the published SAO 1.0 config: full VAE, full-width DiT at dept
 11.9 s windows, depth 2, a slimmer VAE with a latent scale and tanh output), and "options" (a tiny
 model that turns on the remaining supported settings: patching, l2 qk-norm, ELU VAE, ...).
 
+Text prompts ("text-cfg", a separate run: `run_text_conformance`): a tiny random T5 and a tiny
+Unigram tokenizer are built offline in the reference environment; stable-audio-tools' own
+T5Conditioner (given that folder instead of "t5-base") and musicguide's `TextEncoder` encode the
+same prompts (one plain, the empty one, one longer than max_length), also through a proj_out; then
+a tiny SAO-shaped DiT with that conditioner runs under CFG (null unconditional half, a negative
+prompt, scale 1), and x̂0 is read off the CFG output. The reference environment needs
+`transformers` for this; the run installs the version musicguide uses into it when it is missing.
+
     # reference environment (about a minute): ../shared/tools/reference-env.sh .refenv
     MUSICGUIDE_REFERENCE_PYTHON=.refenv/bin/python .venv/bin/python bench/conformance.py
     # tests/data/sao_reference_keys.json, the reference's state-dict keys for the always-run test:
@@ -120,6 +128,53 @@ def options_config() -> dict:
 
 
 CASES = {"sao-1.0": sao_config, "sao-small-rf": sao_small_rf_config, "options": options_config}
+
+# Text prompts under classifier-free guidance: its own case, run by run_text_conformance.
+TEXT_CASE = "text-cfg"
+TEXT_MAX_LENGTH = 12
+TEXT_WIDTH = 64  # the tiny T5's d_model, equal to the tiny model's cond_dim (SAO: 768 and 768)
+TEXT_PROJ_WIDTH = 48  # a second conditioner with a proj_out (project_out: true) to this width
+TEXT_PROMPTS = ["solo piano", "",
+                "orchestral strings swelling into a brass fanfare with punchy drums and a deep bass line"]
+TEXT_NEGATIVE = "lo-fi hip hop beat with vinyl crackle"
+TEXT_CFG_SCALE = 6.0  # stable-audio-tools' generate_diffusion_cond default
+TEXT_X0_TIME = 0.6
+_TOKENIZER_SENTENCES = [
+    "warm analog synth pad with slow attack", "punchy drums and a deep bass line at 120 bpm",
+    "solo piano, soft and melancholic", "distorted electric guitar riff", "ambient field recording of rain",
+    "orchestral strings swelling into a brass fanfare", "lo-fi hip hop beat with vinyl crackle",
+]
+
+
+def text_cfg_config() -> dict:
+    """A tiny model shaped like SAO 1.0 (T5 prompt + timing as cross-attention tokens, timing as
+    global conditioning, v objective, cond tokens not projected), its T5 as wide as cond_dim."""
+    strides = [2, 4]
+    return {
+        "model_type": "diffusion_cond", "sample_size": 4096, "sample_rate": 44100, "audio_channels": 2,
+        "model": {
+            "pretransform": {"type": "autoencoder", "config": {
+                "encoder": {"type": "oobleck", "config": {
+                    "in_channels": 2, "channels": 8, "c_mults": [1, 2], "strides": strides, "latent_dim": 16,
+                    "use_snake": True}},
+                "decoder": {"type": "oobleck", "config": {
+                    "out_channels": 2, "channels": 8, "c_mults": [1, 2], "strides": strides, "latent_dim": 8,
+                    "use_snake": True, "final_tanh": False}},
+                "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 8, "io_channels": 2}},
+            "conditioning": {"cond_dim": TEXT_WIDTH, "configs": [
+                {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": TEXT_MAX_LENGTH}},
+                {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
+                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}]},
+            "diffusion": {
+                "type": "dit", "diffusion_objective": "v",
+                "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
+                "global_cond_ids": ["seconds_start", "seconds_total"],
+                "config": {"io_channels": 8, "embed_dim": 128, "depth": 2, "num_heads": 4,
+                           "cond_token_dim": TEXT_WIDTH, "project_cond_tokens": False,
+                           "global_cond_dim": 2 * TEXT_WIDTH, "transformer_type": "continuous_transformer"}},
+            "io_channels": 8,
+        },
+    }
 
 
 def without_text(config: dict) -> dict:
@@ -284,6 +339,99 @@ def _reference_case(name: str, config: dict, out: Path) -> None:
     print(f"reference: {name} done", flush=True)
 
 
+def _build_tiny_t5(folder: Path) -> None:
+    """A T5 encoder with random weights and a Unigram tokenizer trained on a few sentences, laid out
+    like google-t5/t5-base (config.json, model.safetensors, tokenizer.json), built with no network."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import Unigram
+    from transformers import T5Config, T5EncoderModel
+
+    folder.mkdir(parents=True)
+    tokenizer = Tokenizer(Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")])
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tokenizer.train_from_iterator(_TOKENIZER_SENTENCES, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        config = T5Config(vocab_size=tokenizer.get_vocab_size(), d_model=TEXT_WIDTH, d_kv=16, d_ff=128, num_layers=2,
+                          num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                          feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        T5EncoderModel(config).save_pretrained(str(folder))
+
+
+def _reference_text(root: Path) -> None:
+    """The text-cfg case: T5Conditioner tokens, and the DiT under CFG, into root/."""
+    from unittest import mock
+
+    from stable_audio_tools.inference.sampling import sample
+    from stable_audio_tools.models.conditioners import T5Conditioner
+    from stable_audio_tools.models.factory import create_model_from_config
+
+    t5_folder = root / "t5"
+    _build_tiny_t5(t5_folder)
+    name = str(t5_folder)  # the reference accepts only Hub names it knows: admit this folder too
+    with mock.patch.object(T5Conditioner, "T5_MODELS", [*T5Conditioner.T5_MODELS, name]), \
+            mock.patch.dict(T5Conditioner.T5_MODEL_DIMS, {name: TEXT_WIDTH}):
+        t5 = T5Conditioner(output_dim=TEXT_WIDTH, t5_model_name=name, max_length=TEXT_MAX_LENGTH)
+        projected = T5Conditioner(output_dim=TEXT_PROJ_WIDTH, t5_model_name=name, max_length=TEXT_MAX_LENGTH,
+                                  project_out=True)
+    assert isinstance(t5.proj_out, torch.nn.Identity)
+    generator = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for p in projected.proj_out.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) / p.shape[-1] ** 0.5)
+    proj_folder = root / "proj"
+    proj_folder.mkdir()
+    save_file({f"conditioner.conditioners.prompt.proj_out.{k}": v.contiguous()
+               for k, v in projected.proj_out.state_dict().items()}, str(proj_folder / "model.safetensors"))
+
+    config = text_cfg_config()
+    with torch.device("meta"):
+        model = create_model_from_config(without_text(config))
+    model = model.to_empty(device="cpu").eval()
+    _random_weights(model, generator)
+    model.cross_attn_cond_ids = config["model"]["diffusion"]["cross_attention_cond_ids"]
+    model.conditioner.conditioners["prompt"] = t5  # its proj_out is an Identity: no weights
+    folder = root / "model"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "model_config.json").write_text(json.dumps(config, indent=2))
+
+    latent_dim = model.pretransform.encoded_channels
+    inputs = {"x": torch.randn(3, latent_dim, 16, generator=generator), "t": torch.tensor([0.1, 0.5, 0.9]),
+              "seconds_start": torch.tensor([0.0, 12.5, 30.0]), "seconds_total": torch.tensor([47.5, 20.0, 95.0])}
+    metadata = [{"prompt": p, "seconds_start": float(s), "seconds_total": float(t)}
+                for p, s, t in zip(TEXT_PROMPTS, inputs["seconds_start"], inputs["seconds_total"], strict=True)]
+    negative = [{**m, "prompt": TEXT_NEGATIVE} for m in metadata]
+    outputs = {}
+    with torch.no_grad():
+        outputs["text_tokens"], mask = t5(TEXT_PROMPTS, "cpu")
+        outputs["text_mask"] = mask.float()
+        outputs["text_tokens_proj_out"] = projected(TEXT_PROMPTS, "cpu")[0]
+        cond_inputs = model.get_conditioning_inputs(model.conditioner(metadata, "cpu"))
+        negative_inputs = model.get_conditioning_inputs(model.conditioner(negative, "cpu"), negative=True)
+
+        def guided(x: torch.Tensor, t: torch.Tensor, **extra) -> torch.Tensor:
+            return model.model(x, t, **cond_inputs, **extra)
+
+        x, t = inputs["x"], inputs["t"]
+        outputs["dit_cfg_null"] = guided(x, t, cfg_scale=TEXT_CFG_SCALE)
+        outputs["dit_cfg_negative"] = guided(x, t, **negative_inputs, cfg_scale=TEXT_CFG_SCALE)
+        outputs["dit_cfg_scale_1"] = guided(x, t, cfg_scale=1.0)
+        outputs["dit_cfg_uncond"] = guided(x, t, cfg_scale=0.0)  # for the sensitivity check only
+        outputs["x0_hat_cfg"] = sample(lambda x, t: guided(x, t, cfg_scale=TEXT_CFG_SCALE), x, 1, 0,
+                                       sigma_max=TEXT_X0_TIME)
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(root / "inputs.safetensors"))
+    save_file({k: v.contiguous() for k, v in outputs.items()}, str(root / "outputs.safetensors"))
+    print("reference: text-cfg done", flush=True)
+
+
 def _reference_keys(config_path: Path, out: Path) -> None:
     from importlib.metadata import version
 
@@ -391,6 +539,85 @@ def run_conformance(reference_python: str, shims: Path = DEFAULT_SHIMS, cases: l
         return [(name, *row) for name in names for row in compare_case(root / name)]
 
 
+class ReferenceSetupError(RuntimeError):
+    """The reference environment lacks something the check needs and it could not be installed."""
+
+
+def ensure_reference_text_deps(reference_python: str, shims: Path = DEFAULT_SHIMS) -> None:
+    """`transformers` in the reference environment, at the version musicguide's environment has
+    (so that only the wrappers differ); installed with the environment's pip if it is missing."""
+    from importlib.metadata import version
+
+    wanted = version("transformers")
+    probe = "import transformers, tokenizers; print(transformers.__version__)"
+    found = subprocess.run([reference_python, "-c", probe], env=_reference_env(shims), capture_output=True, text=True)
+    if found.returncode == 0 and found.stdout.strip() == wanted:
+        return
+    install = subprocess.run([reference_python, "-m", "pip", "install", "-q", f"transformers=={wanted}"],
+                             capture_output=True, text=True)
+    if install.returncode:
+        tail = " ".join((install.stdout + install.stderr).split()[-30:])
+        raise ReferenceSetupError(f"could not install transformers=={wanted} into the reference environment: {tail}")
+
+
+def compare_text(root: Path) -> list[tuple[str, float, float]]:
+    """(component, max abs error, relative error) rows of the text-cfg case computed by the reference."""
+    from musicguide.models import load_model_folder
+    from musicguide.text import TextEncoder, cfg_denoiser, load_proj_out
+
+    inputs = load_file(str(root / "inputs.safetensors"))
+    reference = load_file(str(root / "outputs.safetensors"))
+    encoder = TextEncoder.from_folder(root / "t5", max_length=TEXT_MAX_LENGTH, output_dim=TEXT_WIDTH)
+    projected = TextEncoder.from_folder(root / "t5", max_length=TEXT_MAX_LENGTH, output_dim=TEXT_PROJ_WIDTH,
+                                        proj_out=load_proj_out(root / "proj", "prompt"))
+    model = load_model_folder(root / "model")
+    timing = {"seconds_start": inputs["seconds_start"], "seconds_total": inputs["seconds_total"]}
+    x, t = inputs["x"], inputs["t"]
+    ours = {}
+    with torch.no_grad():
+        tokens, mask = encoder.encode(TEXT_PROMPTS)
+        ours["text_tokens"], ours["text_mask"] = tokens, mask.float()
+        ours["text_tokens_proj_out"] = projected.encode(TEXT_PROMPTS)[0]
+        negative = encoder(TEXT_NEGATIVE)
+        guided = cfg_denoiser(model, tokens, None, TEXT_CFG_SCALE, **timing)
+        ours["dit_cfg_null"] = guided(x, t)
+        ours["dit_cfg_negative"] = cfg_denoiser(model, tokens, negative, TEXT_CFG_SCALE, **timing)(x, t)
+        ours["dit_cfg_scale_1"] = cfg_denoiser(model, tokens, None, 1.0, **timing)(x, t)
+        ours["x0_hat_cfg"] = model.schedule.x0_hat(x, guided(x, TEXT_X0_TIME), TEXT_X0_TIME)
+    for what, a, b in (("the prompt", "dit_cfg_null", "dit_cfg_uncond"),
+                       ("the negative prompt", "dit_cfg_negative", "dit_cfg_null"),
+                       ("the CFG scale", "dit_cfg_scale_1", "dit_cfg_null")):
+        effect = _relative_difference(reference[a], reference[b])
+        if effect < 100 * TOLERANCE:
+            raise SystemExit(f"{what} changes the reference DiT output by only {effect:.1e}: "
+                             "the check would prove nothing")
+    if not (reference["text_tokens"][1, 1:] == 0).all() or reference["text_mask"][1].sum() != 1:
+        raise SystemExit("the empty prompt should be one </s> token and zeros: the check would not cover padding")
+    if not 1 < reference["text_mask"][0].sum() < TEXT_MAX_LENGTH:
+        raise SystemExit("the first prompt should be padded: the check would not cover the mask")
+    if reference["text_mask"][2].sum() != TEXT_MAX_LENGTH:
+        raise SystemExit("the long prompt should fill max_length: the check would not cover truncation")
+    rows = []
+    for name, ref in reference.items():
+        if name in ours:
+            err = (ours[name].double() - ref.double()).abs().max().item()
+            rows.append((name, err, err / max(ref.double().abs().max().item(), 1e-30)))
+    return rows
+
+
+def run_text_conformance(reference_python: str, shims: Path = DEFAULT_SHIMS,
+                         workdir: Path | None = None) -> list[tuple[str, str, float, float]]:
+    """The text-cfg case: (case, component, abs, rel) rows. Needs transformers here and installs it there."""
+    ensure_reference_text_deps(reference_python, shims)
+    with tempfile.TemporaryDirectory(prefix="musicguide-conformance-text-") as tmp:
+        root = workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        _run_reference(reference_python, shims, "text", str(root))
+        print(f"reference half (text): {time.perf_counter() - started:.0f} s", flush=True)
+        return [(TEXT_CASE, *row) for row in compare_text(root)]
+
+
 def format_table(rows: list[tuple[str, str, float, float]]) -> str:
     lines = ["| case | component | max abs error | max rel error | pass |", "|---|---|---|---|---|"]
     lines += [f"| {case} | {name} | {err:.2e} | {rel:.2e} | {'yes' if rel <= TOLERANCE else 'NO'} |"
@@ -402,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     ref = sub.add_parser("reference", help="(internal) the reference half; run by the reference python")
-    ref.add_argument("what", choices=["cases", "keys"])
+    ref.add_argument("what", choices=["cases", "keys", "text"])
     ref.add_argument("args", nargs="+")
     keys = sub.add_parser("keys", help=f"regenerate {KEYS_FILE.relative_to(REPO)} from the reference")
     for p in (parser, keys):
@@ -410,12 +637,15 @@ def main(argv: list[str] | None = None) -> int:
                        help="python of the reference environment (default: $MUSICGUIDE_REFERENCE_PYTHON)")
         p.add_argument("--shims", type=Path, default=Path(os.environ.get("MUSICGUIDE_REFERENCE_SHIMS", DEFAULT_SHIMS)))
     keys.add_argument("--config", type=Path, default=DEFAULT_SAO_CONFIG)
-    parser.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
+    parser.add_argument("--case", action="append", choices=[*CASES, TEXT_CASE],
+                        help="run only this case (repeatable)")
     args = parser.parse_args(argv)
 
     if args.command == "reference":
         if args.what == "cases":
             _reference_cases(Path(args.args[0]))
+        elif args.what == "text":
+            _reference_text(Path(args.args[0]))
         else:
             _reference_keys(Path(args.args[0]), Path(args.args[1]))
         return 0
@@ -429,7 +659,13 @@ def main(argv: list[str] | None = None) -> int:
     if str(REPO) not in sys.path:  # run as a script from a checkout, musicguide not installed
         sys.path.insert(0, str(REPO))
     start = time.perf_counter()
-    rows = run_conformance(args.reference_python, args.shims, args.case)
+    model_cases = [c for c in args.case or CASES if c != TEXT_CASE]
+    rows = run_conformance(args.reference_python, args.shims, model_cases) if model_cases else []
+    if not args.case or TEXT_CASE in args.case:
+        try:
+            rows += run_text_conformance(args.reference_python, args.shims)
+        except ReferenceSetupError as error:
+            raise SystemExit(str(error)) from None
     print(format_table(rows))
     worst = max(rel for *_, rel in rows)
     print(f"\nworst relative error {worst:.2e} (tolerance {TOLERANCE:.0e}), {time.perf_counter() - start:.0f} s")

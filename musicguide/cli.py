@@ -100,6 +100,9 @@ SHARED_OPTIONS = {
     "context": (Optional[float], typer.Option(help="Seconds of context on each side (default: as much as the model's window takes)."), None),
     "sample_format": (SampleFormat, typer.Option("--format", help="Sample format (auto: the input's PCM depth, else 24-bit)."), SampleFormat.auto),
     "as_json": (bool, typer.Option("--json", help="Print one JSON object on stdout (outputs, sidecars, flagged seams, or the error)."), False),
+    "prompt": (Optional[str], typer.Option(help="A text prompt, for models with a T5 text conditioner (SAO 1.0, SAO Small)."), None),
+    "negative_prompt": (Optional[str], typer.Option(help="What to steer away from (the unconditional half of CFG; needs --prompt)."), None),
+    "cfg": (Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale with --prompt (default 6, as stable-audio-tools; 1: the prompt alone)."), None),
     "plot": (bool, typer.Option("--plot", help="Also write NAME.png: spectrograms before and after, levels, the edited region and its seams (needs the 'plot' extra)."), False),
 }
 # Commands that take times also take these: times in bars (b9, b9.3) and --snap use the song's beat grid.
@@ -585,6 +588,9 @@ def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder 
 
 
 def _train(stage: str, run, config, quiet: bool) -> None:
+    from . import distributed
+
+    quiet = quiet or not distributed.world().is_main  # under torchrun only rank 0 shows progress
     if quiet:
         result = run(None)
     else:
@@ -604,6 +610,7 @@ def _train(stage: str, run, config, quiet: bool) -> None:
         val = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
         out.print(f"{stage}: {result.step} steps ({result.stopped}) in {result.seconds:.0f} s; validation loss {val}; "
                   f"wrote {result.out_dir}")
+    distributed.stop()
 
 
 @app.command()

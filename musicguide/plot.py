@@ -57,19 +57,10 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def plot_edit(
-    path: str | os.PathLike,
-    original: Tensor | None,
-    edited: Tensor,
-    sample_rate: int,
-    *,
-    offset: float = 0.0,
-    region: tuple[float, float] | None = None,
-    seams: Iterable[Seam] = (),
-    title: str | None = None,
-):
-    """Draw the edit (see `draw_edit`), write it to `path` as a PNG, atomically, and return the Figure."""
-    figure = draw_edit(original, edited, sample_rate, offset=offset, region=region, seams=seams, title=title)
+def plot_edit(path: str | os.PathLike, original: Tensor | None, edited: Tensor, sample_rate: int, **drawing):
+    """Draw the edit (`draw_edit`, with its keyword options), write it to `path` as a PNG,
+    atomically, and return the Figure."""
+    figure = draw_edit(original, edited, sample_rate, **drawing)
     try:
         write_atomically(path, lambda temporary: save_png(figure, temporary))
     except OSError as error:

@@ -149,7 +149,7 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, Check
     models = document.get("models")
     if not isinstance(models, dict) or not models:
         raise UserError(f"{registry_path}: no [models.\"name\"] tables found", hint=_REGISTRY_HINT)
-    unknown_top_level = sorted(set(document) - {"models"})
+    unknown_top_level = sorted(set(document) - {"models", "text_encoders"})
     if unknown_top_level:
         raise UserError(f"{registry_path}: unknown top-level key {unknown_top_level[0]!r}", hint=_REGISTRY_HINT)
     return {name: _parse_entry(name, table, registry_path) for name, table in models.items()}

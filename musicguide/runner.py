@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import secrets
 import time
 from contextlib import ExitStack, contextmanager
@@ -24,6 +26,8 @@ from .timespec import check_seconds
 MAX_SEED = 2**32 - 1  # continue and evaluate add chunk/clip indices to it; torch takes up to 2**64 - 1
 MAX_STEPS = 10_000
 MAX_VARIATIONS = 256
+MAX_CFG = 100.0
+DEFAULT_CFG = 6.0  # stable-audio-tools' default cfg_scale
 OUTPUT_SUFFIXES = (".wav", ".flac")
 
 
@@ -49,6 +53,9 @@ class Common:
     as_json: bool = False
     plot: bool = False
     precision: str = "auto"
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    cfg: float | None = None
 
     def check(self) -> None:
         """Refuse bad values before any work: every number has a range."""
@@ -60,6 +67,10 @@ class Common:
             raise UserError(f"--variations must be from 1 to {MAX_VARIATIONS}, got {_short(self.variations)}")
         if self.context is not None and not check_seconds(self.context, "--context") > 0:
             raise UserError(f"--context must be a positive number of seconds, got {self.context:g}")
+        if self.prompt is None and (self.negative_prompt is not None or self.cfg is not None):
+            raise UserError("--negative-prompt and --cfg need --prompt")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and 0 <= self.cfg <= MAX_CFG):
+            raise UserError(f"--cfg must be a number from 0 to {MAX_CFG:g}, got {self.cfg:g}")
         if self.eta and self.sampler in ("ddpm", "pingpong"):
             raise UserError(f"--eta applies to the ddim sampler only; {self.sampler} draws fresh noise every step",
                             hint="drop --eta, or use --sampler ddim")
@@ -200,6 +211,28 @@ def _load_model(common: Common, say: Callable[[str], None]):
     return model, resolved, device
 
 
+def prompted(model, resolved, common: Common) -> tuple[object, dict]:
+    """With --prompt, the model whose `denoise` runs classifier-free guidance on the prompt's
+    tokens (encoded once; held across a batch), and what the sidecar records of it."""
+    if common.prompt is None:
+        return model, {}
+    from .text import Prompted, encode_prompts, text_encoder_entry, text_conditioner
+
+    key = ("text", common.model, common.prompt, common.negative_prompt)
+    tokens = _HELD.get(key) if _HELD is not None else None
+    if tokens is None:
+        # MUSICGUIDE_TEXT_ENCODER: a local T5 folder instead of the pinned Hub download (offline use)
+        tokens = encode_prompts(model, common.prompt, common.negative_prompt, model_folder=resolved.folder,
+                                encoder_folder=os.environ.get("MUSICGUIDE_TEXT_ENCODER"))
+        if _HELD is not None:
+            _HELD[key] = tokens
+    scale = DEFAULT_CFG if common.cfg is None else common.cfg
+    entry = text_encoder_entry(text_conditioner(model.config).t5_model_name)
+    record = {"text": {"prompt": common.prompt, "negative_prompt": common.negative_prompt, "cfg_scale": scale,
+                       "text_encoder": {"repo": getattr(entry, "repo", None), "revision": getattr(entry, "revision", None)}}}
+    return Prompted(model, tokens[0], tokens[1], scale), record
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -246,6 +279,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
         outputs.reserve()
         model, resolved, device = load_model(common, say)
         settings = settings.for_model(model)
+        model, text = prompted(model, resolved, common)
         with opened(inputs, model.sample_rate, model.audio_channels) as sources:
             for info, source in zip(infos, sources):
                 for note in source.info.conversions:
@@ -258,7 +292,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
             elapsed = time.perf_counter() - started
             context = {"verb": verb, "common": common, "settings": settings, "model": model, "resolved": resolved,
                        "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed,
-                       "plot": plot, "beats": {} if timing is None else timing.sidecar()}
+                       "plot": plot, "beats": {} if timing is None else timing.sidecar(), "text": text}
             run = write_outputs(outputs, paths, edited, context)
         outputs.publish()
     return run
@@ -327,6 +361,7 @@ def _sidecar(context: dict, i: int, saved, length: int, result, written: Path) -
         "guidance_loss_final": result.guidance_loss,
         **({"level_gain_db": result.level_gain_db[i]} if result.level_gain_db else {}),
         **context["beats"],
+        **context["text"],
         # the audio this sidecar describes: a script can check that the pair belongs together
         "output": {**saved.to_dict(), "sha256": sha256(written)},
         "seconds": length / sr,

@@ -169,8 +169,8 @@ class NumberConditionerConfig:
 
 @dataclass(frozen=True)
 class TextConditionerConfig:
-    """A T5 prompt encoder. musicguide does not run it: its output is replaced by the null
-    conditioning (see LatentDiffusion.denoise), or given as tokens by the caller."""
+    """A T5 prompt encoder: run for --prompt (musicguide/text.py); without a prompt the model gets
+    the null conditioning (see LatentDiffusion.denoise)."""
 
     id: str
     t5_model_name: str = "t5-base"
