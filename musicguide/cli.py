@@ -273,9 +273,9 @@ def _region(start: str, end: str, timing: Timing, song: Path) -> tuple[float, fl
 
 
 def _strength(value: float) -> float:
-    if not 0 < value <= 1:
-        raise UserError(f"--strength must be in (0, 1], got {value}")
-    return value
+    from .tasks import check_strength
+
+    return check_strength(value)
 
 
 # ---- commands ------------------------------------------------------------------------------------

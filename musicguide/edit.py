@@ -414,8 +414,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
     songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
     _check_region(songs[0], start, end, model.sample_rate)
-    if not 0 < strength <= 1:
-        raise UserError(f"--strength must be in (0, 1], got {strength}")
+    tasks.check_strength(strength)
     if not keep >= 0 or not math.isfinite(keep):
         raise UserError(f"--keep must be a finite number >= 0, got {keep}")
     xi_context = DEFAULT_GUIDANCE["latent"] if context_guidance is None else context_guidance

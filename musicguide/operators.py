@@ -30,16 +30,6 @@ class TimeMask:
         return cls(mask)
 
     @classmethod
-    def left(cls, frames: int, n: int) -> "TimeMask":
-        """A_L: the first n frames are known (continuation)."""
-        return cls.from_ranges(frames, [(0, n)])
-
-    @classmethod
-    def right(cls, frames: int, n: int) -> "TimeMask":
-        """A_R: the last n frames are known."""
-        return cls.from_ranges(frames, [(frames - n, frames)])
-
-    @classmethod
     def both(cls, frames: int, left: int, right: int) -> "TimeMask":
         """[A_L; A_R]: the first `left` and the last `right` frames are known (infill, regenerate)."""
         return cls.from_ranges(frames, [(0, left), (frames - right, frames)])

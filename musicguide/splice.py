@@ -86,7 +86,7 @@ def splice(original: Tensor, edited: Tensor, at: int, edit_start: int, edit_end:
     """Paste `edited` (covering original samples [at, at + M)) into `original` over [edit_start, edit_end).
 
     Output = original outside [edit_start - fade, edit_end + fade), edited inside [edit_start,
-    edit_end), and equal-power crossfades in between. The output is max(N, edit_end) long, so:
+    edit_end), and `crossfade`s in between (their law follows the two sides' correlation). The output is max(N, edit_end) long, so:
 
     * a continuation (edit_end > N: the window runs past the end) has only a left seam and the
       output is longer than the original;

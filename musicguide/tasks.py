@@ -12,11 +12,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import UserError
 from .operators import TimeMask
-from .splice import equal_power_fades
+from .splice import crossfade
 
 # The paper's regeneration strength: the free region starts as 85 % noise, 15 % original.
 DEFAULT_STRENGTH = 0.85
+
+
+def check_strength(strength: float, what: str = "--strength") -> float:
+    """How much noise a start holds: 0 < k ≤ 1 (the one check; the CLI calls it before any work)."""
+    if not 0 < strength <= 1:
+        raise UserError(f"{what} must be in (0, 1], got {strength}")
+    return strength
 
 
 @dataclass(frozen=True)
@@ -63,26 +71,18 @@ def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, stre
     """Regeneration (and transition, where x̄ is the crossfaded pair): the free region starts from
     k z + (1 − k) x̄, so the result varies the original instead of replacing it; the known frames
     start as y noised to t = 1."""
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    check_strength(strength)
     mask = free_range_mask(x_bar.shape[-1], free, margin)
     y = mask(x_bar)
     start = strength * noise + (1 - strength) * x_bar
     return EditProblem(mask, y, mask.paste(start, _noised_known(mask, y, noise, schedule)))
 
 
-def constant_power_crossfade(a_tail: Tensor, b_head: Tensor) -> Tensor:
-    """F_out a + F_in b over the overlap (cos/sin, so the power of uncorrelated music stays level)."""
-    if a_tail.shape != b_head.shape:
-        raise ValueError(f"crossfade needs equal shapes, got {tuple(a_tail.shape)} and {tuple(b_head.shape)}")
-    fade_out, fade_in = equal_power_fades(a_tail.shape[-1], a_tail.dtype)
-    return a_tail * fade_out.to(a_tail.device) + b_head * fade_in.to(b_head.device)
-
-
 def join_with_crossfade(a: Tensor, b: Tensor, overlap: int) -> Tensor:
-    """Track a, then track b, overlapping by `overlap` samples through a constant-power crossfade:
-    the transition's target and the plain-crossfade baseline. Length len(a) + len(b) − overlap."""
+    """Track a, then track b, overlapping by `overlap` samples through `splice.crossfade` (equal
+    power for unrelated tracks): the transition's target and the plain-crossfade baseline.
+    Length len(a) + len(b) − overlap."""
     if not 0 < overlap <= min(a.shape[-1], b.shape[-1]):
         raise ValueError(f"overlap {overlap} must be positive and no longer than either track")
-    mixed = constant_power_crossfade(a[..., -overlap:], b[..., :overlap])
+    mixed = crossfade(a[..., -overlap:], b[..., :overlap])
     return torch.cat([a[..., :-overlap], mixed, b[..., overlap:]], dim=-1)

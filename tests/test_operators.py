@@ -5,8 +5,8 @@ from musicguide.operators import SampleMask, TimeMask
 
 def _masks(frames: int = 12):
     return [
-        TimeMask.left(frames, 5),
-        TimeMask.right(frames, 3),
+        TimeMask.from_ranges(frames, [(0, 5)]),  # A_L: continuation
+        TimeMask.from_ranges(frames, [(frames - 3, frames)]),  # A_R
         TimeMask.both(frames, 4, 2),
         TimeMask.from_ranges(frames, [(1, 3), (6, 7), (10, 40)]),
     ]
@@ -33,8 +33,6 @@ def test_selection_is_a_partial_isometry():
 
 
 def test_masks_select_the_intended_frames():
-    assert TimeMask.left(6, 2).known.tolist() == [True, True, False, False, False, False]
-    assert TimeMask.right(6, 2).known.tolist() == [False, False, False, False, True, True]
     assert TimeMask.both(6, 1, 2).known.tolist() == [True, False, False, False, True, True]
     assert TimeMask.from_ranges(5, [(-3, 1), (4, 9)]).known.tolist() == [True, False, False, False, True]
 
