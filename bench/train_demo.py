@@ -18,7 +18,7 @@ most 16 MiB, as the GPU machine returns them):
                                     the new fp16 weights in parts: only if the evaluation improved
                                     (or with --write always)
 
-`musicguide.train.merge_parts` puts the parts back into musicguide/weights/demo (docs/training.md).
+`musicguide.models.folder.merge_parts` puts the parts back into musicguide/weights/demo (docs/training.md).
 
 The evaluation (the targets of issue 11, on the held-out clips, with the commands' own code):
 VAE round-trip MR over each clip's 2 s gap against the linear crossfade's MR there (target: at
@@ -68,11 +68,12 @@ from musicguide.evaluate import (  # noqa: E402
     round_trip,
 )
 from musicguide.models import build_model, load_model_folder  # noqa: E402
+from musicguide.models.folder import split_weights  # noqa: E402
+from musicguide.models.presets import SAMPLE_RATE, vae_variant  # noqa: E402
 from musicguide.splice import fade_samples  # noqa: E402
 from musicguide.train import (  # noqa: E402
     CONFIG_FILE,
     LOG_FILE,
-    SAMPLE_RATE,
     Corpus,
     DiTTrainConfig,
     TrainProgress,
@@ -81,10 +82,8 @@ from musicguide.train import (  # noqa: E402
     load_corpus,
     load_vae,
     read_manifest,
-    split_weights,
     train_dit,
     train_vae,
-    vae_variant,
 )
 
 MAX_FILE_BYTES = 16 << 20  # what the GPU machine returns per file

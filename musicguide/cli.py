@@ -551,7 +551,7 @@ DataDir = Annotated[Path, typer.Argument(help="Folder of audio files (.wav/.flac
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder (refused if it holds a run, unless --resume).")]
 Preset = Annotated[str, typer.Option(help="tiny (CPU seconds), demo (what ships), sao (SAO 1.0 shapes).")]
 TrainSteps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the preset's).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Examples per step (default: the preset's).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Examples per step, all processes together under torchrun (default: the preset's).")]
 LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the preset's).")]
 MaxMinutes = Annotated[Optional[float], typer.Option(help="Wall-clock budget; stops cleanly and saves.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")]

@@ -61,3 +61,26 @@ def stop() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def average(values, here: World):
+    """The mean over ranks of a tensor (on the process group's device: CPU for gloo, the rank's GPU
+    for NCCL); the tensor itself when alone."""
+    if here.size == 1:
+        return values
+    import torch.distributed as dist
+
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / here.size
+
+
+def total(values, here: World):
+    """The sum over ranks of a tensor; the tensor itself when alone."""
+    if here.size == 1:
+        return values
+    import torch.distributed as dist
+
+    values = values.clone()
+    dist.all_reduce(values)
+    return values

@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 from musicguide import cli
 from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
+from musicguide.models.folder import merge_parts, split_weights
+from musicguide.models.presets import PRESETS, preset_config, vae_variant
 from musicguide.train import (
-    PRESETS,
     Crops,
     DiTTrainConfig,
     TrackBank,
@@ -33,15 +34,11 @@ from musicguide.train import (
     holdout_names,
     learning_rate,
     load_corpus,
-    merge_parts,
-    preset_config,
-    split_weights,
     stft_loss,
     train_dit,
     train_vae,
     v_loss,
     vae_loss,
-    vae_variant,
 )
 
 REPO = Path(__file__).resolve().parents[1]

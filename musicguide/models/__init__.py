@@ -6,7 +6,8 @@
     z = model.encode(audio); v = model.denoise(z_t, t); audio = model.decode(z)
 """
 
-from musicguide.models.config import ModelConfig, tiny_random_config
+from musicguide.models.config import ModelConfig
+from musicguide.models.presets import tiny_random_config
 from musicguide.models.folder import load_model_folder, save_model_folder
 from musicguide.models.latent_diffusion import LatentDiffusion, build_model
 

@@ -345,47 +345,6 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def tiny_random_config() -> ModelConfig:
-    """A model of the same family, small enough that guided samplers run through it in CI.
-
-    Same structure as Stable Audio Open 1.0 (Oobleck VAE with Snake, VAE bottleneck, DiT with
-    rotary self-attention, cross-attention and timing conditioning prepended as a global token,
-    v-prediction), but a 1024x VAE with 8 latent channels and a 2-layer, 64-wide DiT. The VAE's
-    full-rate stage, which dominates the cost of decoding 12 s, is 4 channels wide and its first
-    stride is 16, so one DiT pass + decode + backward stays well under a second on 2 CPU cores.
-    Its weights are random: it produces noise, not music.
-    """
-    strides = (16, 4, 4, 4)
-    return ModelConfig.from_dict({
-        "model_type": "diffusion_cond",
-        "sample_size": 524288,
-        "sample_rate": 44100,
-        "audio_channels": 2,
-        "model": {
-            "pretransform": {"type": "autoencoder", "config": {
-                "encoder": {"type": "oobleck", "config": {
-                    "in_channels": 2, "channels": 4, "c_mults": [2, 4, 8, 16], "strides": list(strides),
-                    "latent_dim": 16, "use_snake": True}},
-                "decoder": {"type": "oobleck", "config": {
-                    "out_channels": 2, "channels": 4, "c_mults": [2, 4, 8, 16], "strides": list(strides),
-                    "latent_dim": 8, "use_snake": True, "final_tanh": False}},
-                "bottleneck": {"type": "vae"},
-                "latent_dim": 8, "downsampling_ratio": math.prod(strides), "io_channels": 2}},
-            "conditioning": {"cond_dim": 32, "configs": [
-                {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
-                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}]},
-            "diffusion": {
-                "type": "dit", "diffusion_objective": "v",
-                "cross_attention_cond_ids": ["seconds_start", "seconds_total"],
-                "global_cond_ids": ["seconds_start", "seconds_total"],
-                "config": {"io_channels": 8, "embed_dim": 64, "depth": 2, "num_heads": 2,
-                           "cond_token_dim": 32, "global_cond_dim": 64, "project_cond_tokens": False,
-                           "transformer_type": "continuous_transformer"}},
-            "io_channels": 8,
-        },
-    })
-
-
 class _Section:
     """A dict being read: remembers its path for error messages and which keys were used."""
 

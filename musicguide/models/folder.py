@@ -1,5 +1,8 @@
 """Model folders: `model_config.json` + `model.safetensors`, the layout of Stable Audio Open's Hub repos.
 
+`split_weights` cuts a folder's weights into VAE and DiT parts small enough to commit or ship, and
+`merge_parts` makes a folder from such parts again.
+
 Loading is strict, because a checkpoint that half-matches its config gives noise rather than an
 error: every key the model has must be in the file with the right shape, and the file may hold no
 other keys except those the reference keeps outside the network (a text encoder's projection).
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
@@ -23,6 +27,9 @@ from musicguide.models.latent_diffusion import LatentDiffusion
 
 CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.safetensors"
+# State-dict prefixes of the two parts that are trained (and shipped) separately.
+VAE_PREFIXES = ("pretransform.",)
+DIT_PREFIXES = ("model.", "conditioner.")
 
 # torch.nn.utils.parametrizations.weight_norm (the newer API) names the two weight-norm tensors
 # differently from the published checkpoints; read either.
@@ -107,7 +114,72 @@ def save_model_folder(model: LatentDiffusion, path: str | os.PathLike[str], dtyp
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (_cast(v, dtype) if dtype is not None else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
-    write_atomically(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    save_weights(state, folder / WEIGHTS_FILE)
     write_atomically(folder / CONFIG_FILE, model.config.to_json)
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """A safetensors file, written atomically and with the usual permissions (0644 under umask 022;
+    safetensors itself creates files 0600)."""
+    write_atomically(path, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+
+
+# --- Shipping the weights in parts -----------------------------------------------------------------
+
+def split_weights(model_dir: str | os.PathLike, out_dir: str | os.PathLike, max_bytes: int = 16 << 20,
+                  dtype: torch.dtype = torch.float16) -> list[Path]:
+    """Cut a model folder's weights into `vae.safetensors` and `dit.safetensors` (or `dit-1`, `dit-2`,
+    ... when a part would exceed `max_bytes`), in `dtype`. `merge_parts` puts them back together."""
+    state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
+    state = {k: _cast(v, dtype).contiguous() for k, v in state.items()}
+    out, written = Path(out_dir), []
+    out.mkdir(parents=True, exist_ok=True)
+    for name, prefixes in (("vae", VAE_PREFIXES), ("dit", DIT_PREFIXES)):
+        chunks = _chunks({k: v for k, v in state.items() if k.startswith(prefixes)}, max_bytes)
+        for i, chunk in enumerate(chunks, start=1):
+            path = out / (f"{name}.safetensors" if len(chunks) == 1 else f"{name}-{i}.safetensors")
+            save_weights(chunk, path)
+            written.append(path)
+    return written
+
+
+def _chunks(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive groups of tensors whose files stay under max_bytes (a tensor larger than that
+    gets a file of its own). The file header lists every tensor: about its name + 80 bytes each."""
+    chunks: list[dict[str, torch.Tensor]] = [{}]
+    size = 1024
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size() + len(key) + 80
+        if chunks[-1] and size + nbytes > max_bytes:
+            chunks.append({})
+            size = 1024
+        chunks[-1][key] = tensor
+        size += nbytes
+    return chunks
+
+
+def merge_parts(parts: Sequence[str | os.PathLike], config: str | os.PathLike, out_dir: str | os.PathLike,
+                dtype: torch.dtype = torch.float16) -> Path:
+    """One model folder from weight parts (e.g. `split_weights`' vae + dit files) and a
+    model_config.json, checked by loading it back strictly."""
+    state: dict[str, torch.Tensor] = {}
+    for part in parts:
+        tensors = load_file(str(part))
+        overlap = set(state) & set(tensors)
+        if overlap:
+            raise UserError(f"{part} repeats {sorted(overlap)[0]}, which an earlier part already holds")
+        state.update(tensors)
+    model_config = ModelConfig.from_json(config)
+    with torch.device("meta"):
+        model = LatentDiffusion(model_config)
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise UserError(f"the parts do not make up the model in {config}: "
+                        + (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"))
+    model.load_state_dict(state, strict=True, assign=True)
+    save_model_folder(model, out_dir, dtype=dtype)
+    load_model_folder(out_dir)  # fails loudly if the folder would not load
+    return Path(out_dir)
 
 

@@ -1,0 +1,291 @@
+"""The loop both stages share: AdamW under warmup + cosine, clipping, EMA, validation, logs, checkpoints.
+
+Under torchrun every process runs this loop in lockstep. Each step ends with one small all-reduce
+of (loss, loss parts, gradient norm, elapsed seconds), so that every process logs the same mean
+loss, skips the same non-finite steps and follows the same clock (the learning rate under a time
+budget, and when the budget ends). Only rank 0 validates, keeps the EMA, writes the log, the
+checkpoint and the exported weights, and reports progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from musicguide import distributed
+from musicguide.atomic import write_atomically
+from musicguide.distributed import World
+from musicguide.errors import Interrupted
+from musicguide.models import LatentDiffusion
+from musicguide.train.checkpoint import save_checkpoint
+from musicguide.train.settings import (
+    LOG_FILE,
+    MAX_BAD_STEPS,
+    ProgressCallback,
+    TrainConfig,
+    TrainProgress,
+    TrainResult,
+)
+
+StepLoss = Callable[[int], "tuple[Tensor, dict[str, Tensor]]"]
+Validate = Callable[[], "dict[str, float]"]
+
+
+class EMA:
+    """An exponential moving average of named parameters; its decay ramps up so early steps count less."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = {name: p.detach().float().clone() for name, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.shadow.values()), [p.float() for p in self.params.values()], 1 - decay)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged weights in place of the trained ones, for validation and export."""
+        trained = {name: p.detach().clone() for name, p in self.params.items()}
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(trained[name])
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup, then a cosine from lr down to lr / 10 as `progress` goes from 0 to 1."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+class _Clock:
+    """Progress through a run: the larger of the step fraction and the time-budget fraction. A
+    resumed run with a budget stretches what was left of the schedule over the new budget. Under
+    torchrun the processes agree on the time: the mean of theirs at the last step (`agreed`)."""
+
+    def __init__(self, config: TrainConfig, start_progress: float):
+        self.steps, self.start_progress = config.steps, start_progress
+        self.budget_s = config.max_minutes * 60 if config.max_minutes else None
+        self.started = time.monotonic()
+        self.agreed: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def now(self) -> float:
+        return self.elapsed if self.agreed is None else self.agreed
+
+    def progress(self, step: int) -> float:
+        by_steps = step / self.steps
+        if self.budget_s is None:
+            return by_steps
+        by_time = self.start_progress + (1 - self.start_progress) * self.now / self.budget_s
+        return min(1.0, max(by_steps, by_time))
+
+    def out_of_time(self) -> bool:
+        return self.budget_s is not None and self.now >= self.budget_s
+
+
+@dataclass
+class _Run:
+    """One stage's training state: what is trained, how, where it is saved and what has been logged."""
+
+    stage: str
+    model: LatentDiffusion
+    prefixes: tuple[str, ...]  # state_dict keys this stage trains
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    world: World
+    progress_callback: ProgressCallback | None
+    ema: EMA | None = None
+    step: int = 0
+    progress: float = 0.0
+    bad_steps: int = 0
+    log: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.named_params = {n: p for n, p in self.model.named_parameters() if n.startswith(self.prefixes)}
+        self.params = list(self.named_params.values())
+        matrices = [p for p in self.params if p.ndim >= 2]  # weight decay on weights, not gains and biases
+        others = [p for p in self.params if p.ndim < 2]
+        betas = (0.8, 0.99) if self.stage == "vae" else (0.9, 0.99)  # (0.8, 0.99): Oobleck's own
+        # fused: one kernel for the whole update instead of several per tensor (CUDA only)
+        self.optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": self.config.weight_decay},
+                                            {"params": others, "weight_decay": 0.0}],
+                                           lr=self.config.lr, betas=betas, fused=self.device.type == "cuda")
+        self.log.setdefault("history", [])
+        self.log.setdefault("validation", [])
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.config.batch_size  # global: all processes together
+
+    def autocast(self):
+        if self.config.mixed_precision and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def trained_state(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if k.startswith(self.prefixes)}
+
+    def averaged(self):
+        return self.ema.swapped_in() if self.ema else nullcontext()
+
+
+class _Window:
+    """The losses since the last log line."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.parts: dict[str, float] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        self.losses.append(values["loss"])
+        for k, v in values.items():
+            if k not in ("loss", "grad_norm"):
+                self.parts[k] = self.parts.get(k, 0.0) + v
+
+
+def write_log(run: _Run) -> None:
+    if run.world.is_main:
+        write_atomically(run.out_dir / LOG_FILE, lambda p: p.write_text(json.dumps(run.log, indent=1) + "\n"))
+
+
+def _report(run: _Run, clock: _Clock, loss: float | None, val_loss: float | None = None) -> None:
+    if run.progress_callback and run.world.is_main:
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.progress_callback(TrainProgress(run.stage, run.step, run.config.steps, loss, lr, clock.elapsed, val_loss))
+
+
+def _validate(run: _Run, validate: Validate, clock: _Clock) -> float | None:
+    if not run.world.is_main:
+        return None
+    run.model.eval()
+    with torch.no_grad(), run.autocast(), run.averaged():
+        parts = validate()
+    run.model.train()
+    if not parts:
+        return None
+    run.log["validation"].append({"step": run.step, "elapsed_s": round(clock.elapsed, 2), **parts})
+    _report(run, clock, None, parts["loss"])
+    return parts["loss"]
+
+
+def _agree(run: _Run, clock: _Clock, loss: Tensor, parts: dict[str, Tensor], grad_norm: Tensor) -> dict[str, float]:
+    """This step's loss, its parts and the gradient norm, as the mean over processes (one
+    all-reduce, which also settles the clock); alone, just their values."""
+    local = [loss.detach().float(), *(p.detach().float() for p in parts.values()), grad_norm.float()]
+    values = torch.stack([*local, torch.tensor(clock.elapsed, device=loss.device)]).double()
+    values = distributed.average(values, run.world).tolist()
+    if run.world.size > 1:
+        clock.agreed = values[-1]
+    return dict(zip(["loss", *parts, "grad_norm"], values[:-1]))
+
+
+def _step(run: _Run, step_loss: StepLoss, clock: _Clock) -> dict[str, float] | None:
+    """One optimiser step; the step's losses, or None when it was skipped as non-finite."""
+    run.progress = clock.progress(run.step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(run.config, run.step, run.progress)
+    with run.autocast():
+        loss, parts = step_loss(run.step)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.config.grad_clip)
+    values = _agree(run, clock, loss, parts, grad_norm)
+    if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+        run.bad_steps += 1  # a bf16 overflow now and then is skipped; a diverged run is stopped
+        if run.bad_steps >= MAX_BAD_STEPS:
+            raise FloatingPointError(f"{run.bad_steps} non-finite losses in a row at step {run.step}")
+        return None
+    run.bad_steps = 0
+    run.optimizer.step()
+    if run.ema:
+        run.ema.update(run.step)
+    run.step += 1
+    return values
+
+
+def _train(run: _Run, step_loss: StepLoss, validate: Validate, export: Callable[[], None]) -> TrainResult:
+    """Step until `steps` or the time budget; validate, log and checkpoint on the way. Whatever
+    stops the run (the end, the budget, Ctrl-C, an error), what was trained is saved and exported."""
+    config, clock = run.config, _Clock(run.config, run.progress)
+    if run.world.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)  # only now: every check and all set-up are behind us
+    torch.manual_seed(config.seed + run.step)  # anything left to the global RNG does not replay old draws
+    run.model.train()
+    first_step, stopped, window = run.step, "steps", _Window()
+    try:
+        while run.step < config.steps:
+            if clock.out_of_time():
+                stopped = "time"
+                break
+            values = _step(run, step_loss, clock)
+            if values is None:
+                continue
+            window.add(values)
+            if run.step % config.log_every == 0:
+                _log_window(run, clock, window, first_step)
+                window = _Window()
+            if run.step % config.val_every == 0:
+                _validate(run, validate, clock)
+                write_log(run)
+            if run.step % config.checkpoint_every == 0:
+                save_checkpoint(run)
+    except BaseException as error:
+        stopped = "interrupted" if isinstance(error, (KeyboardInterrupt, Interrupted)) else \
+            f"error: {type(error).__name__}: {error}"
+        try:
+            _finish(run, clock, stopped, first_step, export, validate=None)
+        except Exception as save_error:  # report the first failure, not the one it caused
+            error.add_note(f"saving what was trained also failed: {save_error!r}")
+        raise
+    if window.losses:
+        _log_window(run, clock, window, first_step)
+    return _finish(run, clock, stopped, first_step, export, validate)
+
+
+def _log_window(run: _Run, clock: _Clock, window: _Window, first_step: int) -> None:
+    loss = sum(window.losses) / len(window.losses)
+    entry = {"step": run.step, "elapsed_s": round(clock.elapsed, 2), "loss": loss,
+             "lr": run.optimizer.param_groups[0]["lr"],
+             "examples_per_s": round((run.step - first_step) * run.examples_per_step / max(clock.elapsed, 1e-9), 2)}
+    entry.update({k: v / len(window.losses) for k, v in window.parts.items()})
+    run.log["history"].append(entry)
+    _report(run, clock, loss)
+
+
+def _finish(run: _Run, clock: _Clock, stopped: str, first_step: int, export: Callable[[], None],
+            validate: Validate | None) -> TrainResult:
+    """Final validation (unless the run failed), checkpoint, log and exported weights (rank 0's)."""
+    seconds = clock.elapsed
+    val_loss = _validate(run, validate, clock) if validate and run.step > first_step else None
+    if val_loss is None and run.log["validation"]:
+        val_loss = run.log["validation"][-1]["loss"]
+    train_loss = run.log["history"][-1]["loss"] if run.log["history"] else None
+    result = TrainResult(run.stage, run.out_dir, run.step, stopped, train_loss, val_loss, seconds,
+                         (run.step - first_step) * run.examples_per_step / max(seconds, 1e-9))
+    run.log["result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    if run.world.is_main:
+        save_checkpoint(run)
+        export()
+        write_log(run)
+    return result

@@ -1,0 +1,125 @@
+"""Stage 1: the Oobleck VAE, trained to reconstruct random segments of the corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from musicguide.atomic import write_atomically
+from musicguide.errors import UserError
+from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder
+from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, WEIGHTS_FILE, save_weights
+from musicguide.models.presets import SAMPLE_RATE, preset_config
+from musicguide.train.data import Corpus, TrackBank
+from musicguide.train.loop import _train
+from musicguide.train.losses import stft_loss, vae_loss
+from musicguide.train.settings import VAE_WEIGHTS_FILE, ProgressCallback, TrainResult, VAETrainConfig
+from musicguide.train.shard import Shard
+from musicguide.train.stage import Stage, start_from
+
+
+def load_vae(vae_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The model config and the VAE weights (`pretransform.*`) of a `train_vae` folder, or of any
+    complete model folder (so a new DiT can be trained on a published model's VAE)."""
+    folder = Path(vae_dir)
+    if (folder / VAE_WEIGHTS_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        config = ModelConfig.from_json(folder / CONFIG_FILE)
+        return config, load_file(str(folder / VAE_WEIGHTS_FILE), device=str(device))
+    if (folder / WEIGHTS_FILE).is_file():
+        model = load_model_folder(folder, device=device)
+        return model.config, {k: v for k, v in model.state_dict().items() if k.startswith(VAE_PREFIXES)}
+    raise UserError(f"{folder} holds no VAE", hint="pass the --out folder of `musicguide train vae`, or a model folder")
+
+
+def _model_config(stage: Stage, config: VAETrainConfig, given: ModelConfig | None) -> ModelConfig:
+    wanted = given or preset_config(config.preset)
+    checkpoint = stage.checkpoint
+    model_config = ModelConfig.from_dict(json.loads(checkpoint["model_config"])) if checkpoint else wanted
+    if model_config.to_dict() != wanted.to_dict():
+        raise UserError(f"{stage.out_dir} was trained with another model than this run's (preset {config.preset!r})")
+    ratio = model_config.autoencoder.downsampling_ratio
+    if config.segment_samples % ratio:
+        raise UserError(f"segment_samples must be a multiple of the VAE's {ratio} samples per latent frame")
+    return model_config
+
+
+def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, config: VAETrainConfig | None = None, *,
+              device: str | torch.device | None = None, resume: bool = False, holdout: Sequence[str] | None = None,
+              progress: ProgressCallback | None = None, init: str | os.PathLike | None = None,
+              model_config: ModelConfig | None = None) -> TrainResult:
+    """Train the preset's VAE on random segments of the files under `data` (or a loaded Corpus).
+
+    `init`: start from the VAE of this folder (a model folder, or a `train_vae` one) instead of
+    random weights. `model_config`: train this model's VAE instead of the preset's (a variant of
+    another compression, say; the preset still gives the training settings).
+
+    Writes to `out_dir`: model_config.json (the preset's model), vae.safetensors (the VAE's weights,
+    float32), checkpoint.pt (to resume) and train_log.json. `train_dit` reads this folder."""
+    config = config or VAETrainConfig.for_preset("demo")
+    stage = Stage.open("vae", VAE_PREFIXES, out_dir, device, resume, init)
+    model_config = _model_config(stage, config, model_config)
+    corpus = stage.corpus(data, config, holdout)
+    entries = corpus.indices(held_out=False)
+    shard = stage.shard(corpus, entries, config.batch_size)
+    model = stage.build(model_config, config.seed)
+    if init is not None:
+        start_from(model, load_vae(init)[1], VAE_PREFIXES, init)
+    model.pretransform.requires_grad_(True)
+
+    segment = config.segment_samples
+    bank = stage.bank([corpus.tracks[entries[t]] for t in shard.tracks], SAMPLE_RATE, segment, torch.float16)
+    _, val_tracks = corpus.split(held_out=True)
+    val_bank = stage.bank(val_tracks, SAMPLE_RATE, segment, torch.float16) if stage.world.is_main else None
+    run = stage.run(model, config, progress, {**stage.data_log(corpus, config, model_config),
+                                              "init": None if init is None else str(init)})
+    step_loss = _steps(stage.objective(model, vae_loss, config), bank, shard, config, model)
+
+    def export() -> None:
+        write_atomically(stage.out_dir / CONFIG_FILE, model.config.to_json)
+        save_weights({k: v.detach().float().cpu().contiguous() for k, v in run.trained_state().items()},
+                     stage.out_dir / VAE_WEIGHTS_FILE)
+
+    return _train(run, step_loss, _validation(model, val_bank, config), export)
+
+
+def _steps(objective: torch.nn.Module, bank: TrackBank, shard: Shard, config: VAETrainConfig,
+           model: LatentDiffusion) -> Callable[[int], tuple[Tensor, dict[str, Tensor]]]:
+    """This process's part of each step's batch: its slots' segments, flipped at random, and their
+    posterior noise."""
+    device, frames = bank.data.device, config.segment_samples // model.downsampling_ratio
+
+    def step_loss(step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        draws = shard.random(config.seed, step, device)
+        audio = bank.crops_at(*shard.locate(draws.uniform()), config.segment_samples).x
+        # Polarity and channel order carry no musical meaning: flip both at random.
+        sign = draws.coin().to(device)[:, None, None] * 2.0 - 1.0
+        swap = draws.coin().to(device)[:, None, None]
+        audio = torch.where(swap, audio.flip(1), audio) * sign
+        return objective(audio, config, draws.normal(model.latent_channels, frames))
+
+    return step_loss
+
+
+def _validation(model: LatentDiffusion, bank: TrackBank | None, config: VAETrainConfig) -> Callable[[], dict[str, float]]:
+    """Reconstruction loss of fixed held-out segments through the posterior mean (what editing uses)."""
+    if bank is None:
+        return dict
+    track, start = bank.spread_crops(config.segment_samples, config.val_examples)
+
+    def validate() -> dict[str, float]:
+        totals = {"stft": 0.0, "l1": 0.0}
+        for i in range(0, len(track), config.batch_size):
+            audio = bank.crops(track[i:i + config.batch_size], start[i:i + config.batch_size], config.segment_samples).x
+            decoded = model.decode(model.encode(audio))
+            totals["stft"] += stft_loss(decoded, audio).item() * len(audio)
+            totals["l1"] += (decoded.float() - audio).abs().mean().item() * len(audio)
+        parts = {k: v / len(track) for k, v in totals.items()}
+        return {"loss": parts["stft"] + config.l1_weight * parts["l1"], **parts}
+
+    return validate
