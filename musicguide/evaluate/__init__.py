@@ -20,7 +20,7 @@ The modules, in the order the work flows:
 * `metrics`: MR, FD and the per-case and per-row scores;
 * `protocol`: the sampling variants, every row's method, and `evaluate`, which returns an `EvalReport`;
 * `report`: `EvalReport`, the verdicts, the Markdown, and `write_report` (JSON and Markdown);
-* `command`: `run_evaluate`, what the `musicguide evaluate` command calls (cli.py).
+* `command`: `run_evaluate`, what the `musicguide evaluate` command calls (cli/tools.py).
 
 The names other code uses are importable from `musicguide.evaluate` itself.
 """

@@ -1,0 +1,93 @@
+"""The app, its consoles and state, and `main`: everything that ends a run becomes one line and an
+exit status (see docs/guarantees.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
+
+from .. import __version__
+from ..errors import Interrupted, UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Edit real music with a latent diffusion model and guidance gradients: "
+    "continue, infill, regenerate, transition, restyle, generate.",
+)
+models_app = typer.Typer(no_args_is_help=True, help="The models musicguide knows and what is cached.")
+app.add_typer(models_app, name="models")
+train_app = typer.Typer(no_args_is_help=True, help="Train the model family on your own audio (VAE first, then the DiT).")
+app.add_typer(train_app, name="train")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False, "runs": None}
+DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"musicguide {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (the exit status stays the same).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version)] = False,
+) -> None:
+    if debug:
+        STATE["debug"] = True
+
+
+# ---- errors: one line, one status -----------------------------------------------------------------
+
+
+def main() -> None:
+    """Runs the app and turns everything that ends it into one line and an exit status."""
+    import torch
+
+    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=False)
+    try:
+        code = app(standalone_mode=False)
+    except UserError as error:
+        _fail(str(error), 2, error)
+    except click.exceptions.NoArgsIsHelpError as error:
+        err.print(error.format_message(), markup=False)
+        sys.exit(2)
+    except click.exceptions.ClickException as error:
+        command = f" {error.ctx.command_path.split(' ', 1)[1]}" if getattr(error, "ctx", None) and " " in error.ctx.command_path else ""
+        _fail(f"{error.format_message()} (see musicguide{command} --help)", 2, error)
+    except typer.Abort as error:
+        _fail("aborted", 1, error)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+        where = "GPU" if isinstance(error, torch.cuda.OutOfMemoryError) else "CPU"
+        _fail(f"out of {where} memory; nothing was written (edit a shorter region, pass a smaller --context or fewer "
+              "--variations, --loss-space latent, or --device cpu)", 2, error)
+    except Interrupted as error:
+        from ..atomic import PUBLISHED
+
+        what = "the outputs were already complete" if PUBLISHED else "no output was written"
+        _fail(f"interrupted by {error.name}; {what}", error.exit_code, error)
+    except Exception as error:  # a bug, not bad input: keep it short unless asked
+        _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", 1, error)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, cause: BaseException) -> None:
+    if STATE["debug"]:
+        traceback.print_exception(cause)
+    if STATE["json"]:
+        print(json.dumps({"ok": False, "error": message, "exit_code": code}))
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    sys.exit(code)

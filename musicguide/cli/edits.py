@@ -1,0 +1,232 @@
+"""The edit commands: infill, regenerate, loop, continue, transition, generate, restyle."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .. import jobs, runner
+from ..errors import UserError
+from ..jobs import Timing
+from ..runner import Common
+from .app import STATE, err, out
+from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
+
+
+# ---- running an edit -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(quiet: bool, total: int, label: str) -> Iterator:
+    """A rich progress bar over sampling steps; yields the sampler callback. The bar is transient
+    and a summary line stays, so that an error ends on one line, not on a half-full bar."""
+    if quiet:
+        yield None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total, loss="")
+
+        def callback(step) -> None:
+            loss = "" if step.loss is None else f"d={step.loss:.4g}"
+            progress.update(task, advance=1, loss=loss)
+
+        yield callback
+        done = progress.tasks[0]
+    err.print(f"{label}: {done.completed:.0f}/{total} steps in {done.elapsed:.1f} s")
+
+
+def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict, timing: Timing | None = None) -> None:
+    quiet = common.quiet or common.as_json
+
+    def say(text: str) -> None:
+        if not quiet:
+            err.print(text)
+
+    run = runner.run_edit(verb, common, inputs, edit, runs, edit_settings,
+                          progress=lambda total, label: _progress(quiet, total, label), say=say, plot=common.plot,
+                          timing=timing)
+    if STATE["runs"] is not None:  # a batch job: the batch reports
+        STATE["runs"].append(run)
+        return
+    if common.as_json:
+        print(json.dumps({"ok": True, "command": verb, "outputs": [
+            {"path": o["path"], "sidecar": o["sidecar"], "seconds": o["seconds"],
+             "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]} for o in run.outputs]}))
+    elif not common.quiet:
+        for output in run.outputs:
+            _report(output)
+
+
+def _report(output: dict) -> None:
+    from ..timespec import format_time
+
+    saved = output["saved"]
+    out.print(f"wrote {output['path']} ({format_time(output['seconds'])}, {saved.sample_rate} Hz, {saved.subtype}) "
+              f"and {Path(output['sidecar']).name}")
+    if saved.clipped:
+        err.print(f"[yellow]warning: {saved.clipped} samples clipped (peak {saved.peak_db:.1f} dBFS); "
+                  "use --format FLOAT to keep them[/yellow]")
+    for seam in output["seams"]:
+        if seam.flagged:
+            err.print(f"[yellow]note: the seam at {format_time(seam.seconds)} changes level/timbre more than "
+                      f"95% of the original does (level {seam.level_jump_db.value:.1f} dB, "
+                      f"spectrum {seam.spectral_distance_db.value:.1f} dB); listen there[/yellow]")
+
+
+def _region(start: str, end: str, timing: Timing, song: Path) -> tuple[float, float]:
+    timing.song = song
+    a, b = timing.seconds(start, "--start"), timing.seconds(end, "--end")
+    if a >= b:
+        raise UserError(f"--start ({start}) must be before --end ({end})"
+                        + (f": with --snap both are at the beat at {a:.3f} s" if timing.snap else ""))
+    return a, b
+
+
+def _strength(value: float) -> float:
+    from ..tasks import check_strength
+
+    return check_strength(value)
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+
+@edit_command(beats=True)
+def infill(
+    song: Annotated[Path, typer.Argument(help="The song (any format libsndfile reads).")],
+    start: Annotated[str, typer.Option(help="Start of the gap: seconds (30.5), m:ss(.ms), or a bar (b9, b9.3).")],
+    end: Annotated[str, typer.Option(help="End of the gap.")],
+    common: Common,
+    timing: Timing,
+) -> None:
+    """Replace a stretch of the song with new music that fits what comes before and after."""
+    a, b = _region(start, end, timing, song)
+    _run("infill", common, [song], jobs.region_edit(common, a, b, None), 1, {"start_s": a, "end_s": b}, timing)
+
+
+@edit_command(beats=True)
+def regenerate(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    start: Annotated[str, typer.Option(help="Start of the section: seconds, m:ss(.ms), or a bar (b9, b9.3).")],
+    end: Annotated[str, typer.Option(help="End of the section.")],
+    common: Common,
+    timing: Timing,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the original (0 < k ≤ 1; 1 = infill).")] = 0.85,
+) -> None:
+    """Redo a section as a variation of itself: it starts from a mix of noise and the original."""
+    a, b = _region(start, end, timing, song)
+    _run("regenerate", common, [song], jobs.region_edit(common, a, b, _strength(strength)), 1,
+         {"start_s": a, "end_s": b, "strength": strength}, timing)
+
+
+@edit_command(beats=True)
+def loop(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    start: Annotated[str, typer.Option(help="Where the loop begins: seconds, m:ss(.ms), or a bar (b9).")],
+    common: Common,
+    timing: Timing,
+    end: Annotated[Optional[str], typer.Option(help="Where it ends (or give --bars).")] = None,
+    bars: Annotated[Optional[float], typer.Option(help="The loop's length in bars, from --start.")] = None,
+    length: Annotated[Optional[float], typer.Option(help="Seconds at the loop's end to regenerate (default: a bar with --bars, else min(2 s, a quarter of the loop)).")] = None,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the original end (0 < k ≤ 1).")] = 0.85,
+) -> None:
+    """Write a seamless loop of a region: its end is regenerated so that it flows back into its start."""
+    if (end is None) == (bars is None):
+        raise UserError("loop needs --end or --bars (one of them)")
+    timing.song = song
+    a = timing.seconds(start, "--start")
+    if bars is not None:
+        if not 0 < bars <= 1000:
+            raise UserError(f"--bars must be a positive number of bars up to 1000, got {bars:g}")
+        b = timing.grid().bars_after(a, bars)
+        if length is None:
+            length = min(timing.grid().bars_after(a, 1) - a, (b - a) / 2)
+    else:
+        b = timing.seconds(end, "--end")
+    if a >= b:
+        raise UserError(f"--start ({start}) must be before the loop's end ({b:.3f} s)")
+    if length is not None:
+        jobs.check_length(length, "--length")
+    _run("loop", common, [song], jobs.loop_edit(common, a, b, length, _strength(strength)), 1,
+         {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing)
+
+
+@edit_command("continue")
+def continue_(
+    song: Annotated[Path, typer.Argument(help="The song to continue.")],
+    seconds: Annotated[float, typer.Option(help="How many seconds to add.")],
+    common: Common,
+) -> None:
+    """Add music after the end of the song, in overlapping chunks when it is longer than the model's window."""
+    from .. import edit
+
+    jobs.check_length(seconds, "--seconds")
+    _run("continue", common, [song], jobs.continue_edit(common, seconds),
+         lambda model, sources: edit.continuation_chunks(model, seconds), {"seconds": seconds})
+
+
+@edit_command()
+def transition(
+    first: Annotated[Path, typer.Argument(help="The track that plays first.")],
+    second: Annotated[Path, typer.Argument(help="The track that follows.")],
+    common: Common,
+    length: Annotated[float, typer.Option(help="Seconds of overlap the transition spans.")] = 8.0,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = 0.85,
+) -> None:
+    """Write a musical transition from one track into the next (their crossfade, regenerated)."""
+    jobs.check_length(length, "--length")
+    _run("transition", common, [first, second], jobs.transition_edit(common, length, _strength(strength)), 1,
+         {"length_s": length, "strength": strength})
+
+
+@edit_command(fixed={"guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None})
+def generate(
+    common: Common,
+    seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = 10.0,
+) -> None:
+    """New music from the model alone (no input, no guidance)."""
+    jobs.check_length(seconds, "--seconds")
+    _run("generate", common, [], jobs.generate_edit(common, seconds), 1, {"seconds": seconds})
+
+
+
+@edit_command(fixed={"loss_space": "audio"}, beats=True, guidance=STYLE_GUIDANCE)
+def restyle(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    common: Common,
+    timing: Timing,
+    like: Annotated[Optional[list[Path]], typer.Option(help="Reference clip(s) whose style to move toward (embedding guidance).")] = None,
+    toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
+    away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
+    strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = 0.6,
+    keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = 1.0,
+    match_level: Annotated[bool, typer.Option(help="Give the restyled region the input's RMS level (one gain, at most ±12 dB).")] = True,
+    start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the whole song, in windows).")] = None,
+    end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
+    tagger: TaggerOpt = Tagger.msd,
+) -> None:
+    """Steer a song toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
+    like, toward, away_from = like or [], toward or [], away_from or []
+    if not (like or toward or away_from):
+        raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
+    if not keep >= 0 or not math.isfinite(keep):
+        raise UserError(f"--keep must be a finite number >= 0, got {keep}")
+    timing.song = song
+    a = 0.0 if start is None else timing.seconds(start, "--start")
+    b = None if end is None else timing.seconds(end, "--end")
+    if b is not None and a >= b:
+        raise UserError(f"--start ({start}) must be before --end ({end})")
+    style = jobs.Style(like=like, toward=toward, away_from=away_from, tagger=tagger.value, strength=_strength(strength),
+                         keep=keep, match_level=match_level)
+    extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
+             "keep": keep, "start": start, "end": end, "tagger": tagger.value, "match_level": match_level}
+    _run("restyle", common, [song], jobs.restyle_edit(common, style, a, b),
+         lambda model, sources: jobs.restyle_chunk_count(model, sources, a, b), extra, timing)

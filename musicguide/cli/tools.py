@@ -1,0 +1,256 @@
+"""The other commands: tags, batch, beats, train, evaluate, models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column, Table
+from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
+
+from .. import runner
+from ..errors import UserError
+from ..jobs import Timing
+from .app import DEFAULT_MODEL, STATE, app, err, models_app, out, train_app
+from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
+
+
+@app.command()
+def tags(
+    song: Annotated[Path, typer.Argument(help="The audio to tag.")],
+    tagger: TaggerOpt = Tagger.msd,
+    top: Annotated[int, typer.Option(help="How many tags to show (at least 1).")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What the musicnn tagger hears: the top tags with their probabilities (mean over 3 s patches)."""
+    import torch
+
+    from ..audio import check_not_silent, load_audio
+    from ..musicnn import load_musicnn
+
+    STATE["json"] = as_json
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    runner.probe_input(song)
+    audio, _ = load_audio(song)
+    check_not_silent(audio, what=str(song))
+    net = load_musicnn(tagger.value)
+    with torch.no_grad():
+        probs = net.tag_probs(audio[None]).mean(dim=1)[0]
+    order = probs.argsort(descending=True)[:top]
+    rows = [(net.config.tags[i], float(probs[i])) for i in order]
+    if as_json:
+        print(json.dumps({"ok": True, "file": str(song), "tagger": tagger.value, "tags": dict(rows)}))
+        return
+    table = Table("tag", "probability", title=f"{song.name} — {tagger.value}")
+    for name, p in rows:
+        table.add_row(name, f"{p:.3f}")
+    out.print(table)
+
+
+
+
+@app.command()
+def batch(
+    jobs: Annotated[Path, typer.Argument(help='JOBS.jsonl: one {"args": ["infill", "a.wav", "--start", "30", "--end", "34"]} a line.')],
+    model: ModelOpt = DEFAULT_MODEL, device: DeviceOpt = Device.auto, precision: PrecisionOpt = Precision.auto,
+    quiet: Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: every job with its outputs or error.")] = False,
+) -> None:
+    """Run many edits with one model load: each job writes what its command alone would, from the same seed.
+    Under torchrun the jobs are split across the processes (one model load each)."""
+    from .. import distributed
+
+    STATE["json"] = as_json
+    jobs_list = runner.read_jobs(jobs)
+    here = distributed.start("cuda" if device == Device.cuda else "cpu")
+    mine = jobs_list[here.rank :: here.size]
+    own = ["--model", model, "--device", distributed.device_for(device.value, here), "--precision", precision.value,
+           "--quiet"]
+    results = []
+    with runner.models_held(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                        TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                                        disable=quiet or as_json or not here.is_main, transient=True) as bar:
+        task = bar.add_task("batch", total=len(mine))
+        for job in mine:
+            results.append(_batch_job(job, own))
+            bar.update(task, advance=1)
+    merged = sorted((r for part in distributed.gather(results, here) for r in part), key=lambda r: r["line"])
+    distributed.stop()
+    failed = [r for r in merged if not r["ok"]]
+    if here.is_main:
+        _batch_summary(jobs, merged, failed, as_json, quiet)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _batch_job(job, own: list[str]) -> dict:
+    """One job in this process, as its command alone would run it; its error becomes one line."""
+    batch_json = STATE["json"]
+    STATE["runs"] = []
+    result = {"line": job.line, "args": list(job.args), "ok": False}
+    try:
+        app([*job.args, *own], standalone_mode=False)
+        result.update(ok=True, outputs=[{"path": o["path"], "sidecar": o["sidecar"],
+                                         "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
+                                        for run in STATE["runs"] for o in run.outputs])
+    except UserError as error:
+        result["error"] = str(error)
+    except click.exceptions.ClickException as error:
+        result["error"] = error.format_message()
+    except (MemoryError, Exception) as error:  # noqa: BLE001 - one job's failure must not stop the rest
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        STATE.update(runs=None, json=batch_json)
+    return result
+
+
+def _batch_summary(jobs: Path, results: list[dict], failed: list[dict], as_json: bool, quiet: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": not failed, "jobs": results}))
+        return
+    for r in failed:
+        err.print(f"error: {jobs}, line {r['line']} ({' '.join(r['args'][:2])}): {r['error']}", markup=False, soft_wrap=True)
+    if not quiet:
+        written = sum(len(r.get("outputs", [])) for r in results)
+        out.print(f"batch: {len(results) - len(failed)} of {len(results)} jobs done, {written} file(s) written"
+                  + (f"; {len(failed)} failed" if failed else ""))
+@app.command()
+def beats(
+    song: Annotated[Path, typer.Argument(help="The song.")],
+    bpm: Annotated[Optional[float], typer.Option(help="The tempo, if you know it.")] = None,
+    downbeat: Annotated[Optional[str], typer.Option(help="Where bar 1 begins, if you know it.")] = None,
+    beats_per_bar: Annotated[Optional[int], typer.Option(help="The meter (default: detected, 4 or 3).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grid as JSON.")] = False,
+) -> None:
+    """The song's beat grid as bar and beat times take it: tempo, meter, and every bar's beats (bars from 1)."""
+    from ..beats import format_grid
+
+    STATE["json"] = as_json
+    grid = Timing(bpm=bpm, downbeat=downbeat, beats_per_bar=beats_per_bar, song=song).grid()
+    if as_json:
+        print(json.dumps({"ok": True, "file": str(song), **grid.to_dict()}))
+    else:
+        out.print(format_grid(grid), markup=False, highlight=False)
+
+
+DataDir = Annotated[Path, typer.Argument(help="Folder of audio files (.wav/.flac/.ogg, searched recursively), 44.1 kHz stereo preferred.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Output folder (refused if it holds a run, unless --resume).")]
+Preset = Annotated[str, typer.Option(help="tiny (CPU seconds), demo (what ships), sao (SAO 1.0 shapes).")]
+TrainSteps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the preset's).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Examples per step, all processes together under torchrun (default: the preset's).")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the preset's).")]
+MaxMinutes = Annotated[Optional[float], typer.Option(help="Wall-clock budget; stops cleanly and saves.")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")]
+Holdout = Annotated[Optional[list[str]], typer.Option(help="File names held out for validation (default: a deterministic 15%).")]
+TrainDevice = Annotated[Device, typer.Option("--device", help="Where to train.")]
+
+
+@train_app.command("vae")
+def train_vae_cmd(data: DataDir, out_dir: OutDir, preset: Preset = "demo", steps: TrainSteps = None,
+                  batch_size: BatchSize = None, lr: LearningRate = None, max_minutes: MaxMinutes = None,
+                  resume: Resume = False, holdout: Holdout = None, device: TrainDevice = Device.auto,
+                  quiet: Quiet = False) -> None:
+    """Train the Oobleck VAE (multi-resolution STFT + L1 + KL)."""
+    from ..train import VAETrainConfig, check_out_dir, train_vae
+
+    config = VAETrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
+    check_out_dir(out_dir)
+    _train("vae", lambda progress: train_vae(data, out_dir, config, device=runner.pick_device(device.value), resume=resume,
+                                             holdout=holdout, progress=progress), config, quiet)
+
+
+@train_app.command("dit")
+def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder written by `train vae` (or any model folder).")],
+                  out_dir: OutDir, preset: Preset = "demo", steps: TrainSteps = None, batch_size: BatchSize = None,
+                  lr: LearningRate = None, max_minutes: MaxMinutes = None, resume: Resume = False,
+                  holdout: Holdout = None, device: TrainDevice = Device.auto, quiet: Quiet = False) -> None:
+    """Train the DiT (v-prediction) on the VAE's latents; writes a complete model folder for --model."""
+    from ..train import DiTTrainConfig, check_out_dir, train_dit
+
+    config = DiTTrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
+    check_out_dir(out_dir)
+    _train("dit", lambda progress: train_dit(data, vae, out_dir, config, device=runner.pick_device(device.value), resume=resume,
+                                             holdout=holdout, progress=progress), config, quiet)
+
+
+def _train(stage: str, run, config, quiet: bool) -> None:
+    from .. import distributed
+
+    quiet = quiet or not distributed.world().is_main  # under torchrun only rank 0 shows progress
+    if quiet:
+        result = run(None)
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task(f"train {stage}", total=config.steps, info="")
+
+            def report(event) -> None:
+                info = f"loss {event.loss:.4f}" if event.loss is not None else ""
+                if event.val_loss is not None:
+                    info = f"validation {event.val_loss:.4f}"
+                progress.update(task, completed=event.step, total=event.steps, info=info)
+
+            result = run(report)
+    if not quiet:
+        val = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
+        out.print(f"{stage}: {result.step} steps ({result.stopped}) in {result.seconds:.0f} s; validation loss {val}; "
+                  f"wrote {result.out_dir}")
+    distributed.stop()
+
+
+@app.command()
+def evaluate(
+    clips_dir: Annotated[Path, typer.Argument(help="Folder of held-out audio files to cut 6 s clips from.")],
+    report_path: Annotated[Path, typer.Option("--out", help="Markdown report; the JSON goes next to it.")] = Path("report.md"),
+    model: ModelOpt = DEFAULT_MODEL,
+    steps: Annotated[int, typer.Option(help="Sampling steps for every variant.")] = 50,
+    clips: Annotated[int, typer.Option(help="How many clips (taken in turn from each file).")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed; clip k samples with seed + k.")] = 0,
+    tracks: Annotated[Optional[Path], typer.Option(help="Only these tracks (a list like eval/holdout.txt).")] = None,
+    context: Annotated[Optional[float], typer.Option(help="Seconds of context per side (default: the whole clip).")] = None,
+    variants: Annotated[Optional[list[str]], typer.Option("--variant", help="Run only these sampler variants "
+                                                            "(repeatable; default all; 'guided DDIM, latent loss' always runs).")] = None,
+    tasks: Annotated[Optional[list[str]], typer.Option("--task", help="Run only these tasks (repeatable: infill, "
+                                                         "regeneration, continuation, transition; default all).")] = None,
+    device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
+) -> None:
+    """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
+    from ..evaluate import TASKS, Protocol, run_evaluate
+
+    if context is not None and not (context > 0 and math.isfinite(context)):
+        raise UserError(f"--context must be a positive number of seconds, got {context}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, disable=quiet, transient=True) as bar:
+        task = bar.add_task("evaluate", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        report = run_evaluate(clips_dir, model, report_path, steps, clips, seed, device.value, quiet, tracks=tracks,
+                              overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress,
+                              variant_names=variants, tasks=tasks or TASKS)
+    if not quiet:
+        out.print(f"wrote {report_path} and {report_path.with_suffix('.json').name}")
+        for name in report.tasks:
+            err.print(report.verdicts[name], markup=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the registry and whether each model is usable offline."""
+    from ..registry import list_models
+
+    rows = list_models()
+    table = Table(Column("name", no_wrap=True), Column("where", overflow="fold"), "revision", "gated", "offline")
+    for row in rows:
+        table.add_row(row.name, row.location, row.revision or "-", "yes" if row.gated else "no",
+                      "[green]yes[/green]" if row.available else "no")
+    out.print(table)
+    for row in rows:
+        out.print(f"[bold]{row.name}[/bold]: {row.description.rstrip('.')}. Licence: {row.license}.")
+
