@@ -14,6 +14,7 @@ from typer import _click as click  # typer's own copy of click: its exceptions a
 
 from .. import runner
 from ..errors import UserError
+from ..batch import read_jobs
 from ..jobs import Timing
 from .app import DEFAULT_MODEL, STATE, app, err, models_app, out, train_app
 from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
@@ -66,7 +67,7 @@ def batch(
     from .. import distributed
 
     STATE["json"] = as_json
-    jobs_list = runner.read_jobs(jobs)
+    jobs_list = read_jobs(jobs)
     here = distributed.start("cuda" if device == Device.cuda else "cpu")
     mine = jobs_list[here.rank :: here.size]
     own = ["--model", model, "--device", distributed.device_for(device.value, here), "--precision", precision.value,

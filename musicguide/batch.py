@@ -1,0 +1,51 @@
+"""`musicguide batch`'s jobs file: one edit command's arguments a line, all checked before any job runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+EDIT_COMMANDS = ("infill", "regenerate", "continue", "transition", "generate", "restyle", "loop")
+BATCH_OPTIONS = ("--model", "-m", "--device", "--precision", "--json")  # the batch's own, given once
+
+
+@dataclass(frozen=True)
+class Job:
+    line: int
+    args: tuple[str, ...]
+
+
+def read_jobs(path: Path) -> list[Job]:
+    """JOBS.jsonl: one `{"args": [...]}` a line, the arguments of one edit command as typed.
+    Every line is checked before any job runs; a bad one is an error naming its line."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read the jobs file {path}: {getattr(error, 'strerror', None) or error}") from error
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            jobs.append(Job(number, _job_args(path, number, line)))
+    if not jobs:
+        raise UserError(f"{path} holds no jobs", hint='one {"args": ["infill", "a.wav", "--start", "1", "--end", "2"]} a line')
+    return jobs
+
+
+def _job_args(path: Path, number: int, line: str) -> tuple[str, ...]:
+    where = f"{path}, line {number}"
+    try:
+        job = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where}: not JSON ({error.msg})") from error
+    args = job.get("args") if isinstance(job, dict) else None
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        raise UserError(f'{where}: expected {{"args": ["COMMAND", ...]}} with string arguments')
+    if args[0] not in EDIT_COMMANDS:
+        raise UserError(f"{where}: {args[0]!r} is not an edit command ({', '.join(EDIT_COMMANDS)})")
+    own = [a for a in args if a.split("=", 1)[0] in BATCH_OPTIONS]
+    if own:
+        raise UserError(f"{where}: {own[0].split('=', 1)[0]} is the batch's own option; give it once to `musicguide batch`")
+    return tuple(args)
