@@ -27,7 +27,7 @@ import soxr
 import torch
 from torch import Tensor
 
-from musicguide.atomic import write_atomically
+from musicguide.atomic import check_writable, write_atomically
 from musicguide.errors import UserError
 from musicguide.timespec import MAX_SECONDS
 
@@ -454,10 +454,7 @@ def save_audio(
     check_output_format(file, subtype)
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise ValueError(f"expected non-empty [channels, samples] audio, got shape {tuple(audio.shape)}")
-    if file.exists() and not overwrite:
-        raise UserError(f"{file} exists; pass --overwrite to replace it")
-    if not file.parent.is_dir():
-        raise UserError(f"cannot write {file}: folder {file.parent} does not exist")
+    check_writable(file, overwrite=overwrite)
     saved: list[SavedAudio] = []
     try:
         write_atomically(file, lambda temporary: saved.append(write_song(temporary, [audio], sample_rate, subtype, named=file)))
