@@ -22,19 +22,16 @@ Writes
   of ../shared/audio (or --audio-dir), and librosa's log-mel of a synthetic probe signal (so
   the front end is checked even where the shared clips are absent).
 
-What the fixture compares. Both sides start from the same 16 kHz audio: the clip's channel
-mean resampled by musicguide.musicnn.resample (the torch resampler). The original graph is then
-fed the log-mel that musicnn's extractor.batch_data computes with librosa, *except* that the
-log is taken in float32: the package casts the mel power to float16 first, which overflows to
-inf on loud music (docs/musicnn.md). So the agreement test checks our STFT, mel and log in
-torch and the network port, not the resampler. Per clip and model it stores the per-patch
-tag probabilities (3 s patches, no overlap: the original tagger's defaults), their mean, and
-the penultimate layer averaged over patches (the embedding).
-
-The resampler is measured separately: "mean_probs_soxr" holds the original graph's mean
-probabilities when the audio comes from librosa.load (soxr HQ), as the package does; the
-script prints how far that is from the torch-resampled result, and how the package as it is
-(float16) tags each clip.
+What the fixture holds. The original's own path from the file to the network: the 16 kHz
+audio of librosa.load(path, sr=16000) (channel mean, then soxr HQ), exactly as musicnn's
+extractor.batch_data loads it, and the log-mel that batch_data computes from it with librosa,
+*except* that the log is taken in float32: the package casts the mel power to float16 first,
+which overflows to inf on loud music (docs/musicnn.md). Nothing of musicguide's is used to make
+it, so the tests that feed the port the 44.1 kHz clips check its resampler too, besides its
+STFT, mel, log and network. Per clip and model it stores the per-patch tag probabilities (3 s
+patches, no overlap: the original tagger's defaults), their mean, and the penultimate layer
+averaged over patches (the embedding). The script prints how far the port, fed the 44.1 kHz
+file, is from that, and how the package as it is (float16) tags each clip.
 """
 
 from __future__ import annotations
@@ -239,20 +236,13 @@ def main() -> None:
     clips: dict[str, dict] = {}
     inputs: dict[str, dict[str, np.ndarray]] = {}
     for path in clip_paths:
-        audio, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
-        mono = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))
-        audio_16k = port.resample(mono, sample_rate, port.SAMPLE_RATE).numpy()
-        soxr_16k, _ = librosa.load(path, sr=port.SAMPLE_RATE)
+        audio_16k, _ = librosa.load(path, sr=port.SAMPLE_RATE)  # the original's resampling path
         package_patches, _ = musicnn_extractor.batch_data(str(path), port.PATCH_FRAMES, port.PATCH_FRAMES)
-        inputs[path.stem] = {
-            "torch": float32_patches(audio_16k),
-            "soxr": float32_patches(soxr_16k),
-            "package": package_patches,
-        }
+        inputs[path.stem] = {"float32": float32_patches(audio_16k), "package": package_patches}
         clips[path.stem] = {
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "sample_rate": sample_rate,
-            "n_patches": len(inputs[path.stem]["torch"]),
+            "sample_rate": soundfile.info(path).samplerate,
+            "n_patches": len(inputs[path.stem]["float32"]),
         }
 
     for name in port.MUSICNN_MODELS:
@@ -261,21 +251,19 @@ def main() -> None:
         torch_model = port.load_musicnn(name)
         print(f"\n{name}")
         for stem, patches in inputs.items():
-            probs, penultimate = graph.run(patches["torch"])
-            soxr_probs, _ = graph.run(patches["soxr"])
+            probs, penultimate = graph.run(patches["float32"])
             package_probs, _ = graph.run(patches["package"])
             clips[stem][name] = {
                 "patch_probs": rounded(probs),
                 "mean_probs": rounded(probs.mean(axis=0)),
                 "embedding": rounded(penultimate.mean(axis=0)),
-                "mean_probs_soxr": rounded(soxr_probs.mean(axis=0)),
             }
             with torch.no_grad():
                 audio, sample_rate = soundfile.read(args.audio_dir / f"{stem}.ogg", dtype="float32", always_2d=True)
                 port_probs = torch_model.tag_probs(torch.from_numpy(audio.T.copy())[None], sample_rate)[0].numpy()
             print(
-                f"  {stem}: port vs original max |dp| {np.abs(port_probs - probs).max():.1e}, "
-                f"resampler effect (soxr vs torch, mean probs) {np.abs(soxr_probs - probs).mean(0).max():.1e}, "
+                f"  {stem}: port on the {sample_rate} Hz file vs original max |dp| "
+                f"{np.abs(port_probs - probs).max():.1e} (mean probs {np.abs(port_probs - probs).mean(0).max():.1e}), "
                 f"patch frames with inf in the package's float16 log-mel {int(np.isinf(patches['package']).any(axis=2).sum())}\n"
                 f"    float32: {top(tags, probs.mean(0))}\n"
                 f"    package as is (float16): {package_summary(tags, package_probs)}"
@@ -287,8 +275,8 @@ def main() -> None:
         for package in ("tensorflow-cpu", "tf-keras", "musicnn", "librosa", "numpy", "soxr", "torch")
     }
     fixture = {
-        "about": "Original musicnn TF graph fed the float32 log-mel of torch-resampled audio; made by "
-        "scripts/convert_musicnn.py. mean_probs_soxr: same graph on librosa.load (soxr HQ) audio. "
+        "about": "Original musicnn TF graph fed the float32 log-mel of librosa.load(path, sr=16000) audio "
+        "(the original's resampling path: channel mean, soxr HQ); made by scripts/convert_musicnn.py. "
         "probe_log_mel: the original's float32 log-mel of convert_musicnn.probe_signal().",
         "versions": versions,
         "tags": {name: MODELS[name][1] for name in port.MUSICNN_MODELS},

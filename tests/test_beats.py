@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -127,22 +128,25 @@ def test_silence_has_no_beats():
 
 
 @pytest.mark.parametrize(
-    "options, message",
+    "options, option, value",
     [
-        ({"bpm": 0.0}, "--bpm must be between 20 and 400, got 0"),
-        ({"bpm": 19.9}, "--bpm must be between 20 and 400"),
-        ({"bpm": 400.5}, "--bpm must be between 20 and 400"),
-        ({"bpm": math.nan}, "--bpm must be between 20 and 400, got nan"),
-        ({"bpm": 120.0, "downbeat": -1.0}, "--downbeat must be a time inside the song"),
-        ({"bpm": 120.0, "downbeat": 10.0}, r"--downbeat must be a time inside the song \(0 to 0:10.000\), got 10 s"),
-        ({"bpm": 120.0, "downbeat": math.inf}, "--downbeat must be a time inside the song"),
-        ({"beats_per_bar": 0}, "--beats-per-bar must be between 1 and 16, got 0"),
-        ({"beats_per_bar": 17}, "--beats-per-bar must be between 1 and 16, got 17"),
+        ({"bpm": 0.0}, "--bpm", "0"),
+        ({"bpm": 19.9}, "--bpm", "19.9"),
+        ({"bpm": 400.5}, "--bpm", "400.5"),
+        ({"bpm": math.nan}, "--bpm", "nan"),
+        ({"bpm": 120.0, "downbeat": -1.0}, "--downbeat", "-1"),
+        ({"bpm": 120.0, "downbeat": 10.0}, "--downbeat", "10"),
+        ({"bpm": 120.0, "downbeat": math.inf}, "--downbeat", "inf"),
+        ({"beats_per_bar": 0}, "--beats-per-bar", "0"),
+        ({"beats_per_bar": 17}, "--beats-per-bar", "17"),
     ],
 )
-def test_bad_grid_options_are_user_errors(options, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_grid_options_are_user_errors(options, option, value):
+    """The message names the option and the value it got (its wording is free to change)."""
+    with pytest.raises(UserError) as caught:
         track_beats(np.zeros(10 * SR, np.float32), SR, **options)
+    assert caught.value.message.startswith(option)
+    assert re.search(rf"(?<![\w.+-]){re.escape(value)}(?![\w.])", caught.value.message), caught.value.message
 
 
 # ---- bars and beats -----------------------------------------------------------------------------
@@ -195,29 +199,32 @@ def test_the_grid_is_extrapolated_at_the_tempo_where_the_music_stops():
 
 
 @pytest.mark.parametrize(
-    "text, message",
+    "text, shown",
     [
-        ("b0", "--start b0: there is no bar 0: bars are numbered from 1"),
-        ("b9.0", "--start b9.0: there is no bar 9 beat 0: beats are numbered from 1 and a bar has 4"),
-        ("b9.5", "there is no bar 9 beat 5: beats are numbered from 1 and a bar has 4"),
-        ("b9.0.5", "there is no bar 9 beat 0.5"),
-        ("b11", r"--start b11: bar 11 would be at 0:20.250, past the end of the song \(0:20.000\)"),
-        ("b", "--start 'b' is not a bar or beat"),
-        ("b9.", "--start 'b9.' is not a bar or beat"),
-        ("b-1", "--start 'b-1' is not a bar or beat"),
-        ("bar9", "--start 'bar9' is not a bar or beat"),
-        ("b9.3.5.1", "is not a bar or beat"),
-        ("b1234567890", "--start: a bar number 10 digits long is past the end of any song"),
-        ("b" + "9" * 5000, "a bar number 5000 digits long"),
-        ("-5", "--start '-5' is negative"),
-        ("1:5", "--start '1:5' is not a time"),
+        # The message starts with the option and shows the text, or what is wrong with it where
+        # the text is too long to repeat; the sentence around that is free to change.
+        ("b0", "b0"),
+        ("b9.0", "b9.0"),
+        ("b9.5", "b9.5"),
+        ("b9.0.5", "b9.0.5"),
+        ("b11", "0:20.000"),  # past the end: the song's length
+        ("b", "'b'"),
+        ("b9.", "'b9.'"),
+        ("b-1", "'b-1'"),
+        ("bar9", "'bar9'"),
+        ("b9.3.5.1", "'b9.3.5.1'"),
+        ("b1234567890", "10 digits"),
+        ("b" + "9" * 5000, "5000 digits"),
+        ("-5", "'-5'"),
+        ("1:5", "'1:5'"),
     ],
 )
-def test_bad_bars_and_beats_are_one_line_user_errors(text, message):
+def test_bad_bars_and_beats_are_one_line_user_errors(text, shown):
     grid = given_grid()
-    with pytest.raises(UserError, match=message) as caught:
+    with pytest.raises(UserError) as caught:
         parse_time_or_beat(text, "--start", lambda: grid)
-    assert "\n" not in str(caught.value)
+    assert caught.value.message.startswith("--start") and shown in caught.value.message
+    assert len(caught.value.message) < 200 and "\n" not in str(caught.value)
 
 
 def test_time_errors_mention_the_bar_forms():
@@ -229,7 +236,7 @@ def test_time_errors_mention_the_bar_forms():
 def test_a_bar_past_the_end_says_how_many_bars_there_are():
     with pytest.raises(UserError) as caught:
         given_grid().bar_time(12)
-    assert caught.value.hint == "the song has 10 bars at 120.0 bpm"
+    assert re.search(r"\b10 bars\b", caught.value.hint) and "120" in caught.value.hint
 
 
 def test_bars_after_follows_the_grid():

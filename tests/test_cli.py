@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from musicguide import cli
 from musicguide.splice import DEFAULT_FADE_SECONDS
@@ -145,7 +146,7 @@ def test_progress_and_message_without_quiet(song_wav, tmp_path, monkeypatch, cap
     args = [a for a in FAST if a != "--quiet"]
     code, stdout, stderr = run_cli(["infill", song_wav, "--start", "2", "--end", "3", "-o", out, *args], monkeypatch, capsys)
     assert code == 0, stderr
-    assert f"wrote {out}" in stdout.replace("\n", "")
+    assert str(out) in stdout.replace("\n", "")
     assert "3/3" in stderr  # the progress bar reached the last step
 
 
@@ -155,7 +156,8 @@ def long_song(tmp_path: Path) -> Path:
     return path
 
 
-def _bad_inputs(tmp_path: Path, song: Path) -> list[tuple[list, str]]:
+def _bad_inputs(tmp_path: Path, song: Path) -> list[tuple[list, list[str]]]:
+    """(arguments, what the one-line error must name: the option, the file or the value at fault)."""
     text = tmp_path / "notes.txt"
     text.write_text("not audio")
     silent = tmp_path / "silent.wav"
@@ -164,42 +166,57 @@ def _bad_inputs(tmp_path: Path, song: Path) -> list[tuple[list, str]]:
     existing.write_bytes(b"keep me")
     out = ["-o", tmp_path / "never.wav"]
     return [
-        (["infill", tmp_path / "missing.wav", "--start", "1", "--end", "2", *out], "no such file"),
-        (["infill", text, "--start", "1", "--end", "2", *out], "cannot read"),
-        (["infill", song, "--start", "3", "--end", "2", *out], "must be before"),
-        (["infill", song, "--start", "2", "--end", "2", *out], "must be before"),
-        (["infill", song, "--start", "5", "--end", "9", *out], "past the end"),
-        (["infill", song, "--start", "7", "--end", "9", *out], "past the end"),
-        (["infill", song, "--start", "1:5", "--end", "2", *out], "--start"),
-        (["infill", song, "--start", "-1", "--end", "2", *out], "--start"),
-        (["infill", silent, "--start", "1", "--end", "2", *out], "silent"),
-        (["infill", song, "--start", "1", "--end", "2", "-o", existing], "pass --overwrite"),
-        (["infill", song, "--start", "1", "--end", "2", "-o", song, "--overwrite"], "overwrite the input"),
-        (["infill", song, "--start", "1", "--end", "2", "-o", tmp_path / "x.mp3"], ".wav or .flac"),
-        (["infill", song, "--start", "1", "--end", "2", "--model", "no-such-model", *out], "unknown model"),
-        (["infill", song, "--start", "1", "--end", "2", "--model", "./no/such/folder", *out], "does not exist"),
-        (["infill", song, "--start", "1", "--end", "2", "--steps", "0", *out], "--steps"),
-        (["infill", song, "--start", "1", "--end", "2", "--variations", "0", *out], "--variations"),
-        (["infill", song, "--start", "1", "--end", "2", "--device", "cuda", *out], "no CUDA"),
-        (["infill", long_song(tmp_path), "--start", "0.5", "--end", "13", *out], "generates at most"),
-        (["regenerate", song, "--start", "1", "--end", "2", "--strength", "1.5", *out], "--strength"),
-        (["continue", song, "--seconds", "-3", *out], "--seconds"),
-        (["transition", song, song, "--length", "60", *out], "--length"),
-        (["generate", "--seconds", "600", *out], "--seconds"),
+        (["infill", tmp_path / "missing.wav", "--start", "1", "--end", "2", *out], ["missing.wav"]),
+        (["infill", text, "--start", "1", "--end", "2", *out], ["notes.txt"]),
+        (["infill", song, "--start", "3", "--end", "2", *out], ["--start", "--end"]),
+        (["infill", song, "--start", "2", "--end", "2", *out], ["--start", "--end"]),
+        (["infill", song, "--start", "5", "--end", "9", *out], ["--end", "9"]),
+        (["infill", song, "--start", "7", "--end", "9", *out], ["--start", "7"]),
+        (["infill", song, "--start", "1:5", "--end", "2", *out], ["--start", "'1:5'"]),
+        (["infill", song, "--start", "-1", "--end", "2", *out], ["--start", "'-1'"]),
+        (["infill", silent, "--start", "1", "--end", "2", *out], ["silent.wav", "silent"]),
+        (["infill", song, "--start", "1", "--end", "2", "-o", existing], ["exists.wav", "--overwrite"]),
+        (["infill", song, "--start", "1", "--end", "2", "-o", song, "--overwrite"], ["song.wav", "input"]),
+        (["infill", song, "--start", "1", "--end", "2", "-o", tmp_path / "x.mp3"], ["x.mp3", ".wav", ".flac"]),
+        (["infill", song, "--start", "1", "--end", "2", "--model", "no-such-model", *out], ["'no-such-model'"]),
+        (["infill", song, "--start", "1", "--end", "2", "--model", "./no/such/folder", *out], ["./no/such/folder"]),
+        (["infill", song, "--start", "1", "--end", "2", "--steps", "0", *out], ["--steps"]),
+        (["infill", song, "--start", "1", "--end", "2", "--variations", "0", *out], ["--variations"]),
+        (["infill", long_song(tmp_path), "--start", "0.5", "--end", "13", *out], ["12.5"]),  # the region's length
+        (["regenerate", song, "--start", "1", "--end", "2", "--strength", "1.5", *out], ["--strength", "1.5"]),
+        (["continue", song, "--seconds", "-3", *out], ["--seconds", "-3"]),
+        (["transition", song, song, "--length", "60", *out], ["--length", "60"]),
+        (["generate", "--seconds", "600", *out], ["--seconds", "600"]),
     ]
 
 
 def test_bad_input_gives_one_line_and_exit_2(song_wav, tmp_path, monkeypatch, capsys):
-    for args, expected in _bad_inputs(tmp_path, song_wav):
-        device = [] if "--device" in args or args[0] == "models" else ["--device", "cpu"]
-        code, stdout, stderr = run_cli([*args, "--quiet", *device], monkeypatch, capsys)
+    for args, named in _bad_inputs(tmp_path, song_wav):
+        code, stdout, stderr = run_cli([*args, "--quiet", "--device", "cpu"], monkeypatch, capsys)
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert code == 2, (args, stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, stderr)
-        assert expected in lines[0], (args, lines[0])
+        assert all(phrase in lines[0] for phrase in named), (args, named, lines[0])
         assert "Traceback" not in stderr
         assert not (tmp_path / "never.wav").exists() and not (tmp_path / "never.json").exists()
     assert (tmp_path / "exists.wav").read_bytes() == b"keep me"
+
+
+def test_device_cuda_edits_on_a_gpu_and_is_a_one_line_error_without_one(song_wav, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gpu.wav"
+    args = [*FAST[: FAST.index("--device")], "--device", "cuda"]
+    code, _, stderr = run_cli(["infill", song_wav, "--start", "2", "--end", "3", "-o", out, *args], monkeypatch, capsys)
+    if torch.cuda.is_available():
+        assert code == 0, stderr
+        original, edited = read_ints(song_wav), read_ints(out)
+        assert edited.shape == original.shape
+        assert np.array_equal(edited[: 2 * SR - FADE], original[: 2 * SR - FADE])
+        assert json.loads(out.with_suffix(".json").read_text())["settings"]["device"].startswith("cuda")
+    else:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
+        assert "--device" in lines[0] and "cuda" in lines[0]
+        assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_models_list(monkeypatch, capsys):

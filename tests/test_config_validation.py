@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,92 +53,90 @@ def write_config(folder: Path, data: dict) -> Path:
     return path
 
 
-# (key path, bad value, the message after "<file>: ") on SAO 1.0's published config
+# (key path, bad value, the key as the message names it, the value as it shows it) on SAO 1.0's
+# published config: what a message must say, not its sentence.
 BAD_VALUES = [
-    ("sample_rate", 0, "sample_rate must be an integer from 8000 to 384000, not 0"),
-    ("sample_rate", -1, "sample_rate must be an integer from 8000 to 384000, not -1"),
-    ("sample_rate", 10**12, "sample_rate must be an integer from 8000 to 384000, not 1000000000000"),
-    ("sample_rate", "44100", 'sample_rate must be an integer from 8000 to 384000, not "44100"'),
-    ("sample_rate", True, "sample_rate must be an integer from 8000 to 384000, not true"),
-    ("sample_rate", NAN, "sample_rate must be an integer from 8000 to 384000, not NaN"),
-    ("sample_rate", 44100.0, "sample_rate must be an integer from 8000 to 384000, not 44100.0"),
-    ("sample_rate", None, "sample_rate must be an integer from 8000 to 384000, not null"),
-    ("sample_size", 10**12, "sample_size must be an integer from 1 to 230400000, not 1000000000000"),
-    ("sample_size", 1e12, "sample_size must be an integer from 1 to 230400000, not 1000000000000.0"),
-    ("sample_size", 0, "sample_size must be an integer from 1 to 230400000, not 0"),
-    ("sample_size", 10**4000,
-     "sample_size must be an integer from 1 to 230400000, not an integer of about 4000 digits"),
-    ("sample_size", 2048 * 13000,
-     "sample_size 26624000 is 603.7 s at sample_rate 44100; a window may be at most 600 s"),
-    ("sample_size", 2048 * 1000 + 1, "sample_size (2048001) must be a multiple of downsampling_ratio x patch_size"),
-    ("audio_channels", 0, "audio_channels must be an integer from 1 to 8, not 0"),
-    ("audio_channels", 2.5, "audio_channels must be an integer from 1 to 8, not 2.5"),
-    ("audio_channels", 1, "audio_channels (1), the autoencoder's io_channels (2)"),
-    ("model.io_channels", 0, "model.io_channels must be an integer from 1 to 16384, not 0"),
-    ("model.pretransform.scale", 0, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not 0"),
-    ("model.pretransform.scale", -0.7, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not -0.7"),
-    ("model.pretransform.scale", INF, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not Infinity"),
-    (f"{ENCODER}.channels", 0, f"{ENCODER}.channels must be an integer from 1 to 16384, not 0"),
-    (f"{ENCODER}.channels", 2.5, f"{ENCODER}.channels must be an integer from 1 to 16384, not 2.5"),
-    (f"{ENCODER}.in_channels", 10**6, f"{ENCODER}.in_channels must be an integer from 1 to 8, not 1000000"),
-    (f"{ENCODER}.strides", [2, 4, 4, 8, 0], f"{ENCODER}.strides[4] must be an integer from 1 to 64, not 0"),
-    (f"{ENCODER}.strides", [2, 4, 4, 8, 8.0], f"{ENCODER}.strides[4] must be an integer from 1 to 64, not 8.0"),
-    (f"{ENCODER}.strides", "24488", f'{ENCODER}.strides must be a list of 1 to 16 integers, not "24488"'),
-    (f"{ENCODER}.strides", [1] * 17, f"{ENCODER}.strides must be a list of 1 to 16 integers, not a list of 17"),
-    (f"{ENCODER}.c_mults", [1, 2, 4, 8, -16], f"{ENCODER}.c_mults[4] must be an integer from 1 to 64, not -16"),
-    (f"{ENCODER}.latent_dim", 0, f"{ENCODER}.latent_dim must be an integer from 1 to 16384, not 0"),
-    ("model.pretransform.config.latent_dim", 0,
-     "model.pretransform.config.latent_dim must be an integer from 1 to 16384, not 0"),
-    ("model.pretransform.config.downsampling_ratio", 0,
-     "model.pretransform.config.downsampling_ratio must be an integer from 1 to 65536, not 0"),
-    ("model.conditioning.cond_dim", 0, "model.conditioning.cond_dim must be an integer from 1 to 16384, not 0"),
-    ("model.conditioning.configs[0].config.max_length", 0,
-     "model.conditioning.configs[0].config.max_length must be an integer from 1 to 4096, not 0"),
-    ("model.conditioning.configs[2].config.max_val", NAN,
-     "model.conditioning.configs[2].config.max_val must be a number from -1e+06 to 1e+06, not NaN"),
-    ("model.conditioning.configs[2].config.max_val", 0,
-     "model.conditioning.configs[2].config.max_val (0) must be greater than min_val (0)"),
-    (f"{DIT}.embed_dim", 0, f"{DIT}.embed_dim must be an integer from 1 to 16384, not 0"),
-    (f"{DIT}.depth", 0, f"{DIT}.depth must be an integer from 1 to 256, not 0"),
-    (f"{DIT}.depth", 10**6, f"{DIT}.depth must be an integer from 1 to 256, not 1000000"),
-    (f"{DIT}.num_heads", 0, f"{DIT}.num_heads must be an integer from 1 to 1024, not 0"),
-    (f"{DIT}.num_heads", 7, f"{DIT}.embed_dim (1536) must be a multiple of num_heads (7)"),
-    (f"{DIT}.patch_size", 0, f"{DIT}.patch_size must be an integer from 1 to 64, not 0"),
-    (f"{DIT}.cond_token_dim", 1.5, f"{DIT}.cond_token_dim must be an integer from 0 to 65536, not 1.5"),
-    (f"{DIT}.global_cond_dim", -1, f"{DIT}.global_cond_dim must be an integer from 0 to 65536, not -1"),
-    (f"{DIT}.ff_kwargs", {"mult": 0}, f"{DIT}.ff_kwargs.mult must be a number from 0.03125 to 64, not 0"),
-    (f"{DIT}.ff_kwargs", {"mult": NAN}, f"{DIT}.ff_kwargs.mult must be a number from 0.03125 to 64, not NaN"),
-    (f"{DIT}.norm_kwargs", {"eps": 0}, f"{DIT}.norm_kwargs.eps must be a number from 1e-12 to 0.1, not 0"),
-    (f"{DIT}.input_concat_dim", 0.0, f"unsupported {DIT}.input_concat_dim = 0.0 (supported: 0)"),
+    ("sample_rate", 0, "sample_rate", "0"),
+    ("sample_rate", -1, "sample_rate", "-1"),
+    ("sample_rate", 10**12, "sample_rate", "1000000000000"),
+    ("sample_rate", "44100", "sample_rate", '"44100"'),
+    ("sample_rate", True, "sample_rate", "true"),
+    ("sample_rate", NAN, "sample_rate", "NaN"),
+    ("sample_rate", 44100.0, "sample_rate", "44100.0"),
+    ("sample_rate", None, "sample_rate", "null"),
+    ("sample_size", 10**12, "sample_size", "1000000000000"),
+    ("sample_size", 1e12, "sample_size", "1000000000000.0"),
+    ("sample_size", 0, "sample_size", "0"),
+    ("sample_size", 10**4000, "sample_size", "4000 digits"),
+    ("sample_size", 2048 * 13000, "sample_size", "26624000"),
+    ("sample_size", 2048 * 1000 + 1, "sample_size", "2048001"),
+    ("audio_channels", 0, "audio_channels", "0"),
+    ("audio_channels", 2.5, "audio_channels", "2.5"),
+    ("audio_channels", 1, "audio_channels", "1"),
+    ("model.io_channels", 0, "model.io_channels", "0"),
+    ("model.pretransform.scale", 0, "model.pretransform.scale", "0"),
+    ("model.pretransform.scale", -0.7, "model.pretransform.scale", "-0.7"),
+    ("model.pretransform.scale", INF, "model.pretransform.scale", "Infinity"),
+    (f"{ENCODER}.channels", 0, f"{ENCODER}.channels", "0"),
+    (f"{ENCODER}.channels", 2.5, f"{ENCODER}.channels", "2.5"),
+    (f"{ENCODER}.in_channels", 10**6, f"{ENCODER}.in_channels", "1000000"),
+    (f"{ENCODER}.strides", [2, 4, 4, 8, 0], f"{ENCODER}.strides[4]", "0"),
+    (f"{ENCODER}.strides", [2, 4, 4, 8, 8.0], f"{ENCODER}.strides[4]", "8.0"),
+    (f"{ENCODER}.strides", "24488", f"{ENCODER}.strides", '"24488"'),
+    (f"{ENCODER}.strides", [1] * 17, f"{ENCODER}.strides", "17"),
+    (f"{ENCODER}.c_mults", [1, 2, 4, 8, -16], f"{ENCODER}.c_mults[4]", "-16"),
+    (f"{ENCODER}.latent_dim", 0, f"{ENCODER}.latent_dim", "0"),
+    ("model.pretransform.config.latent_dim", 0, "model.pretransform.config.latent_dim", "0"),
+    ("model.pretransform.config.downsampling_ratio", 0, "model.pretransform.config.downsampling_ratio", "0"),
+    ("model.conditioning.cond_dim", 0, "model.conditioning.cond_dim", "0"),
+    ("model.conditioning.configs[0].config.max_length", 0, "model.conditioning.configs[0].config.max_length", "0"),
+    ("model.conditioning.configs[2].config.max_val", NAN, "model.conditioning.configs[2].config.max_val", "NaN"),
+    ("model.conditioning.configs[2].config.max_val", 0, "configs[2].config.max_val", "min_val"),
+    (f"{DIT}.embed_dim", 0, f"{DIT}.embed_dim", "0"),
+    (f"{DIT}.depth", 0, f"{DIT}.depth", "0"),
+    (f"{DIT}.depth", 10**6, f"{DIT}.depth", "1000000"),
+    (f"{DIT}.num_heads", 0, f"{DIT}.num_heads", "0"),
+    (f"{DIT}.num_heads", 7, "num_heads", "7"),
+    (f"{DIT}.patch_size", 0, f"{DIT}.patch_size", "0"),
+    (f"{DIT}.cond_token_dim", 1.5, f"{DIT}.cond_token_dim", "1.5"),
+    (f"{DIT}.global_cond_dim", -1, f"{DIT}.global_cond_dim", "-1"),
+    (f"{DIT}.ff_kwargs", {"mult": 0}, f"{DIT}.ff_kwargs.mult", "0"),
+    (f"{DIT}.ff_kwargs", {"mult": NAN}, f"{DIT}.ff_kwargs.mult", "NaN"),
+    (f"{DIT}.norm_kwargs", {"eps": 0}, f"{DIT}.norm_kwargs.eps", "0"),
+    (f"{DIT}.input_concat_dim", 0.0, f"{DIT}.input_concat_dim", "0.0"),
     ("model.diffusion.distribution_shift_options", {"max_shift": INF},
-     "model.diffusion.distribution_shift_options.max_shift must be a finite number, not Infinity"),
+     "model.diffusion.distribution_shift_options.max_shift", "Infinity"),
 ]
 
 
-@pytest.mark.parametrize(("key_path", "value", "message"), BAD_VALUES,
-                         ids=[f"{key}={value!r}"[:60] for key, value, _ in BAD_VALUES])
+@pytest.mark.parametrize(("key_path", "value", "named", "shown"), BAD_VALUES,
+                         ids=[f"{key}={value!r}"[:60] for key, value, _, _ in BAD_VALUES])
 def test_a_bad_number_names_the_file_the_key_and_the_value(tmp_path: Path, key_path: str, value: Any,
-                                                         message: str) -> None:
+                                                         named: str, shown: str) -> None:
     path = write_config(tmp_path, edited(SAO_CONFIG, key_path, value))
     with pytest.raises(UserError) as raised:
         ModelConfig.from_json(path)
-    assert raised.value.message.startswith(f"{path}: {message}")
+    message = raised.value.message
+    assert message.startswith(f"{path}: ") and named in message
+    # the value as a whole token: "0" is not found inside "8000" or "1e-06"
+    assert re.search(rf"(?<![\w.+-]){re.escape(shown)}(?![\w.])", message), (shown, message)
     assert "\n" not in str(raised.value)
 
 
 def test_too_many_tokens_for_one_window_is_refused() -> None:
     # 426.7 s at 96 kHz is within the time limit, but 20000 latent frames are not.
     data = edited(edited(SAO_CONFIG, "sample_rate", 96000), "sample_size", 2048 * 20000)
-    with pytest.raises(UserError, match="is 20000 tokens for the DiT .* at most 16384"):
+    with pytest.raises(UserError) as raised:
         ModelConfig.from_dict(data)
+    assert "20000" in raised.value.message and "16384" in raised.value.message  # what it is, what is allowed
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b'{"sample_rate": ' + b"1" * 5000 + b"}", "is not valid JSON: Exceeds the limit (4300 digits)"),
-    (b"[" * 100_000 + b"]" * 100_000, "is not valid JSON: maximum recursion depth exceeded"),
-    (b'{"sample_rate": "\xff"}', "is not valid JSON"),
-    (b"[]", "the config must be a JSON object, not list"),
-    (b" " * (1 << 20) + b"{}", "too large for a model config"),
+    (b'{"sample_rate": ' + b"1" * 5000 + b"}", "JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "JSON"),
+    (b'{"sample_rate": "\xff"}', "JSON"),
+    (b"[]", "JSON object"),
+    (b" " * (1 << 20) + b"{}", "too large"),
 ])
 def test_a_file_that_is_not_a_config_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "model_config.json"
@@ -202,19 +201,21 @@ def song(tmp_path: Path) -> Path:
 INFILL = ["infill", "--start", "1", "--end", "2", "--steps", "2", "--quiet", "--device", "cpu"]
 
 
-@pytest.mark.parametrize(("key_path", "value", "message"), [
-    ("sample_rate", 0, "sample_rate must be an integer from 8000 to 384000, not 0"),
-    ("sample_size", 10**12, "sample_size must be an integer from 1 to 230400000, not 1000000000000"),
-    ("model.pretransform.scale", NAN, "model.pretransform.scale must be a number from 1e-06 to 1e+06, not NaN"),
-    (f"{DIT}.num_heads", 3, f"{DIT}.embed_dim (64) must be a multiple of num_heads (3)"),
+@pytest.mark.parametrize(("key_path", "value", "named", "shown"), [
+    ("sample_rate", 0, "sample_rate", "not 0"),
+    ("sample_size", 10**12, "sample_size", "1000000000000"),
+    ("model.pretransform.scale", NAN, "model.pretransform.scale", "NaN"),
+    (f"{DIT}.num_heads", 3, "num_heads", "(3)"),
 ])
 def test_infill_with_a_bad_model_config_exits_2_with_one_line(tmp_path: Path, song: Path, monkeypatch, capsys,
-                                                             key_path: str, value: Any, message: str) -> None:
+                                                             key_path: str, value: Any, named: str,
+                                                             shown: str) -> None:
     folder = model_folder_with(tmp_path, key_path, value)
     before = snapshot(tmp_path)
     code, stderr = run_cli([*INFILL, song, "-o", tmp_path / "out.wav", "--model", folder], monkeypatch, capsys)
     assert code == 2, stderr
-    assert stderr.splitlines() == [f"error: {folder / 'model_config.json'}: {message}"]
+    [line] = stderr.splitlines()
+    assert line.startswith(f"error: {folder / 'model_config.json'}: ") and named in line and shown in line
     assert snapshot(tmp_path) == before
 
 
@@ -226,8 +227,8 @@ def test_the_installed_command_refuses_a_bad_config_in_one_line(tmp_path: Path, 
     result = subprocess.run([command, *INFILL, song, "-o", tmp_path / "out.wav", "--model", folder],
                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == [
-        f"error: {folder / 'model_config.json'}: sample_rate must be an integer from 8000 to 384000, not 0"]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {folder / 'model_config.json'}: ") and "sample_rate" in line
     assert snapshot(tmp_path) == before
 
 
@@ -241,5 +242,6 @@ def test_a_huge_seed_in_the_registry_exits_2_with_one_line(tmp_path: Path, song:
     code, stderr = run_cli([*INFILL, song, "-o", tmp_path / "out.wav", "--model", "noise"], monkeypatch, capsys)
     assert code == 2, stderr
     lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {registry}: model 'noise': 'seed' must be an integer")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {registry}: ")
+    assert "'noise'" in lines[0] and "'seed'" in lines[0] and "18446744073709551616" in lines[0]
     assert snapshot(tmp_path) == before

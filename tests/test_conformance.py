@@ -4,8 +4,8 @@ Always: our state-dict key names and shapes for Stable Audio Open 1.0 equal the 
 recorded in tests/data/sao_reference_keys.json (regenerate with
 `python bench/conformance.py keys --reference-python REFENV/bin/python`).
 
-With a reference environment (`bash ../shared/tools/reference-env.sh /tmp/refenv`, then
-`MUSICGUIDE_REFERENCE_PYTHON=/tmp/refenv/bin/python`): the full numerical comparison of
+With a reference environment (`bash ../shared/tools/reference-env.sh .refenv`, then
+`MUSICGUIDE_REFERENCE_PYTHON=.refenv/bin/python`): the full numerical comparison of
 bench/conformance.py, VAE and DiT outputs, and for rectified flow the sampler's time grid and a whole
 ping-pong run, within 1e-4 relative error in float32.
 """
@@ -47,7 +47,6 @@ def test_state_dict_keys_and_shapes_equal_the_reference() -> None:
     assert sorted(set(theirs) - set(ours))[:5] == [], "keys the reference has and we lack"
     assert sorted(set(ours) - set(theirs))[:5] == [], "keys we have and the reference lacks"
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}, "shape mismatches"
-    assert len(ours) == 745  # the published SAO 1.0 network: VAE + 24-layer DiT + 2 number conditioners
     assert REFERENCE_KEYS["reference"].startswith("stable-audio-tools 0.0.19")
 
 
@@ -64,7 +63,7 @@ def test_outputs_equal_the_reference_implementation(tmp_path: Path) -> None:
     reference_python = os.environ.get("MUSICGUIDE_REFERENCE_PYTHON")
     if not reference_python:
         pytest.skip("set MUSICGUIDE_REFERENCE_PYTHON to a stable-audio-tools environment's python "
-                    "(bash ../shared/tools/reference-env.sh /tmp/refenv) to compare with the reference")
+                    "(bash ../shared/tools/reference-env.sh .refenv) to compare with the reference")
     bench = load_bench_module()
     shims = Path(os.environ.get("MUSICGUIDE_REFERENCE_SHIMS", bench.DEFAULT_SHIMS))
     assert shims.is_dir(), f"reference shims not found at {shims} (set MUSICGUIDE_REFERENCE_SHIMS)"
@@ -72,7 +71,6 @@ def test_outputs_equal_the_reference_implementation(tmp_path: Path) -> None:
     print("\n" + bench.format_table(rows))
     expected = {(case, name) for case in bench.CASES
                 for name in COMPONENTS | (RF_COMPONENTS if case == "sao-small-rf" else set())}
-    assert {(case, name) for case, name, *_ in rows} == expected
-    assert len(rows) == len(expected)
+    assert sorted((case, name) for case, name, *_ in rows) == sorted(expected)  # each once
     failures = [(case, name, rel) for case, name, _, rel in rows if not rel <= bench.TOLERANCE]
     assert failures == []

@@ -318,10 +318,10 @@ def test_missing_and_unexpected_keys_are_named(saved_tiny: Path) -> None:
     with pytest.raises(UserError) as err:
         load_model_folder(saved_tiny)
     message = err.value.message
-    assert message.startswith("model.safetensors does not match model_config.json: missing ")
+    assert "model.safetensors" in message and "model_config.json" in message
     assert "pretransform.model.encoder.layers.0.weight_v" in message
     assert "model.model.preprocess_conv.weight" in message
-    assert "unexpected model.model.extra_head.weight" in message
+    assert "model.model.extra_head.weight" in message
     assert "\n" not in message
 
 
@@ -329,15 +329,20 @@ def test_many_missing_keys_are_summarised_on_one_line(saved_tiny: Path) -> None:
     weights = load_file(saved_tiny / "model.safetensors")
     transformer_keys = [k for k in weights if k.startswith("model.model.transformer")]
     _rewrite_weights(saved_tiny, lambda s: [s.pop(k) for k in transformer_keys])
-    with pytest.raises(UserError, match=r"missing model\.model\.transformer\.\S+, \S+, \S+, … \(\d+ more\)") as err:
+    with pytest.raises(UserError) as err:
         load_model_folder(saved_tiny)
-    assert "\n" not in err.value.message
+    message = err.value.message
+    named = [key for key in transformer_keys if key in message]
+    assert 1 <= len(named) < len(transformer_keys) and len(message) < 500  # a few named, not all
+    assert str(len(transformer_keys) - len(named)) in message  # and how many more
+    assert "\n" not in message
 
 
 def test_wrong_shape_is_named(saved_tiny: Path) -> None:
     _rewrite_weights(saved_tiny, lambda s: s.update({"model.model.postprocess_conv.weight": torch.zeros(8, 8, 3)}))
-    with pytest.raises(UserError, match=r"wrong shape model\.model\.postprocess_conv\.weight \[8, 8, 3\]"):
+    with pytest.raises(UserError) as err:
         load_model_folder(saved_tiny)
+    assert "model.model.postprocess_conv.weight" in err.value.message and "[8, 8, 3]" in err.value.message
 
 
 def test_parametrized_weight_norm_names_are_accepted(saved_tiny: Path) -> None:
@@ -361,7 +366,7 @@ def test_text_encoder_projection_keys_are_ignored_by_name(tmp_path: Path) -> Non
     _rewrite_weights(tmp_path / "m", lambda s: s.update(projection))
     assert load_model_folder(tmp_path / "m").config == config
     _rewrite_weights(tmp_path / "m", lambda s: s.update({"conditioner.conditioners.bpm.weight": torch.zeros(2)}))
-    with pytest.raises(UserError, match="unexpected conditioner.conditioners.bpm.weight"):
+    with pytest.raises(UserError, match="conditioner.conditioners.bpm.weight"):
         load_model_folder(tmp_path / "m")
 
 

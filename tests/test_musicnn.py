@@ -1,7 +1,9 @@
 """The PyTorch musicnn against the original TensorFlow package, and its differentiable front end.
 
 The reference numbers come from scripts/convert_musicnn.py, which ran the original graph on the
-shared clips (fed the float32 log-mel of torch-resampled audio; see its header).
+shared clips as the original loads them: librosa.load(path, sr=16000) (channel mean, soxr HQ),
+then the original's log-mel taken in float32 (see its header). Nothing of ours made them, so the
+port fed the 44.1 kHz files is checked end to end, its resampler included.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile
@@ -37,6 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "musicnn_reference.json").read_text())
 TOLERANCE = 1e-3  # max abs difference in probabilities that the issue asks for
+# Embedding entries are O(1) (batch-normed). From the 44.1 kHz file, the resamplers' difference
+# moves them by up to 1.9e-3 (the probabilities by 6e-4); a one-sample delay at 16 kHz moves them by
+# 7e-3 (the probabilities by 3.5e-3), a 1% gain error by 1.2e-2 (5e-3), soxr's quick mode by 0.4 (0.2).
+EMBEDDING_TOLERANCE = 4e-3
 needs_audio = pytest.mark.skipif(not AUDIO_DIR.is_dir(), reason=f"shared test audio not found at {AUDIO_DIR}")
 
 
@@ -60,6 +67,8 @@ def model_name(model: Musicnn) -> str:
 
 @needs_audio
 def test_port_reproduces_the_original_on_every_shared_clip(model: Musicnn) -> None:
+    """From the 44.1 kHz file: our resampler, STFT, mel, log and network against the original's
+    whole path (measured: at most 6e-4 on a patch, 3e-4 on the mean)."""
     reference = {stem: clip[model_name(model)] for stem, clip in FIXTURE["clips"].items()}
     assert len(reference) >= 6
     for stem, expected in reference.items():
@@ -71,24 +80,32 @@ def test_port_reproduces_the_original_on_every_shared_clip(model: Musicnn) -> No
         assert probs.shape == (FIXTURE["clips"][stem]["n_patches"], 50)
         assert np.abs(probs - np.array(expected["patch_probs"])).max() < TOLERANCE, stem
         assert np.abs(probs.mean(axis=0) - np.array(expected["mean_probs"])).max() < TOLERANCE, stem
-        # Embedding entries are O(1) (batch-normed); measured agreement is ~1e-5.
-        assert np.abs(embedding - np.array(expected["embedding"])).max() < TOLERANCE, stem
+        assert np.abs(embedding - np.array(expected["embedding"])).max() < EMBEDDING_TOLERANCE, stem
 
 
-@needs_audio
-def test_port_on_soxr_audio_reproduces_the_package_pipeline(model: Musicnn) -> None:
-    """librosa.load's route (channel mean, soxr HQ to 16 kHz) into the port at 16 kHz.
+@pytest.fixture(scope="module")
+def originals_16k() -> dict[str, np.ndarray]:
+    """Each shared clip as the original tagger loads it: librosa.load(path, sr=16000)."""
+    if not AUDIO_DIR.is_dir():
+        pytest.skip(f"shared test audio not found at {AUDIO_DIR}")
+    for stem in FIXTURE["clips"]:
+        read_clip(stem)  # the hash check
+    return {stem: librosa.load(AUDIO_DIR / f"{stem}.ogg", sr=SAMPLE_RATE)[0] for stem in FIXTURE["clips"]}
 
-    This is the package's own preprocessing minus the float16 cast, so it checks the port
-    end to end without our resampler; loyalists_20s is the clip where the resampler matters most.
-    """
-    stem = "loyalists_20s"
-    audio, sample_rate = read_clip(stem)
-    mono_16k = soxr.resample(audio.mean(axis=0), sample_rate, SAMPLE_RATE, quality="HQ")
-    with torch.no_grad():
-        probs = model.tag_probs(torch.from_numpy(mono_16k)[None, None], SAMPLE_RATE)[0].numpy()
-    expected = np.array(FIXTURE["clips"][stem][model_name(model)]["mean_probs_soxr"])
-    assert np.abs(probs.mean(axis=0) - expected).max() < TOLERANCE
+
+@pytest.mark.slow
+def test_port_on_the_originals_16k_audio_reproduces_the_original(model: Musicnn, originals_16k) -> None:
+    """The original's own 16 kHz audio into the port: the front end and the network alone, without
+    our resampler, agree far more closely than the end-to-end test allows (measured ~4e-6, ~8e-6)."""
+    for stem, mono_16k in originals_16k.items():
+        expected = FIXTURE["clips"][stem][model_name(model)]
+        with torch.no_grad():
+            output = model(torch.from_numpy(mono_16k)[None, None], SAMPLE_RATE)
+        probs = torch.sigmoid(output.logits)[0].numpy()
+        embedding = output.penultimate[0].mean(dim=0).numpy()
+        assert probs.shape == np.shape(expected["patch_probs"])
+        assert np.abs(probs - np.array(expected["patch_probs"])).max() < 5e-5, stem  # the fixture rounds to 1e-6
+        assert np.abs(embedding - np.array(expected["embedding"])).max() < 1e-4, stem
 
 
 def test_log_mel_matches_the_originals_on_a_probe_signal() -> None:

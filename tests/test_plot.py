@@ -151,8 +151,9 @@ def test_a_caller_with_its_own_temporary_file_can_draw_and_save(tmp_path):
 
 
 def test_a_folder_that_does_not_exist_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="cannot write .*song.png: the folder .*missing does not exist"):
+    with pytest.raises(UserError) as caught:
         plot_edit(tmp_path / "missing" / "song.png", None, tone_song(1.0), SR)
+    assert str(tmp_path / "missing") in str(caught.value)
 
 
 def test_without_matplotlib_plot_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path):
@@ -161,7 +162,8 @@ def test_without_matplotlib_plot_is_a_one_line_error_naming_the_extra(monkeypatc
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     with pytest.raises(UserError) as caught:
         require_matplotlib()
-    assert str(caught.value) == "--plot needs matplotlib, which is not installed (install the 'plot' extra: pip install -e '.[plot]')"
-    with pytest.raises(UserError, match="--plot needs matplotlib"):
+    message = str(caught.value)
+    assert "--plot" in message and "matplotlib" in message and "[plot]" in message and "\n" not in message
+    with pytest.raises(UserError, match="matplotlib"):
         plot_edit(tmp_path / "x.png", None, tone_song(1.0), SR)
     assert not (tmp_path / "x.png").exists()

@@ -41,6 +41,9 @@ except ImportError:  # huggingface_hub 1.x uses httpx, whose Request/Response AP
     import httpx as http_client
 
 SAO_REPO = "stabilityai/stable-audio-open-1.0"
+# Whatever checkpoints.toml pins (a branch until someone can reach the Hub, then a commit hash).
+SAO_REVISION = load_registry(DEFAULT_REGISTRY_PATH)["sao-1.0"].revision
+A_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +123,7 @@ def test_registry_path_can_be_overridden_by_environment(tmp_path: Path, monkeypa
 
 
 GOOD_HUB_ENTRY = (
-    '[models.m]\nsource = "hub"\nrepo = "org/m"\nrevision = "main"\n'
+    f'[models.m]\nsource = "hub"\nrepo = "org/m"\nrevision = "{A_COMMIT}"\n'
     'files = ["model_config.json", "model.safetensors"]\nlicense = "MIT"\ndescription = "d"\n'
 )
 
@@ -129,42 +132,45 @@ BUILTIN_ENTRY = '[models.m]\nsource = "builtin"\nseed = {seed}\nlicense = "MIT"\
 
 
 @pytest.mark.parametrize(
-    ("text", "expected_message"),
+    ("text", "key_phrases"),
     [
-        ("[models.m\n", "is not valid TOML"),
-        ("title = 'x'\n", "no [models"),
-        (GOOD_HUB_ENTRY.replace('repo = "org/m"\n', ""), "missing field 'repo'"),
-        (GOOD_HUB_ENTRY.replace('source = "hub"', 'source = "ftp"'), "'source' must be one of"),
-        (GOOD_HUB_ENTRY.replace('"org/m"', '"org-m"'), "'repo' must look like 'owner/name'"),
-        (GOOD_HUB_ENTRY + "sha265 = {}\n", "unknown field 'sha265'"),
-        (GOOD_HUB_ENTRY.replace('"model.safetensors"', '"model.ckpt"'), "must include 'model.safetensors'"),
-        (GOOD_HUB_ENTRY.replace('"model_config.json"', '"sub/model_config.json"'), "top of the repository"),
-        (GOOD_HUB_ENTRY + "gated = 'yes'\n", "'gated' must be true or false"),
-        (GOOD_HUB_ENTRY + "[models.m.sha256]\n'model.safetensors' = 'abc'\n", "64 hexadecimal digits"),
-        (GOOD_HUB_ENTRY + f"[models.m.sha256]\n'other.bin' = '{'0' * 64}'\n", "not in 'files'"),
-        (GOOD_HUB_ENTRY.replace('description = "d"', 'description = ""'), "'description' must be a non-empty"),
+        # Each message names the field at fault and, where there is one, the value it got.
+        ("[models.m\n", ["TOML"]),
+        ("title = 'x'\n", ["[models"]),
+        (GOOD_HUB_ENTRY.replace('repo = "org/m"\n', ""), ["'m'", "'repo'"]),
+        (GOOD_HUB_ENTRY.replace('source = "hub"', 'source = "ftp"'), ["'source'", "'ftp'"]),
+        (GOOD_HUB_ENTRY.replace('"org/m"', '"org-m"'), ["'repo'", "'org-m'"]),
+        (GOOD_HUB_ENTRY + "sha265 = {}\n", ["'sha265'"]),
+        (GOOD_HUB_ENTRY.replace('"model.safetensors"', '"model.ckpt"'), ["'files'", "'model.safetensors'"]),
+        (GOOD_HUB_ENTRY.replace('"model_config.json"', '"sub/model_config.json"'),
+         ["'files'", "sub/model_config.json"]),
+        (GOOD_HUB_ENTRY + "gated = 'yes'\n", ["'gated'"]),
+        (GOOD_HUB_ENTRY + "[models.m.sha256]\n'model.safetensors' = 'abc'\n", ["sha256", "'model.safetensors'"]),
+        (GOOD_HUB_ENTRY + f"[models.m.sha256]\n'other.bin' = '{'0' * 64}'\n", ["'sha256'", "'other.bin'"]),
+        (GOOD_HUB_ENTRY.replace('description = "d"', 'description = ""'), ["'description'"]),
         # Values a hostile or careless registry can hold: one line each, never an internal error.
-        (BUILTIN_ENTRY.format(seed=2**64), f"'seed' must be an integer from 0 to {2**64 - 1}"),
-        (BUILTIN_ENTRY.format(seed=-1), "'seed' must be an integer from 0 to"),
-        (BUILTIN_ENTRY.format(seed=1.5), "'seed' must be an integer from 0 to"),
-        (BUILTIN_ENTRY.format(seed='"7"'), "'seed' must be an integer from 0 to"),
-        (BUILTIN_ENTRY.format(seed="1" * 5000), "is not valid TOML: Exceeds the limit (4300 digits)"),
-        (BUILTIN_ENTRY.format(seed="[" * 50_000 + "]" * 50_000), "is not valid TOML"),
-        (GOOD_HUB_ENTRY.replace('"org/m"', '"org/m m"'), "'repo' is not a valid Hugging Face repository id"),
-        (GOOD_HUB_ENTRY.replace('"org/m"', '"org/m--x"'), "'repo' is not a valid Hugging Face repository id"),
-        (GOOD_HUB_ENTRY.replace('revision = "main"', 'revision = "ma in"'), "'revision' must be a commit hash"),
-        (GOOD_HUB_ENTRY.replace('"model.safetensors"]', '"model.safetensors", ".."]'), "top of the repository"),
-        (GOOD_HUB_ENTRY.replace('description = "d"', 'description = "two\\nlines"'), "'description' must be one line"),
-        (GOOD_HUB_ENTRY.replace("[models.m]", '[models."m\\n"]'), "model name 'm\\n' must be printable"),
+        (BUILTIN_ENTRY.format(seed=2**64), ["'seed'", str(2**64)]),
+        (BUILTIN_ENTRY.format(seed=-1), ["'seed'", "-1"]),
+        (BUILTIN_ENTRY.format(seed=1.5), ["'seed'", "1.5"]),
+        (BUILTIN_ENTRY.format(seed='"7"'), ["'seed'", "'7'"]),
+        (BUILTIN_ENTRY.format(seed="1" * 5000), ["TOML"]),
+        (BUILTIN_ENTRY.format(seed="[" * 50_000 + "]" * 50_000), ["TOML"]),
+        (GOOD_HUB_ENTRY.replace('"org/m"', '"org/m m"'), ["'repo'", "org/m m"]),
+        (GOOD_HUB_ENTRY.replace('"org/m"', '"org/m--x"'), ["'repo'", "org/m--x"]),
+        (GOOD_HUB_ENTRY.replace(f'revision = "{A_COMMIT}"', 'revision = "ma in"'), ["'revision'", "'ma in'"]),
+        (GOOD_HUB_ENTRY.replace('"model.safetensors"]', '"model.safetensors", ".."]'), ["'files'", "'..'"]),
+        (GOOD_HUB_ENTRY.replace('description = "d"', 'description = "two\\nlines"'), ["'description'"]),
+        (GOOD_HUB_ENTRY.replace("[models.m]", '[models."m\\n"]'), ["'m\\n'"]),
     ],
 )
 def test_invalid_registry_is_rejected_with_a_clear_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected_message: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key_phrases: list[str]
 ) -> None:
     path = write_registry(tmp_path, text, monkeypatch)
     with pytest.raises(UserError) as raised:
         load_registry()
-    assert expected_message in raised.value.message
+    for phrase in key_phrases:
+        assert phrase in raised.value.message
     assert str(path) in raised.value.message
     assert "\n" not in raised.value.message
 
@@ -177,22 +183,26 @@ def test_the_largest_builtin_seed_builds_the_model(tmp_path: Path, monkeypatch: 
 
 def test_a_registry_that_is_a_folder_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSICGUIDE_CHECKPOINTS", str(tmp_path))
-    with pytest.raises(UserError, match=re.escape(f"cannot read the model registry {tmp_path}: Is a directory")):
+    with pytest.raises(UserError) as raised:
         load_registry()
+    assert str(tmp_path) in raised.value.message and "\n" not in raised.value.message
 
 
 def test_model_argument_too_long_for_the_filesystem_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="cannot use --model 'aaa.*: File name too long") as raised:
+    with pytest.raises(UserError) as raised:
         resolve_model("a" * 300)
+    assert "--model" in raised.value.message and "a" * 20 in raised.value.message  # the name, shortened
     assert "\n" not in str(raised.value)
 
 
 def test_a_home_folder_that_does_not_exist_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(UserError, match="--model ~no-such-user-here/m: cannot find the home folder"):
+    with pytest.raises(UserError) as raised:
         resolve_model("~no-such-user-here/m")
+    assert "--model" in raised.value.message and "~no-such-user-here" in raised.value.message
     monkeypatch.setenv("MUSICGUIDE_CHECKPOINTS", "~no-such-user-here/checkpoints.toml")
-    with pytest.raises(UserError, match="MUSICGUIDE_CHECKPOINTS = ~no-such-user-here/checkpoints.toml: cannot find"):
+    with pytest.raises(UserError) as raised:
         load_registry()
+    assert "MUSICGUIDE_CHECKPOINTS" in raised.value.message and "~no-such-user-here" in raised.value.message
 
 
 def test_missing_registry_file_names_the_environment_variable(
@@ -213,7 +223,7 @@ def test_missing_registry_file_names_the_environment_variable(
 def test_unknown_name_lists_known_models_and_suggests_the_closest(typo: str, suggestion: str) -> None:
     with pytest.raises(UserError) as raised:
         resolve_model(typo)
-    assert raised.value.message == f"unknown model {typo!r}: not a registry name and not an existing folder"
+    assert repr(typo) in raised.value.message
     hint = raised.value.hint or ""
     assert f"did you mean {suggestion!r}" in hint
     assert "sao-1.0" in hint and "sao-small" in hint and "tiny-random" in hint
@@ -420,15 +430,14 @@ def test_hub_download_with_wrong_hash_names_the_file_and_both_digests(
     with pytest.raises(UserError) as raised:
         resolve_model("fake")
     config = snapshot / "model_config.json"
-    assert raised.value.message == (
-        f"sha256 mismatch for {config}: expected {wrong}, got {sha256_of(config)}"
-    )
+    message = raised.value.message
+    assert str(config) in message and wrong in message and sha256_of(config) in message
     assert "delete" in (raised.value.hint or "")
 
 
 def hub_http_error(status: int, error_code: str | None, filename: str = "model_config.json") -> Exception:
     """The exception huggingface_hub raises for a Hub response, produced by the library itself."""
-    url = f"https://huggingface.co/{SAO_REPO}/resolve/main/{filename}"
+    url = f"https://huggingface.co/{SAO_REPO}/resolve/{SAO_REVISION}/{filename}"
     headers = {"X-Error-Code": error_code} if error_code else {}
     response = http_client.Response(status, headers=headers, request=http_client.Request("HEAD", url))
     with pytest.raises(Exception) as raised:
@@ -447,59 +456,26 @@ def not_cached_because_of(cause: Exception) -> LocalEntryNotFoundError:
 
 
 @pytest.mark.parametrize(
-    ("make_error", "offline", "message", "hint_fragment"),
+    ("make_error", "offline", "key_phrases", "hint_fragment"),
     [
-        (
-            lambda: hub_http_error(401, "GatedRepo"),
-            False,
-            f"model 'sao-1.0' ({SAO_REPO}) is gated and this Hugging Face account has no access to it",
-            f"accept the licence at https://huggingface.co/{SAO_REPO} and set HF_TOKEN",
-        ),
-        (
-            lambda: hub_http_error(404, "RepoNotFound"),
-            False,
-            f"repository {SAO_REPO} was not found on the Hugging Face Hub",
-            "HF_TOKEN",
-        ),
-        (
-            lambda: hub_http_error(404, "RevisionNotFound"),
-            False,
-            f"revision 'main' was not found in {SAO_REPO}",
-            "'revision'",
-        ),
-        (
-            lambda: hub_http_error(404, "EntryNotFound"),
-            False,
-            f"file model_config.json does not exist in {SAO_REPO}@main",
-            "'files'",
-        ),
+        (lambda: hub_http_error(401, "GatedRepo"), False, ["'sao-1.0'", SAO_REPO, "gated"], "HF_TOKEN"),
+        (lambda: hub_http_error(404, "RepoNotFound"), False, [SAO_REPO, "not found"], "HF_TOKEN"),
+        (lambda: hub_http_error(404, "RevisionNotFound"), False, [repr(SAO_REVISION), SAO_REPO], "'revision'"),
+        (lambda: hub_http_error(404, "EntryNotFound"), False, ["model_config.json", SAO_REPO], "'files'"),
         (
             lambda: not_cached_because_of(http_client.ConnectError("[Errno -3] name resolution failed")),
             False,
-            f"cannot reach the Hugging Face Hub to download model_config.json of {SAO_REPO}@main,"
-            " and it is not cached",
+            ["model_config.json", SAO_REPO, "not cached"],
             f"hf download {SAO_REPO}",
         ),
-        (
-            lambda: http_client.ReadTimeout("read timed out"),
-            False,
-            f"cannot reach the Hugging Face Hub to download model_config.json of {SAO_REPO}@main,"
-            " and it is not cached",
-            "network connection",
-        ),
+        (lambda: http_client.ReadTimeout("read timed out"), False, ["model_config.json", "not cached"], "network"),
         (
             lambda: not_cached_because_of(OfflineModeIsEnabled("offline mode is enabled")),
             True,
-            f"HF_HUB_OFFLINE is set and model_config.json of {SAO_REPO}@main is not in the local"
-            " Hugging Face cache",
-            "unset HF_HUB_OFFLINE, or pre-download with `hf download",
+            ["HF_HUB_OFFLINE", "model_config.json"],
+            "hf download",
         ),
-        (
-            lambda: hub_http_error(503, None),
-            False,
-            f"the Hugging Face Hub refused to serve model_config.json of {SAO_REPO}@main (HTTP 503)",
-            "retry later",
-        ),
+        (lambda: hub_http_error(503, None), False, ["model_config.json", "503"], "retry"),
     ],
     ids=["gated", "repo", "revision", "entry", "no-network", "timeout", "offline", "server"],
 )
@@ -507,7 +483,7 @@ def test_hub_errors_become_one_line_user_errors(
     monkeypatch: pytest.MonkeyPatch,
     make_error: Callable[[], Exception],
     offline: bool,
-    message: str,
+    key_phrases: list[str],
     hint_fragment: str,
 ) -> None:
     error = make_error()
@@ -519,7 +495,8 @@ def test_hub_errors_become_one_line_user_errors(
     monkeypatch.setattr(registry, "hf_hub_download", failing_download)
     with pytest.raises(UserError) as raised:
         resolve_model("sao-1.0")
-    assert raised.value.message == message
+    for phrase in key_phrases:
+        assert phrase in raised.value.message
     assert hint_fragment in (raised.value.hint or "")
     assert "\n" not in str(raised.value)
     assert raised.value.__cause__ is error
@@ -535,11 +512,16 @@ def test_gated_error_is_not_mistaken_for_a_missing_repository() -> None:
 # models list
 
 
-def fake_hub_cache(cache: Path, repo: str, files: list[str], commit: str = "c0ffee" * 6 + "beef") -> None:
-    """The Hub cache layout: refs/main → commit, snapshots/<commit>/<file> (blobs are irrelevant here)."""
+def fake_hub_cache(cache: Path, repo: str, files: list[str], revision: str,
+                   commit: str = "c0ffee" * 6 + "beef") -> None:
+    """The Hub cache layout: refs/<branch> → commit, snapshots/<commit>/<file> (blobs are irrelevant
+    here). A revision that is already a commit hash is its own snapshot, with no ref."""
     repo_folder = cache / f"models--{repo.replace('/', '--')}"
     (repo_folder / "refs").mkdir(parents=True)
-    (repo_folder / "refs" / "main").write_text(commit)
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision
+    else:
+        (repo_folder / "refs" / revision).write_text(commit)
     snapshot = repo_folder / "snapshots" / commit
     snapshot.mkdir(parents=True)
     for filename in files:
@@ -547,14 +529,16 @@ def fake_hub_cache(cache: Path, repo: str, files: list[str], commit: str = "c0ff
 
 
 def test_models_list_reports_what_is_cached_without_the_network(isolated_hub: Path) -> None:
-    fake_hub_cache(isolated_hub, SAO_REPO, ["model_config.json", "model.safetensors"])
-    fake_hub_cache(isolated_hub, "stabilityai/stable-audio-open-small", ["model_config.json"])
+    entries = load_registry()
+    fake_hub_cache(isolated_hub, SAO_REPO, ["model_config.json", "model.safetensors"], SAO_REVISION)
+    small = entries["sao-small"]
+    fake_hub_cache(isolated_hub, small.repo, ["model_config.json"], small.revision)
     rows = {row.name: row for row in list_models()}
     assert rows["sao-1.0"].available is True
     assert rows["sao-small"].available is False
     assert rows["tiny-random"].available is True
     assert rows["sao-1.0"].location == SAO_REPO and rows["sao-1.0"].gated is True
-    assert rows["sao-1.0"].revision == "main" and rows["sao-1.0"].license
+    assert rows["sao-1.0"].revision == SAO_REVISION and rows["sao-1.0"].license
     assert rows["tiny-random"].source == "builtin" and rows["tiny-random"].revision is None
 
 

@@ -3,7 +3,6 @@
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from musicguide.splice import (
 )
 
 SR = 44100
-SHARED_AUDIO = Path("/work/shared/audio")
 
 
 def song(length: int, seed: int = 0) -> torch.Tensor:
@@ -217,11 +215,10 @@ def test_report_serialises_to_json():
     assert set(record["level_jump_db"]) == {"value", "reference_median", "reference_p95"}
 
 
-@pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason="real test music (/work/shared/audio) not on this machine")
-def test_real_music_random_positions_lie_within_the_reference_distribution():
+def test_real_music_random_positions_lie_within_the_reference_distribution(shared_audio):
     from musicguide.audio import load_audio
 
-    music, _ = load_audio(sorted(SHARED_AUDIO.glob("*.ogg"))[0])
+    music, _ = load_audio(sorted(shared_audio.glob("*.ogg"))[0])
     rng = random.Random(0)
     positions = [rng.randrange(SEAM_WINDOW, music.shape[1] - SEAM_WINDOW) for _ in range(60)]
     report = seam_report(music, SR, positions, reference=music)
@@ -232,7 +229,7 @@ def test_real_music_random_positions_lie_within_the_reference_distribution():
     assert abs(spectral[len(spectral) // 2] - reference.reference_median) < 0.25 * reference.reference_p95
 
     # ...while a hard cut to a different piece at the same place stands out.
-    other, _ = load_audio(sorted(SHARED_AUDIO.glob("*.ogg"))[-1])
+    other, _ = load_audio(sorted(shared_audio.glob("*.ogg"))[-1])
     cut = torch.cat([music[:, : 10 * SR], other[:, 10 * SR :]], dim=1)
     [seam] = seam_report(cut, SR, [10 * SR], reference=music)
     assert seam.flagged
