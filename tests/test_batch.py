@@ -43,6 +43,7 @@ def edit_jobs(song: Path, out: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow
 def test_batch_equals_the_single_commands_and_lists_failures(song_wav, tmp_path, monkeypatch, capsys):
     batch_out, single_out = tmp_path / "batch", tmp_path / "single"
     batch_out.mkdir(), single_out.mkdir()

@@ -304,6 +304,7 @@ def _expected_rows() -> dict[str, set[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_report_has_every_row_and_task_with_finite_numbers(run):
     report, _, calls = run
     assert {name: set(tasks) for name, tasks in report.rows.items()} == _expected_rows()
@@ -320,6 +321,7 @@ def test_report_has_every_row_and_task_with_finite_numbers(run):
     assert {c["file"] for c in report.clips} == {"one.wav", "two.flac"}
 
 
+@pytest.mark.slow
 def test_sanity_checks_hold(run):
     report, _, _ = run
     for task in ev.TASKS[:3]:
@@ -347,6 +349,7 @@ def _parse_table(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
     return header, {row[0]: row[1:] for row in body}
 
 
+@pytest.mark.slow
 def test_markdown_table_parses_and_matches_the_numbers(run):
     report, out, _ = run
     text = out.read_text()
@@ -367,6 +370,7 @@ def test_markdown_table_parses_and_matches_the_numbers(run):
         assert report.verdicts[task] in text
 
 
+@pytest.mark.slow
 def test_json_round_trips_with_every_number_and_the_settings(run):
     report, out, _ = run
     data = json.loads(out.with_suffix(".json").read_text())
@@ -381,13 +385,6 @@ def test_json_round_trips_with_every_number_and_the_settings(run):
 
 
 # ---- command line ------------------------------------------------------------------------------
-
-
-def test_evaluate_command_is_registered_with_its_options():
-    result = CliRunner().invoke(app, ["evaluate", "--help"])
-    assert result.exit_code == 0
-    for option in ("--model", "--out", "--steps", "--clips", "--seed", "--tracks", "--device", "--quiet", "--context"):
-        assert option in result.output
 
 
 def test_evaluate_command_refuses_bad_input_before_loading_anything(tmp_path):

@@ -270,10 +270,14 @@ def test_a_race_never_destroys_the_finished_output(song_wav, tmp_path):
     same = tmp_path / "same.wav"
     args = ["infill", song_wav, "--start", "1", "--end", "2", "-o", same, "--model", "tiny-random", "--device", "cpu",
             "--context", "2", "--quiet"]
-    slow = start([*args, "--steps", "150", "--seed", "1"])
+    slow = start([*args, "--steps", "20", "--seed", "1"])
     wait_for(lambda: partials(tmp_path))
+    slow.send_signal(signal.SIGSTOP)  # A has reserved its files and checked the name; it waits here
     fast = start([*args, "--steps", "2", "--seed", "2"])
-    assert fast.wait(120) == 0, fast.stderr.read()
+    try:
+        assert fast.wait(300) == 0, fast.stderr.read()
+    finally:
+        slow.send_signal(signal.SIGCONT)
     written = sha256(same)
     code = slow.wait(300)
     stderr = slow.stderr.read()

@@ -241,6 +241,7 @@ def test_encode_prompts_gives_the_tokens_cfg_takes(tiny_t5: Path, model) -> None
     assert text.encode_prompts(model, "solo piano", encoder_folder=tiny_t5)[1] is None
 
 
+@pytest.mark.slow
 def test_without_transformers_the_error_is_one_line_and_names_the_extra(monkeypatch: pytest.MonkeyPatch,
                                                                          tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError

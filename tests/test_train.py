@@ -536,6 +536,7 @@ def smoke_out(train_demo, corpus_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_demo_script_smoke_run_trains_evaluates_and_leaves_a_mergeable_model(smoke_out, tmp_path):
     out = smoke_out / "out"
     files = sorted(p.name for p in out.iterdir())
@@ -551,6 +552,7 @@ def test_demo_script_smoke_run_trains_evaluates_and_leaves_a_mergeable_model(smo
     assert load_model_folder(merged).config.sample_size == preset_config("tiny").sample_size
 
 
+@pytest.mark.slow
 def test_demo_script_keeps_new_weights_only_if_they_evaluate_better(train_demo, smoke_out, corpus_dir, tmp_path):
     out = tmp_path / "out"
     code = train_demo.main(["--preset", "tiny", "--init", str(smoke_out / "work" / "dit"), "--data", str(corpus_dir),
