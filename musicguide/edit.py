@@ -264,18 +264,10 @@ def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, gene
             callback: Callback | None, *, guidance: float = 0.0, t_max: float = 1.0, loss=None,
             consistency=None) -> tuple[Tensor, float | None]:
     """Run the settings' sampler on the model's own time grid; returns x0 and the last guidance loss."""
-    last: list[float | None] = [None]
-
-    def on_step(step: Step) -> None:
-        last[0] = step.loss
-        if callback is not None:
-            callback(step)
-
     extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    ts = sampling_times(schedule, settings.steps, t_max)
-    x0 = SAMPLERS[settings.sampler](denoiser, schedule, x_start, ts, loss=loss, guidance=step_size(guidance) if guidance else 0.0,
-                                    consistency=consistency, generator=generator, callback=on_step, **extra)
-    return x0, last[0]
+    return SAMPLERS[settings.sampler](denoiser, schedule, x_start, sampling_times(schedule, settings.steps, t_max),
+                                      loss=loss, guidance=step_size(guidance) if guidance else 0.0,
+                                      consistency=consistency, generator=generator, callback=callback, **extra)
 
 
 def _splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int) -> tuple[Tensor, list[int]]:

@@ -6,7 +6,8 @@
                                          the known frames are y noised to level s, carrying the
                                          same mix of old and fresh noise as the free frames
 
-Every sampler moves x_s by −ξ σ_t σ_s g per step (DDPM: −ξ g), downhill on d.
+Every sampler moves x_s by −ξ σ_t σ_s g per step (DDPM: −ξ g), downhill on d, and returns
+(x at the last time, d at the last guided step or None).
 No I/O, no model loading: the samplers see tensors and callables only.
 """
 
@@ -91,7 +92,8 @@ def predict(denoiser: Denoiser, schedule: Schedule, x: Tensor, t: Tensor, loss: 
 
 def guided_ddim(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *, loss: Loss | None = None,
                 guidance: StepSize = 0.0, eta: float = 0.0, consistency: PasteKnown | None = None,
-                generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None) -> Tensor:
+                generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None
+                ) -> tuple[Tensor, float | None]:
     """DDIM from ts[0] down to ts[-1], guided: ε̂ ← ε̂ − ξ σ_t g keeps x̂0 and moves x_s by −ξ σ_s σ_t g,
     downhill on d. eta = 0 is deterministic; eta = 1 is ancestral sampling."""
     return _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, callback,
@@ -100,7 +102,8 @@ def guided_ddim(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *
 
 def guided_pingpong(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *, loss: Loss | None = None,
                     guidance: StepSize = 0.0, consistency: PasteKnown | None = None,
-                    generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None) -> Tensor:
+                    generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None
+                    ) -> tuple[Tensor, float | None]:
     """Ping-pong sampling (stable-audio-tools' `sample_flow_pingpong`, for distilled few-step models
     such as Stable Audio Open Small): x_s = α_s x̂0 + σ_s z with fresh noise every step. Guided, it
     moves x_s by −ξ σ_s σ_t g like DDIM (ε̂ does not enter, so the move goes to x̂0 instead)."""
@@ -109,9 +112,9 @@ def guided_pingpong(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tenso
 
 
 def _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, callback, fresh_std,
-            guide_x0: bool = False) -> Tensor:
+            guide_x0: bool = False) -> tuple[Tensor, float | None]:
     """The DDIM family: x_s = α_s x̂0 + sqrt(σ_s² − c²) ε̂ + c z, with c = fresh_std(α_t, σ_t, α_s, σ_s)."""
-    use_loss = loss if guidance else None
+    use_loss, last = loss if guidance else None, None
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
         p = predict(denoiser, schedule, x, t, use_loss)
@@ -133,17 +136,19 @@ def _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, c
         if consistency is not None:
             mixed = _bcast(keep, x) * known_noise + (_bcast(c, x) * z if z is not None else 0)
             x = consistency.paste(x, s, mixed)
+        last = None if p.loss is None else float(p.loss)
         if callback is not None:
-            callback(Step(i, len(ts) - 1, float(t), x, p.x0, None if p.loss is None else float(p.loss)))
-    return x
+            callback(Step(i, len(ts) - 1, float(t), x, p.x0, last))
+    return x, last
 
 
 def guided_ddpm(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *, loss: Loss | None = None,
                 guidance: StepSize = 0.0, consistency: PasteKnown | None = None,
-                generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None) -> Tensor:
+                generator: torch.Generator | None = None, callback: Callable[[Step], None] | None = None
+                ) -> tuple[Tensor, float | None]:
     """Ancestral DDPM: x_s ~ q(x_s | x_t, x̂0), then x_s −= ξ g. With consistency the known frames
     are drawn from q(x_s | x_t, y), the exact posterior step of the forward process."""
-    use_loss = loss if guidance else None
+    use_loss, last = loss if guidance else None, None
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
         p = predict(denoiser, schedule, x, t, use_loss)
@@ -163,9 +168,10 @@ def guided_ddpm(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *
             # with weight a_ts s_s² / s_t = sqrt(σ_s² − std²): the same mix as a DDIM step with c = std
             mixed = _bcast(a_ts * s_s**2 / s_t, x) * known_noise + (_bcast(std, x) * z if s > 0 else 0)
             x = consistency.paste(x, s, mixed)
+        last = None if p.loss is None else float(p.loss)
         if callback is not None:
-            callback(Step(i, len(ts) - 1, float(t), x, p.x0, None if p.loss is None else float(p.loss)))
-    return x
+            callback(Step(i, len(ts) - 1, float(t), x, p.x0, last))
+    return x, last
 
 
 def _xi(guidance: StepSize, t: Tensor, s: Tensor) -> Tensor:

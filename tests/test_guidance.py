@@ -77,10 +77,10 @@ def _known_noise_trace(schedule, run):
 
 
 RUNS = {
-    "ddim": lambda *a, **k: guided_ddim(*a, **k),
-    "ddim_eta": lambda *a, **k: guided_ddim(*a, eta=0.5, generator=torch.Generator().manual_seed(1), **k),
-    "ddpm": lambda *a, **k: guided_ddpm(*a, generator=torch.Generator().manual_seed(1), **k),
-    "pingpong": lambda *a, **k: guided_pingpong(*a, generator=torch.Generator().manual_seed(1), **k),
+    "ddim": lambda *a, **k: guided_ddim(*a, **k)[0],
+    "ddim_eta": lambda *a, **k: guided_ddim(*a, eta=0.5, generator=torch.Generator().manual_seed(1), **k)[0],
+    "ddpm": lambda *a, **k: guided_ddpm(*a, generator=torch.Generator().manual_seed(1), **k)[0],
+    "pingpong": lambda *a, **k: guided_pingpong(*a, generator=torch.Generator().manual_seed(1), **k)[0],
 }
 
 

@@ -36,7 +36,7 @@ def noise(seed=1):
 
 
 def pingpong(x, ts, seed):
-    return guided_pingpong(GaussianDenoiser(), FLOW, x, ts, generator=torch.Generator().manual_seed(seed))
+    return guided_pingpong(GaussianDenoiser(), FLOW, x, ts, generator=torch.Generator().manual_seed(seed))[0]
 
 
 @pytest.mark.parametrize("t_max", [1.0, 0.7])
@@ -83,7 +83,7 @@ def test_guided_pingpong_moves_the_sample_toward_the_measurement():
     ts = rf_timesteps(8)
     misfit = []
     for xi in (0.0, 0.5, 1.0):
-        out = guided_pingpong(GaussianDenoiser(), FLOW, noise(), ts, loss=latent_loss(MASK, Y), guidance=xi,
+        out, _ = guided_pingpong(GaussianDenoiser(), FLOW, noise(), ts, loss=latent_loss(MASK, Y), guidance=xi,
                               generator=torch.Generator().manual_seed(7))
         assert torch.isfinite(out).all()
         misfit.append((MASK(out) - Y).abs().mean().item())
