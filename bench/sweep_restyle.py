@@ -25,6 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from musicguide import restyle as restyling
 from musicguide import edit, losses  # noqa: E402
 from musicguide.audio import load_audio, rms_db  # noqa: E402
 from musicguide.musicnn import load_musicnn  # noqa: E402
@@ -40,7 +41,7 @@ def restyle_once(model, net, song, tag: str, settings, keep: float, context_guid
     a, b = centre - round(REGION_SECONDS / 2 * sr), centre + round(REGION_SECONDS / 2 * sr)
     target = net.tag_index(tag)
     style = losses.tag_bce(net, [target], [], sr)
-    result = edit.restyle(model, song, a, b, settings, style_loss=style, structure=losses.log_mel_envelope(net, sr),
+    result = restyling.restyle(model, song, a, b, settings, style_loss=style, structure=losses.log_mel_envelope(net, sr),
                           keep=keep, context_guidance=context_guidance, strength=0.6, context=context)
     out = result.songs[0]
     with torch.no_grad():
@@ -81,8 +82,8 @@ def main() -> None:
           "seam level jump dB | flagged | s/run |")
     print("|---|---|---|---|---|---|---|---|")
     for value in [float(v) for v in args.values.split(",")]:
-        style = value if args.term == "style" else edit.DEFAULT_STYLE_GUIDANCE
-        keep = value if args.term == "keep" else edit.DEFAULT_KEEP
+        style = value if args.term == "style" else restyling.DEFAULT_STYLE_GUIDANCE
+        keep = value if args.term == "keep" else restyling.DEFAULT_KEEP
         xi_context = value if args.term == "context" else edit.DEFAULT_GUIDANCE["latent"]
         settings = edit.SamplerSettings(steps=args.steps, guidance=style, loss_space="audio", seed=0)
         started = time.perf_counter()

@@ -199,7 +199,7 @@ class Style:
 
 def restyle_chunk_count(model, sources, start_s: float, end_s: float | None) -> int:
     """How many sampling runs a restyle takes (for the progress bar)."""
-    from .edit import restyle_chunks
+    from .restyle import restyle_chunks
 
     sr = model.sample_rate
     end = sources[0].length if end_s is None else min(seconds_to_samples(end_s, sr), sources[0].length)
@@ -207,7 +207,8 @@ def restyle_chunk_count(model, sources, start_s: float, end_s: float | None) -> 
 
 
 def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | None) -> Callable:
-    from . import edit, losses
+    from . import losses
+    from . import restyle as restyling
     from .musicnn import load_musicnn
 
     for clip in style.like:
@@ -223,7 +224,7 @@ def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | No
         excerpt = song.read(s0, s1)
         check_not_silent(excerpt, f"{song.path} around the region")
         with begin() as callback:
-            result = edit.restyle_song(model, excerpt, start - s0, end - s0, settings, style_loss=style_loss,
+            result = restyling.restyle_song(model, excerpt, start - s0, end - s0, settings, style_loss=style_loss,
                                        structure=losses.log_mel_envelope(net, sr), keep=style.keep,
                                        strength=style.strength, match_level=style.match_level,
                                        variations=common.variations, context=_context_samples(common, sr), offset=s0,

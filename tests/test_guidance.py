@@ -13,7 +13,8 @@ import math
 import pytest
 import torch
 
-from musicguide import edit, losses, tasks
+from musicguide import restyle as restyling
+from musicguide import edit, tasks
 from musicguide.losses import latent_loss
 from musicguide.models import build_model, tiny_random_config
 from musicguide.registry import load_model
@@ -132,12 +133,12 @@ def test_restyle_context_term_has_its_own_step_size(tiny):
 
     def run(xi):
         settings = edit.SamplerSettings(steps=3, guidance=xi, seed=3)
-        return edit.restyle(tiny, song, round(1.0 * SR), round(3.0 * SR), settings, style_loss=style, keep=0.0,
+        return restyling.restyle(tiny, song, round(1.0 * SR), round(3.0 * SR), settings, style_loss=style, keep=0.0,
                             strength=0.7, context=round(0.5 * SR)).songs[0]
 
     assert torch.equal(run(1e-3), run(100.0))
     # ... while the context term does act: turning it off changes the result
-    off = edit.restyle(tiny, song, round(1.0 * SR), round(3.0 * SR), edit.SamplerSettings(steps=3, guidance=1.0, seed=3),
+    off = restyling.restyle(tiny, song, round(1.0 * SR), round(3.0 * SR), edit.SamplerSettings(steps=3, guidance=1.0, seed=3),
                        style_loss=style, keep=0.0, context_guidance=0.0, strength=0.7, context=round(0.5 * SR))
     assert not torch.equal(off.songs[0], run(1.0))
 

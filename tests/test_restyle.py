@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from musicguide import restyle as restyling
 from musicguide import edit, losses
 from musicguide.models import build_model, tiny_random_config
 from musicguide.musicnn import load_musicnn
@@ -25,7 +26,7 @@ def setup():
 
 def _restyle(model, song, style, guidance, net, keep=0.0, variations=1):
     settings = edit.SamplerSettings(steps=3, guidance=guidance, seed=3)
-    return edit.restyle(model, song, round(0.8 * SR), round(4.4 * SR), settings, style_loss=style,
+    return restyling.restyle(model, song, round(0.8 * SR), round(4.4 * SR), settings, style_loss=style,
                         structure=losses.log_mel_envelope(net, SR), keep=keep, strength=0.7, context=round(0.4 * SR),
                         variations=variations)
 
@@ -95,16 +96,16 @@ def test_restyle_matches_the_inputs_level_without_clipping(setup):
     region = slice(round(0.8 * SR), round(4.4 * SR))
     settings = edit.SamplerSettings(steps=2, guidance=1.0, seed=3)
     kwargs = dict(style_loss=style, strength=0.7, context=round(0.4 * SR))
-    matched = edit.restyle(model, song, region.start, region.stop, settings, **kwargs)
-    plain = edit.restyle(model, song, region.start, region.stop, settings, match_level=False, **kwargs)
+    matched = restyling.restyle(model, song, region.start, region.stop, settings, **kwargs)
+    plain = restyling.restyle(model, song, region.start, region.stop, settings, match_level=False, **kwargs)
     gain = matched.level_gain_db[0]
     assert plain.level_gain_db is None and gain != 0.0
     assert torch.allclose(matched.songs[0][:, region], plain.songs[0][:, region] * 10 ** (gain / 20), atol=1e-5)
     quiet = song * 0.3  # below tiny-random's noise: matching needs a cut of about 8 dB
-    matched = edit.restyle(model, quiet, region.start, region.stop, settings, **kwargs)
-    assert -edit.MAX_LEVEL_MATCH_DB < matched.level_gain_db[0] < 0
+    matched = restyling.restyle(model, quiet, region.start, region.stop, settings, **kwargs)
+    assert -restyling.MAX_LEVEL_MATCH_DB < matched.level_gain_db[0] < 0
     assert abs(rms_db(matched.songs[0][:, region]) - rms_db(quiet[:, region])) < 0.01
-    assert matched.songs[0][:, region].abs().max() <= edit.PEAK_CEILING + 1e-6
+    assert matched.songs[0][:, region].abs().max() <= restyling.PEAK_CEILING + 1e-6
     # a cut past the limit stops at it
-    assert edit.restyle(model, song * 0.05, region.start, region.stop, settings, **kwargs).level_gain_db == [
-        -edit.MAX_LEVEL_MATCH_DB]
+    assert restyling.restyle(model, song * 0.05, region.start, region.stop, settings, **kwargs).level_gain_db == [
+        -restyling.MAX_LEVEL_MATCH_DB]

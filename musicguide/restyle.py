@@ -1,0 +1,135 @@
+"""Restyle (the paper's embedding and classifier guidance): steer a region of any length toward
+a style, window by window, keeping its timing, its seams and its level."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import tasks
+from .edit import (DEFAULT_GUIDANCE, Callback, EditResult, SamplerSettings, Start, _check_region, _result, _splice_all,
+                   context_floor, plan_window, sample_window)
+from .errors import UserError
+from .losses import latent_loss
+from .splice import cut_window
+from .timespec import whole_frames
+
+# Restyle's terms: the style loss through decoder and tagger (its gradient is tiny), the latent L1
+# on the context frames (the same term as an infill's, so the same ξ), and --keep's log-mel
+# envelope distance (summed over mel bands and ~128 ms frames).
+DEFAULT_STYLE_GUIDANCE = 100.0
+DEFAULT_KEEP = 1.0
+
+
+def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *,
+            style_loss: Callable[[Tensor], Tensor], structure: Callable[[Tensor], Tensor] | None = None,
+            keep: float = DEFAULT_KEEP, context_guidance: float | None = None, strength: float = 0.6,
+            match_level: bool = True, variations: int = 1, context: int | None = None, offset: int = 0,
+            song_length: int | None = None, callback: Callback | None = None) -> EditResult:
+    """Steer song[:, start:end] toward a style (paper's Table 2, embedding/classifier guidance).
+
+    SDEdit start: the window's latents noised to t = `strength`, so the result keeps the input's
+    timing. Each guidance term has its own step size, because their gradients differ by orders of
+    magnitude: ξ_style · style_loss(audio) on the restyled region's decoded audio (ξ_style is
+    `settings.guidance`), + keep · |structure(audio) − structure(input)|₁ (summed), + ξ_context ·
+    the latent L1 on the context frames, which keeps the seams in place (an infill's latent ξ).
+
+    With `match_level`, each decoded window gets one gain (at most ±MAX_LEVEL_MATCH_DB) that gives
+    the restyled region the input's RMS level there: a restyle changes the style, not the mix
+    level, and a VAE that loses level on its round trip (the demo's loses ~4 dB) would otherwise
+    make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
+    songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
+    _check_region(songs[0], start, end, model.sample_rate)
+    tasks.check_strength(strength)
+    if not keep >= 0 or not math.isfinite(keep):
+        raise UserError(f"--keep must be a finite number >= 0, got {keep}")
+    xi_context = DEFAULT_GUIDANCE["latent"] if context_guidance is None else context_guidance
+    sr, hop = model.sample_rate, model.downsampling_ratio
+    length = songs.shape[-1]
+    window = plan_window(length, start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
+    a, b = window.edit_start - window.at, window.edit_end - window.at
+
+    def composite(problem: tasks.EditProblem, audio: Tensor, x_bar: Tensor):
+        target = None if structure is None or not keep else structure(audio[..., a:b]).detach()
+        context_loss = latent_loss(problem.mask, problem.y, settings.distance) if problem.mask.n_known else None
+
+        def loss(x0: Tensor) -> Tensor:
+            region = model.decode(x0)[..., a:b]
+            total = settings.guidance * style_loss(region)
+            if target is not None:
+                total = total + keep * (structure(region) - target).abs().sum()
+            if context_loss is not None:
+                total = total + xi_context * context_loss(x0)
+            return total
+
+        return loss, 1.0  # the step sizes live inside the loss (still scaled by step width)
+
+    total = length if song_length is None else song_length
+    decoded, last_loss = sample_window(model, songs, window, settings, start=Start("sdedit", strength), loss=composite,
+                                       seconds_total=total / sr, offset=offset, callback=callback)
+    original = torch.stack([cut_window(song, window.at, window.length) for song in songs]).float()
+    gains = None
+    if match_level:
+        decoded, gains = _match_level(decoded, original, a, b)
+    edited, seams = _splice_all(songs, decoded, window, sr)
+    result = _result(edited, [window], seams, songs[0], sr, last_loss)
+    result.level_gain_db = gains
+    return result
+
+
+def restyle_chunks(model, samples: int) -> list[int]:
+    """Where a restyle of `samples` samples is cut into windows: one window when it fits with
+    context around it, else equal parts of at most half the model's window."""
+    hop = model.downsampling_ratio
+    window = model.max_frames * hop
+    if samples <= window - 2 * context_floor(model) - 2 * hop:
+        return [0, samples]
+    count = whole_frames(samples, window // 2)
+    return [round(k * samples / count) for k in range(count + 1)]
+
+
+def restyle_song(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, variations: int = 1,
+                 callback: Callback | None = None, **kwargs) -> EditResult:
+    """Restyle song[:, start:end] of any length. Past one model window it goes in windows of at
+    most half the model's window, in order, each with its own seed. Each window's left context is
+    the restyled audio before it: the context term and the pasted known frames make it continue
+    that audio, as a continuation does, so that the style carries across windows and no seam
+    opens between them. `level_gain_db` holds the mean gain over the windows, per variation."""
+    cuts = [start + c for c in restyle_chunks(model, end - start)]
+    songs = song[None].expand(variations, -1, -1)
+    windows, positions, gains, loss = [], set(), [], None
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        part = restyle(model, songs, a, b, replace(settings, seed=settings.seed + k), variations=variations,
+                       callback=callback, **kwargs)
+        songs = torch.stack(part.songs)
+        windows += part.windows
+        # a window's end seam lies inside the next window's new audio, unless it is the last window
+        last = k == len(cuts) - 2
+        positions |= {seam.position for seam in part.seams[0] if last or seam.position < (a + b) // 2}
+        gains.append(part.level_gain_db)
+        loss = part.guidance_loss
+    result = _result(songs, windows, sorted(positions), song, model.sample_rate, loss)
+    if all(gains):
+        result.level_gain_db = [sum(g[i] for g in gains) / len(gains) for i in range(variations)]
+    return result
+
+
+MAX_LEVEL_MATCH_DB = 12.0
+PEAK_CEILING = 0.99  # a level match never lifts the region past this peak
+
+
+def _match_level(decoded: Tensor, original: Tensor, a: int, b: int) -> tuple[Tensor, list[float]]:
+    """Scale each decoded window [B, channels, n] so that its [a, b) has the original's RMS there,
+    never by more than ±MAX_LEVEL_MATCH_DB and never so far that the region would clip."""
+    def rms(x: Tensor) -> Tensor:
+        return x[..., a:b].double().square().mean(dim=(1, 2)).sqrt()
+
+    ratio = rms(original) / rms(decoded).clamp(min=1e-9)
+    headroom = PEAK_CEILING / decoded[..., a:b].double().abs().amax(dim=(1, 2)).clamp(min=1e-9)
+    gain_db = (20 * torch.minimum(ratio, headroom).clamp(min=1e-9).log10()).clamp(-MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB)
+    gain = 10 ** (gain_db / 20)
+    return decoded * gain.to(decoded.dtype)[:, None, None], [float(g) for g in gain_db]
