@@ -29,7 +29,7 @@ from musicguide.evaluate.metrics import mel_distance  # noqa: E402
 def infill(song: Path, out: Path, args, precision: str) -> np.ndarray:
     code = cli.app(["infill", str(song), "--start", str(args.start), "--end", str(args.end), "-o", str(out), "--quiet",
                     "--model", args.model, "--device", args.device, "--precision", precision, "--steps", str(args.steps),
-                    "--seed", "1", "--loss-space", args.loss_space], standalone_mode=False)
+                    "--seed", "1", "--loss-space", args.loss_space, "--context", str(args.context)], standalone_mode=False)
     if code not in (None, 0):
         raise SystemExit(f"{precision}: infill failed ({code})")
     audio, rate = sf.read(out, dtype="float32", always_2d=True)
@@ -45,12 +45,13 @@ def main() -> None:
     parser.add_argument("--start", type=float, default=8.0)
     parser.add_argument("--end", type=float, default=11.0)
     parser.add_argument("--loss-space", default="latent")
+    parser.add_argument("--context", type=float, default=3.0, help="seconds of context each side")
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp16"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         reference = infill(args.song, Path(folder) / "fp32.wav", args, "fp32")
         print(f"{args.model} on {args.device}, {args.steps} steps, infill {args.start:g}–{args.end:g} s of "
-              f"{args.song.name}, --loss-space {args.loss_space}, seed 1")
+              f"{args.song.name}, --context {args.context:g}, --loss-space {args.loss_space}, seed 1")
         print("| precision | SNR of the edit vs fp32 | MR vs fp32 | finite |")
         print("|---|---|---|---|")
         for precision in args.precisions:
