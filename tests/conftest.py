@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -42,3 +44,17 @@ def shared_audio() -> Path:
     if not SHARED_AUDIO.is_dir():
         pytest.skip(f"the shared test music is not at {SHARED_AUDIO} (it lies beside the repository)")
     return SHARED_AUDIO
+
+
+def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run `musicguide ARGS` in this process, through the console entry point: (status, stdout, stderr)."""
+    from musicguide import cli
+
+    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -12,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from musicguide import cli, runner
+from musicguide import runner
+from conftest import run_cli
 
 FAST = ["--steps", "2", "--context", "2"]
 OWN = ["--model", "tiny-random", "--device", "cpu"]
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_jobs(path: Path, jobs: list[list[str]]) -> Path:

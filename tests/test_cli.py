@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +10,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicguide import cli
 from musicguide.splice import DEFAULT_FADE_SECONDS
 
 from conftest import synth_song
+from conftest import run_cli
 
 FAST = ["--steps", "3", "--context", "2", "--quiet", "--seed", "7", "--model", "tiny-random", "--device", "cpu"]
 SR = 44100
 FADE = round(DEFAULT_FADE_SECONDS * SR)
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def read_ints(path: Path) -> np.ndarray:

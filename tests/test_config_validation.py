@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from musicguide import cli
 from musicguide.errors import UserError
 from musicguide.models import ModelConfig, tiny_random_config
 from musicguide.train import PRESETS, preset_config
 
 from conftest import synth_song
+from conftest import run_cli as run_cli_full
 
 REPO = Path(__file__).resolve().parents[1]
 SAO_CONFIG = json.loads((REPO / "tests" / "data" / "sao_reference_keys.json").read_text())["config"]
@@ -168,15 +168,9 @@ def test_published_shipped_and_preset_configs_still_load() -> None:
 # ---- through the CLI: exit 2, one line, nothing written
 
 
-def run_cli(args: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """As tests/test_cli.py runs the CLI: in process, through the console entry point."""
-    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
+    code, _, err = run_cli_full(args, monkeypatch, capsys)
+    return code, err
 
 
 def model_folder_with(tmp_path: Path, key_path: str, value: Any) -> Path:

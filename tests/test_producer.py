@@ -5,31 +5,21 @@ times, lengths, untouched audio, sidecars and files, not how the music sounds.""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from musicguide import cli
 
 from conftest import synth_song
+from conftest import run_cli
 from test_beats import click_track
 
 SR = 44100
 FAST = ["--steps", "2", "--quiet", "--seed", "3", "--model", "tiny-random", "--device", "cpu"]
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -16,29 +16,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
-from musicguide import atomic, cli
+from musicguide import atomic
 from musicguide.errors import UserError
 
 from conftest import synth_song
+from conftest import run_cli
 
 SR = 44100
 FAST = ["--steps", "3", "--context", "2", "--quiet", "--seed", "7", "--model", "tiny-random", "--device", "cpu"]
 MUSICGUIDE = [sys.executable, "-m", "musicguide"]
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(code: int, stderr: str, expected: str, status: int = 2) -> None:

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from musicguide import cli
+from conftest import run_cli as run_cli_full
 from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
 from musicguide.models.folder import merge_parts, split_weights
@@ -435,14 +435,9 @@ def test_a_manifest_gives_the_split_and_where_each_excerpt_sits(corpus_dir):
 
 # --- Bad settings: exit 2, one line, nothing written ---------------------------------------------
 
-def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["musicguide", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
+    code, _, err = run_cli_full(args, monkeypatch, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize("stage", ["vae", "dit"])
