@@ -12,8 +12,6 @@ one-line `UserError` with a hint; the Hub's own exceptions are translated here, 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,22 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-    validate_repo_id,
-)
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from musicguide.atomic import write_text_atomically
 from musicguide.errors import UserError
+from musicguide.hub import download_hub_files, verify_sha256
 from musicguide.models import LatentDiffusion, build_model, load_model_folder, tiny_random_config
 from musicguide.models.folder import CONFIG_FILE, WEIGHTS_FILE
 
@@ -51,7 +38,6 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints.toml"
 REGISTRY_ENV = "MUSICGUIDE_CHECKPOINTS"
-CACHE_ENV = "MUSICGUIDE_CACHE_DIR"
 
 _COMMON_FIELDS = {"source", "description", "license", "gated"}
 _FIELDS_BY_SOURCE: dict[str, tuple[set[str], set[str]]] = {
@@ -60,7 +46,6 @@ _FIELDS_BY_SOURCE: dict[str, tuple[set[str], set[str]]] = {
     "local": ({"path"}, {"files", "sha256"}),
     "builtin": ({"seed"}, set()),
 }
-_HASH_CHUNK_BYTES = 16 * 1024 * 1024
 _REGISTRY_HINT = "see the comment at the top of checkpoints.toml for the fields each source needs"
 # A registry is a few kilobytes; anything much larger is not one, and is not read into memory.
 _MAX_REGISTRY_BYTES = 1 << 20
@@ -302,7 +287,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = N
     elif entry.source == "local":
         folder = _checked_local_folder(entry)
     else:
-        folder = _download_hub_files(entry, token)
+        folder = download_hub_files(entry, token)
     return ResolvedModel(
         name=entry.name, kind=entry.source, folder=folder, repo=entry.repo, revision=entry.revision,
         description=entry.description, seed=entry.seed,
@@ -381,63 +366,6 @@ def _available_offline(entry: CheckpointEntry) -> bool:
     return True
 
 
-def verify_sha256(path: Path, expected: str, *, hint: str | None = None) -> None:
-    """Check a file against its pinned digest, remembering a pass so multi-GB weights hash once.
-
-    The pass is recorded in the musicguide cache as the file's resolved path, size and mtime: the
-    Hub cache never rewrites a blob in place, so a changed file shows up as a changed stamp.
-    """
-    blob = path.resolve()
-    try:
-        stat = blob.stat()
-    except FileNotFoundError:
-        raise UserError(f"cannot check the sha256 of {path}: the file does not exist") from None
-    stamp = {"path": str(blob), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    marker = _cache_dir() / "verified" / f"{expected}.json"
-    if _read_marker(marker) == stamp:
-        return
-    actual = _sha256_of(blob)
-    if actual != expected:
-        raise UserError(
-            f"sha256 mismatch for {path}: expected {expected}, got {actual}",
-            hint=hint or f"the download is corrupt or was replaced; delete {blob} and run again to fetch it afresh",
-        )
-    _write_marker(marker, stamp)
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _cache_dir() -> Path:
-    """musicguide's own cache (only verification stamps live here; weights stay in the Hub cache)."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    xdg_cache = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg_cache) if xdg_cache else Path.home() / ".cache") / "musicguide"
-
-
-def _read_marker(marker: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_marker(marker: Path, stamp: dict[str, Any]) -> None:
-    # An unwritable cache only costs a re-hash next time, so it must not fail a load that succeeded.
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(marker, json.dumps(stamp))
-    except OSError:
-        return
-
-
 def _looks_like_path(argument: str) -> bool:
     """Registry names are bare words; anything with a separator or a leading dot/tilde is a path."""
     return (
@@ -474,97 +402,3 @@ def _checked_local_folder(entry: CheckpointEntry) -> Path:
             hint=f"restore {entry.path / filename} from the repository (e.g. `git lfs pull`)",
         )
     return entry.path
-
-
-def _download_hub_files(entry: CheckpointEntry, token: str | None) -> Path:
-    """Fetch (or find in the Hub cache) every listed file, check listed hashes, return their folder."""
-    assert entry.repo is not None and entry.revision is not None
-    paths = {filename: _download_hub_file(entry, filename, token) for filename in entry.files}
-    for filename, expected in entry.sha256.items():
-        verify_sha256(paths[filename], expected)
-    return paths[CONFIG_FILE].parent
-
-
-def _download_hub_file(entry: CheckpointEntry, filename: str, token: str | None) -> Path:
-    assert entry.repo is not None and entry.revision is not None
-    try:
-        return Path(
-            hf_hub_download(repo_id=entry.repo, filename=filename, revision=entry.revision, token=token)
-        )
-    except (HfHubHTTPError, EntryNotFoundError, *_NETWORK_ERRORS) as error:
-        raise _hub_user_error(error, entry, filename) from error
-
-
-def _hub_user_error(error: BaseException, entry: CheckpointEntry, filename: str) -> UserError:
-    """Map huggingface_hub's exceptions to one-line messages.
-
-    Order matters: GatedRepoError subclasses RepositoryNotFoundError, and LocalEntryNotFoundError
-    (not cached + no network or offline mode) subclasses EntryNotFoundError (missing in the repo).
-    """
-    repo, revision = entry.repo, entry.revision
-    where = f"{repo}@{revision}"
-    download_command = (
-        f"`hf download {repo} {' '.join(entry.files)} --revision {revision}`"
-        " or, with older huggingface_hub, `huggingface-cli download …` and the same arguments"
-    )
-    if isinstance(error, GatedRepoError):
-        return UserError(
-            f"model {entry.name!r} ({repo}) is gated and this Hugging Face account has no access to it",
-            hint=f"accept the licence at https://huggingface.co/{repo} and set HF_TOKEN",
-        )
-    if isinstance(error, RepositoryNotFoundError):
-        return UserError(
-            f"repository {repo} was not found on the Hugging Face Hub",
-            hint="check 'repo' in checkpoints.toml; if the repository is private, set HF_TOKEN",
-        )
-    if isinstance(error, RevisionNotFoundError):
-        return UserError(
-            f"revision {revision!r} was not found in {repo}",
-            hint="check 'revision' in checkpoints.toml (a commit hash or branch that exists)",
-        )
-    if isinstance(error, (LocalEntryNotFoundError, *_NETWORK_ERRORS)):
-        offline = hub_constants.HF_HUB_OFFLINE or any(
-            isinstance(reason, OfflineModeIsEnabled) for reason in (error, error.__cause__)
-        )
-        if offline:
-            return UserError(
-                f"HF_HUB_OFFLINE is set and {filename} of {where} is not in the local Hugging Face cache",
-                hint=f"unset HF_HUB_OFFLINE, or pre-download with {download_command}",
-            )
-        return UserError(
-            f"cannot reach the Hugging Face Hub to download {filename} of {where}, and it is not cached",
-            hint=f"check the network connection, or download on a connected machine with {download_command}",
-        )
-    if isinstance(error, EntryNotFoundError):
-        return UserError(
-            f"file {filename} does not exist in {where}",
-            hint="check 'files' and 'revision' in checkpoints.toml",
-        )
-    status = getattr(getattr(error, "response", None), "status_code", "?")
-    return UserError(
-        f"the Hugging Face Hub refused to serve {filename} of {where} (HTTP {status})",
-        hint="retry later; if it persists, check HF_TOKEN and the repository page",
-    )
-
-
-def _network_error_types() -> tuple[type[BaseException], ...]:
-    """Transport errors of the HTTP client this huggingface_hub version uses.
-
-    hf_hub_download turns a failed metadata request into LocalEntryNotFoundError, but a connection
-    lost mid-download surfaces raw from the client: requests before huggingface_hub 1.0, httpx in
-    1.x, httpx2 after. The client in use was imported along with hf_hub_download, so looking in
-    sys.modules finds it without importing the others.
-    """
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module_name, class_names in (
-        ("httpx2", ("TransportError",)),
-        ("httpx", ("TransportError",)),
-        ("requests", ("ConnectionError", "Timeout")),
-    ):
-        module = sys.modules.get(module_name)
-        if module is not None:
-            found.extend(getattr(module, class_name) for class_name in class_names)
-    return tuple(found)
-
-
-_NETWORK_ERRORS = _network_error_types()

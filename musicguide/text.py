@@ -172,14 +172,14 @@ def download_text_encoder(t5_model_name: str, *, token: str | None = None,
                           registry_path: str | os.PathLike[str] | None = None) -> Path:
     """The folder of the pinned encoder in the Hugging Face cache: downloaded if needed, hashes checked.
 
-    Goes through the registry's own download and its translation of the Hub's errors (gated, no
-    network, HF_HUB_OFFLINE and not cached, missing file or revision) into one-line UserErrors."""
-    from musicguide import registry
+    Goes through the models' own download (`musicguide.hub`) and its translation of the Hub's errors
+    (gated, no network, HF_HUB_OFFLINE and not cached, missing file or revision) into one-line UserErrors."""
+    from musicguide import hub
 
     entry = text_encoder_entry(t5_model_name, registry_path)
-    paths = {filename: registry._download_hub_file(entry, filename, token) for filename in entry.files}
+    paths = {filename: hub.download_hub_file(entry, filename, token) for filename in entry.files}
     for filename, expected in entry.sha256.items():
-        registry.verify_sha256(paths[filename], expected)
+        hub.verify_sha256(paths[filename], expected)
     return paths["config.json"].parent
 
 

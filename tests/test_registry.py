@@ -23,7 +23,7 @@ from huggingface_hub.utils import (
     hf_raise_for_status,
 )
 
-from musicguide import registry
+from musicguide import hub
 from musicguide.errors import UserError
 from musicguide.models import build_model, save_model_folder, tiny_random_config
 from musicguide.registry import (
@@ -61,7 +61,7 @@ def isolated_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def unexpected_download(**kwargs: Any) -> str:
         raise AssertionError(f"test tried to download {kwargs}")
 
-    monkeypatch.setattr(registry, "hf_hub_download", unexpected_download)
+    monkeypatch.setattr(hub, "hf_hub_download", unexpected_download)
     return hub_cache
 
 
@@ -362,13 +362,13 @@ def test_hash_check_is_remembered_until_the_file_changes(tmp_path: Path, monkeyp
     verify_sha256(weights, digest)
 
     hashed: list[Path] = []
-    real_hash = registry._sha256_of
+    real_hash = hub._sha256_of
 
     def counting_hash(path: Path) -> str:
         hashed.append(path)
         return real_hash(path)
 
-    monkeypatch.setattr(registry, "_sha256_of", counting_hash)
+    monkeypatch.setattr(hub, "_sha256_of", counting_hash)
     verify_sha256(weights, digest)
     assert hashed == []
 
@@ -407,7 +407,7 @@ def test_hub_model_downloads_every_file_with_pinned_revision_and_token(
     expected = save_tiny_model(snapshot, seed=2)
     hub_registry(tmp_path, monkeypatch, {"model.safetensors": sha256_of(snapshot / "model.safetensors")})
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(registry, "hf_hub_download", serve_from(snapshot, calls))
+    monkeypatch.setattr(hub, "hf_hub_download", serve_from(snapshot, calls))
 
     model, resolved = load_model("fake", token="hf_secret")
     assert resolved.kind == "hub" and resolved.folder == snapshot
@@ -426,7 +426,7 @@ def test_hub_download_with_wrong_hash_names_the_file_and_both_digests(
     save_tiny_model(snapshot)
     wrong = "ab" * 32
     hub_registry(tmp_path, monkeypatch, {"model_config.json": wrong})
-    monkeypatch.setattr(registry, "hf_hub_download", serve_from(snapshot, []))
+    monkeypatch.setattr(hub, "hf_hub_download", serve_from(snapshot, []))
     with pytest.raises(UserError) as raised:
         resolve_model("fake")
     config = snapshot / "model_config.json"
@@ -492,7 +492,7 @@ def test_hub_errors_become_one_line_user_errors(
     def failing_download(**kwargs: Any) -> str:
         raise error
 
-    monkeypatch.setattr(registry, "hf_hub_download", failing_download)
+    monkeypatch.setattr(hub, "hf_hub_download", failing_download)
     with pytest.raises(UserError) as raised:
         resolve_model("sao-1.0")
     for phrase in key_phrases:
@@ -504,8 +504,8 @@ def test_hub_errors_become_one_line_user_errors(
 
 def test_gated_error_is_not_mistaken_for_a_missing_repository() -> None:
     error = hub_http_error(403, "GatedRepo")
-    assert isinstance(error, registry.RepositoryNotFoundError)
-    user_error = registry._hub_user_error(error, load_registry()["sao-1.0"], "model.safetensors")
+    assert isinstance(error, hub.RepositoryNotFoundError)
+    user_error = hub._hub_user_error(error, load_registry()["sao-1.0"], "model.safetensors")
     assert "is gated" in user_error.message
 
 

@@ -24,7 +24,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors.torch import save_file
 
-from musicguide import registry, text
+from musicguide import hub, registry, text
 from musicguide.errors import UserError
 from musicguide.models import ModelConfig, build_model, tiny_random_config
 from musicguide.text import TextEncoder, cfg_denoiser, load_proj_out, require_transformers, text_encoder_entry
@@ -299,7 +299,7 @@ def test_hub_failures_are_one_line_user_errors(tmp_path: Path, monkeypatch: pyte
         error.__cause__ = cause
         raise error
 
-    monkeypatch.setattr(registry, "hf_hub_download", failing_download)
+    monkeypatch.setattr(hub, "hf_hub_download", failing_download)
     with pytest.raises(UserError) as raised:
         text.download_text_encoder("t5-base", registry_path=path)
     assert phrase in raised.value.message and "google-t5/t5-base" in raised.value.message
@@ -313,7 +313,7 @@ def test_downloads_are_checked_against_their_digests(tmp_path: Path, monkeypatch
         (snapshot / name).write_text(name)
     path = tmp_path / "checkpoints.toml"
     path.write_text(T5_ENTRY + '\n[text_encoders."t5-base".sha256]\n"config.json" = "' + "0" * 64 + '"\n')
-    monkeypatch.setattr(registry, "hf_hub_download", lambda **kwargs: str(snapshot / kwargs["filename"]))
+    monkeypatch.setattr(hub, "hf_hub_download", lambda **kwargs: str(snapshot / kwargs["filename"]))
     with pytest.raises(UserError, match="sha256 mismatch for .*config.json"):
         text.download_text_encoder("t5-base", registry_path=path)
     import hashlib
