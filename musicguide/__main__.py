@@ -8,7 +8,6 @@ removed (SIGTERM from kill, timeout or docker stop included)."""
 
 import os
 import signal
-import sys
 
 
 def _exit_now(signum, frame):

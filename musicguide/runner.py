@@ -301,7 +301,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
 def write_outputs(outputs, paths: list[Path], edited: Edited, context: dict) -> Run:
     """Every output and its sidecar into their reserved temporary files (nothing published yet)."""
     from .atomic import check_free_space
-    from .audio import DEFAULT_SUBTYPE, PCM_BITS, output_subtype, write_song
+    from .writing import DEFAULT_SUBTYPE, PCM_BITS, output_subtype, write_song
 
     common, model, sources = context["common"], context["model"], context["sources"]
     input_subtype = sources[0].info.subtype if sources else None
@@ -338,7 +338,7 @@ def _picture(temporary: Path, edited: Edited, i: int, sample_rate: int, path: Pa
 
 
 def _piece_length(piece) -> int:
-    from .audio import _piece_length as length
+    from .writing import _piece_length as length
 
     return length(piece)
 

@@ -8,14 +8,8 @@ import soundfile as sf
 import torch
 
 from musicguide import audio as audio_module
-from musicguide.audio import (
-    check_not_silent,
-    load_audio,
-    output_subtype,
-    resample,
-    same_file,
-    save_audio,
-)
+from musicguide.audio import check_not_silent, load_audio, resample, same_file
+from musicguide.writing import output_subtype, save_audio
 from musicguide.errors import UserError
 
 SR = 44100
