@@ -335,75 +335,91 @@ def _ff_and_norm(cfg: _Section, defaults: DiTConfig) -> dict[str, Any]:
 
 def _validate(config: ModelConfig, io_channels: int) -> None:
     """Cross-field checks: shapes that must agree for the checkpoint to load and the model to run."""
-    ae, cond, diff, dit = config.autoencoder, config.conditioning, config.diffusion, config.diffusion.dit
-    enc, dec = ae.encoder, ae.decoder
+    _check_window(config, io_channels)
+    _check_autoencoder(config, io_channels)
+    _check_dit(config, io_channels)
 
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _check_window(config: ModelConfig, io_channels: int) -> None:
+    """The window's length and token count, and the number conditioners' ranges."""
+    ae, cond, dit = config.autoencoder, config.conditioning, config.diffusion.dit
     window_seconds = config.sample_size / config.sample_rate
-    check(window_seconds <= MAX_WINDOW_SECONDS,
+    _check(window_seconds <= MAX_WINDOW_SECONDS,
           f"sample_size {config.sample_size} is {window_seconds:.1f} s at sample_rate {config.sample_rate}; "
           f"a window may be at most {MAX_WINDOW_SECONDS} s")
     tokens = config.sample_size // (ae.downsampling_ratio * dit.patch_size)
-    check(tokens <= MAX_WINDOW_TOKENS,
+    _check(tokens <= MAX_WINDOW_TOKENS,
           f"sample_size {config.sample_size} is {tokens} tokens for the DiT (downsampling_ratio x patch_size = "
           f"{ae.downsampling_ratio * dit.patch_size} samples each); musicguide allows at most {MAX_WINDOW_TOKENS}")
     for number in cond.numbers:  # the conditioner divides by max_val - min_val
-        check(number.min_val < number.max_val,
+        _check(number.min_val < number.max_val,
               f"model.conditioning.configs[{cond.order.index(number.id)}].config.max_val ({number.max_val:g}) "
               f"must be greater than min_val ({number.min_val:g})")
 
-    check(math.prod(enc.strides) == ae.downsampling_ratio,
+
+def _check_autoencoder(config: ModelConfig, io_channels: int) -> None:
+    """The VAE's strides, widths and channels against each other and the DiT."""
+    ae, dit = config.autoencoder, config.diffusion.dit
+    enc, dec = ae.encoder, ae.decoder
+    _check(math.prod(enc.strides) == ae.downsampling_ratio,
           f"model.pretransform.config.encoder.config.strides {list(enc.strides)} multiply to "
           f"{math.prod(enc.strides)}, not downsampling_ratio {ae.downsampling_ratio}")
-    check(math.prod(dec.strides) == ae.downsampling_ratio,
+    _check(math.prod(dec.strides) == ae.downsampling_ratio,
           f"model.pretransform.config.decoder.config.strides {list(dec.strides)} multiply to "
           f"{math.prod(dec.strides)}, not downsampling_ratio {ae.downsampling_ratio}")
     for side, cfg in (("encoder", enc), ("decoder", dec)):
-        check(len(cfg.strides) == len(cfg.c_mults),
+        _check(len(cfg.strides) == len(cfg.c_mults),
               f"model.pretransform.config.{side}.config: strides ({len(cfg.strides)} stages) and c_mults "
               f"({len(cfg.c_mults)}) differ in length")
-    check(enc.latent_dim == 2 * ae.latent_dim,
+    _check(enc.latent_dim == 2 * ae.latent_dim,
           f"model.pretransform.config.encoder.config.latent_dim must be 2 x latent_dim (mean and scale), "
           f"got {enc.latent_dim}")
-    check(dec.latent_dim == ae.latent_dim,
+    _check(dec.latent_dim == ae.latent_dim,
           f"model.pretransform.config.decoder.config.latent_dim ({dec.latent_dim}) must equal latent_dim "
           f"({ae.latent_dim})")
-    check(enc.in_channels == dec.out_channels == ae.io_channels == config.audio_channels,
+    _check(enc.in_channels == dec.out_channels == ae.io_channels == config.audio_channels,
           f"audio_channels ({config.audio_channels}), the autoencoder's io_channels ({ae.io_channels}) and the "
           f"encoder/decoder channels ({enc.in_channels}/{dec.out_channels}) must agree")
-    check(dit.io_channels == io_channels == ae.latent_dim,
+    _check(dit.io_channels == io_channels == ae.latent_dim,
           f"model.diffusion.config.io_channels ({dit.io_channels}) and model.io_channels ({io_channels}) "
           f"must equal the autoencoder's latent_dim ({ae.latent_dim})")
-    check(config.sample_size % (ae.downsampling_ratio * dit.patch_size) == 0,
+
+
+def _check_dit(config: ModelConfig, io_channels: int) -> None:
+    """The DiT's patching, heads and conditioning inputs against the conditioners."""
+    ae, cond, diff, dit = config.autoencoder, config.conditioning, config.diffusion, config.diffusion.dit
+    _check(config.sample_size % (ae.downsampling_ratio * dit.patch_size) == 0,
           f"sample_size ({config.sample_size}) must be a multiple of downsampling_ratio x patch_size "
           f"({ae.downsampling_ratio} x {dit.patch_size})")
-    check(dit.embed_dim % dit.num_heads == 0,
+    _check(dit.embed_dim % dit.num_heads == 0,
           f"model.diffusion.config.embed_dim ({dit.embed_dim}) must be a multiple of num_heads ({dit.num_heads})")
-    check(dit.head_dim >= dit.rotary_dim,
+    _check(dit.head_dim >= dit.rotary_dim,
           f"model.diffusion.config: heads of {dit.head_dim} channels are narrower than the reference's "
           f"32-channel rotary embedding; use embed_dim / num_heads >= 32")
     known = set(cond.order)
     for name, ids in (("cross_attention_cond_ids", diff.cross_attention_cond_ids),
                       ("global_cond_ids", diff.global_cond_ids)):
         missing = [i for i in ids if i not in known]
-        check(not missing, f"model.diffusion.{name} names {missing[0] if missing else ''!r}, "
+        _check(not missing, f"model.diffusion.{name} names {missing[0] if missing else ''!r}, "
                            "which model.conditioning does not define")
     texts_in_global = [i for i in diff.global_cond_ids if cond.text(i)]
-    check(not texts_in_global, "model.diffusion.global_cond_ids may only name number conditioners")
+    _check(not texts_in_global, "model.diffusion.global_cond_ids may only name number conditioners")
     if diff.cross_attention_cond_ids:
-        check(dit.cond_token_dim == cond.cond_dim,
+        _check(dit.cond_token_dim == cond.cond_dim,
               f"model.diffusion.config.cond_token_dim ({dit.cond_token_dim}) must equal "
               f"model.conditioning.cond_dim ({cond.cond_dim})")
         cond_embed_dim = dit.embed_dim if dit.project_cond_tokens else dit.cond_token_dim
-        check(cond_embed_dim % dit.head_dim == 0 and dit.num_heads % (cond_embed_dim // dit.head_dim) == 0,
+        _check(cond_embed_dim % dit.head_dim == 0 and dit.num_heads % (cond_embed_dim // dit.head_dim) == 0,
               "model.diffusion.config: the cross-attention context width must be a whole number of heads "
               "that divides num_heads")
     if diff.global_cond_ids:
-        check(dit.project_global_cond or dit.global_cond_dim == dit.embed_dim,
+        _check(dit.project_global_cond or dit.global_cond_dim == dit.embed_dim,
               "model.diffusion.config.global_cond_dim must equal embed_dim when project_global_cond is false")
-        check(dit.global_cond_dim == cond.cond_dim * len(diff.global_cond_ids),
+        _check(dit.global_cond_dim == cond.cond_dim * len(diff.global_cond_ids),
               f"model.diffusion.config.global_cond_dim ({dit.global_cond_dim}) must be cond_dim x "
               f"{len(diff.global_cond_ids)} global conditioners ({cond.cond_dim * len(diff.global_cond_ids)})")
