@@ -175,18 +175,9 @@ def _parse_entry(name: str, table: Any, registry_path: Path) -> CheckpointEntry:
         raise fail("'gated' must be true or false")
     files = _parse_files(table.get("files", list(MODEL_FILES)), fail)
     sha256 = _parse_hashes(table.get("sha256", {}), files, fail)
-    seed = table.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_BUILTIN_SEED):
-        raise fail(f"'seed' must be an integer from 0 to {MAX_BUILTIN_SEED} (2**64 - 1), got {_clipped(seed)}")
+    seed = _parse_seed(table.get("seed"), fail)
 
-    repo = text("repo") if "repo" in table else None
-    if repo is not None:
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise fail(f"'repo' must look like 'owner/name', got {repo!r}")
-        try:  # the Hub's own rules, so that a bad id fails here and not inside hf_hub_download
-            validate_repo_id(repo)
-        except HFValidationError as error:
-            raise fail(f"'repo' is not a valid Hugging Face repository id: {_one_line(error)}") from None
+    repo = _parse_repo(text("repo"), fail) if "repo" in table else None
     revision = text("revision") if "revision" in table else None
     if revision is not None and any(character.isspace() for character in revision):
         raise fail(f"'revision' must be a commit hash, branch or tag without spaces, got {revision!r}")
@@ -204,6 +195,22 @@ def _parse_entry(name: str, table: Any, registry_path: Path) -> CheckpointEntry:
         seed=seed,
         path=(registry_path.parent / text("path")).resolve() if "path" in table else None,
     )
+
+
+def _parse_seed(seed: Any, fail: Callable[[str], UserError]) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_BUILTIN_SEED):
+        raise fail(f"'seed' must be an integer from 0 to {MAX_BUILTIN_SEED} (2**64 - 1), got {_clipped(seed)}")
+    return seed
+
+
+def _parse_repo(repo: str, fail: Callable[[str], UserError]) -> str:
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise fail(f"'repo' must look like 'owner/name', got {repo!r}")
+    try:  # the Hub's own rules, so that a bad id fails here and not inside hf_hub_download
+        validate_repo_id(repo)
+    except HFValidationError as error:
+        raise fail(f"'repo' is not a valid Hugging Face repository id: {_one_line(error)}") from None
+    return repo
 
 
 def _parse_files(value: Any, fail: Callable[[str], UserError]) -> tuple[str, ...]:
