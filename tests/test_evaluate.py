@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from musicguide import evaluate as ev
 from musicguide.cli import app
+from musicguide.cli.evaluation import run_evaluate
 from musicguide.errors import UserError
 
 from conftest import synth_song
@@ -290,7 +291,7 @@ def run(tmp_path_factory):
     # two-core machine, lose several times over to contention.
     torch.set_num_threads(1)
     try:
-        report = ev.run_evaluate(folder, "tiny-random", out, steps=2, n_clips=2, seed=3, device="cpu", quiet=False,
+        report = run_evaluate(folder, "tiny-random", out, steps=2, n_clips=2, seed=3, device="cpu", quiet=False,
                                  protocol=SMALL, progress=lambda *a: calls.append(a))
     finally:
         torch.set_num_threads(threads)

@@ -221,7 +221,8 @@ def evaluate(
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
 ) -> None:
     """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
-    from ..evaluate import TASKS, Protocol, run_evaluate
+    from ..evaluate import TASKS, Protocol
+    from .evaluation import run_evaluate
 
     if context is not None and not (context > 0 and math.isfinite(context)):
         raise UserError(f"--context must be a positive number of seconds, got {context}")

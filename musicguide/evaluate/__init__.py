@@ -20,7 +20,6 @@ The modules, in the order the work flows:
 * `metrics`: MR, FD and the per-case and per-row scores;
 * `protocol`: the sampling variants, every row's method, and `evaluate`, which returns an `EvalReport`;
 * `report`: `EvalReport`, the verdicts, the Markdown, and `write_report` (JSON and Markdown);
-* `command`: `run_evaluate`, what the `musicguide evaluate` command calls (cli/tools.py).
 
 The names other code uses are importable from `musicguide.evaluate` itself.
 """
@@ -32,7 +31,6 @@ from .clips import (
     TASKS, Case, Clip, Output, Protocol, audio_files, build_cases, clip_starts, cut_clips, read_track_list,
     transition_pairs,
 )
-from .command import run_evaluate
 from .metrics import METRIC_NAMES, METRICS, Scores, embedding_fd, mel_distance, mel_filterbank
 from .protocol import MODEL_VARIANTS, ORIGINAL, PRIMARY_VARIANT, ROUND_TRIP, evaluate, model_method, model_variants
 from .report import EvalReport, render_markdown, verdict, verdicts, write_report
@@ -42,6 +40,6 @@ __all__ = [
     "Case", "Clip", "EvalReport", "Output", "Protocol", "Scores",
     "audio_files", "build_cases", "clip_starts", "copy_fill", "cut_clips", "embedding_fd", "evaluate",
     "linear_crossfade_fill", "loop_fill", "mel_distance", "mel_filterbank", "model_method", "model_variants",
-    "plain_crossfade", "read_track_list", "render_markdown", "round_trip", "run_evaluate", "silence_fill",
+    "plain_crossfade", "read_track_list", "render_markdown", "round_trip", "silence_fill",
     "transition_pairs", "unedited", "verdict", "verdicts", "write_report",
 ]

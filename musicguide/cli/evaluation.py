@@ -11,9 +11,9 @@ import torch
 from ..atomic import check_writable
 from ..errors import UserError
 from ..runner import MAX_SEED, MAX_STEPS, pick_device
-from .clips import TASKS, Protocol, check_tasks, read_track_list
-from .protocol import MODEL_VARIANTS, PRIMARY_VARIANT, Progress, evaluate, model_variants
-from .report import EvalReport, write_report
+from ..evaluate.clips import TASKS, Protocol, check_tasks, read_track_list
+from ..evaluate.protocol import MODEL_VARIANTS, PRIMARY_VARIANT, Progress, evaluate, model_variants
+from ..evaluate.report import EvalReport, write_report
 
 MAX_CLIPS = 10_000
 
