@@ -305,7 +305,7 @@ class Timing:
     def grid(self):
         if self._grid is None:
             from .audio import load_audio
-            from .beats import track_beats
+            from .beat_tracking import track_beats
             from .timespec import parse_time
 
             if self.song is None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from musicguide.audio import load_audio
-from musicguide.beats import BeatGrid, format_grid, parse_time_or_beat, snap, track_beats
+from musicguide.beat_tracking import track_beats
+from musicguide.beats import BeatGrid, format_grid, parse_time_or_beat, snap
 from musicguide.errors import UserError
 
 SR = 44100
