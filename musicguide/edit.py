@@ -21,7 +21,7 @@ from .operators import SampleMask
 from .sampling import SAMPLERS, Step, paste_known
 from .schedules import RectifiedFlow, sampling_times
 from .splice import SeamMetric, cut_window, fade_samples, seam_report, splice
-from .timespec import samples_to_frames, whole_frames
+from .timespec import check_duration, samples_to_frames, whole_frames
 
 # Default step sizes ξ, one per loss term, chosen by the sweep in docs/guidance.md on held-out
 # clips. They are per-element sums (latent elements, or audio samples for "audio") and apply at
@@ -325,9 +325,7 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
     `song` may be the song's last samples (at least a model window), `offset` samples into it."""
     sr, hop = model.sample_rate, model.downsampling_ratio
     max_length = model.max_frames * hop
-    total_new = round(seconds * sr)
-    if total_new <= 0:
-        raise UserError(f"--seconds must be positive, got {seconds}")
+    total_new = round(check_duration(seconds, "--seconds") * sr)
     final_length = song.shape[-1] + total_new
     songs = song[None].expand(variations, -1, -1)
     windows, seams, loss = [], [], None

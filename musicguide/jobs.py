@@ -16,7 +16,7 @@ import torch
 
 from .errors import UserError
 from .runner import Common, Edited, probe_input
-from .timespec import check_seconds, seconds_to_samples
+from .timespec import seconds_to_samples
 
 
 def model_window(model) -> int:
@@ -46,13 +46,6 @@ def check_not_silent(audio, what: str) -> None:
     from .audio import check_not_silent as check
 
     check(audio, what=what)
-
-
-def check_length(seconds: float, what: str) -> float:
-    check_seconds(seconds, what)
-    if not seconds > 0:
-        raise UserError(f"{what} must be a positive number of seconds, got {seconds:g}")
-    return seconds
 
 
 def estimate_memory(model, samples: int, variations: int, what: str) -> None:

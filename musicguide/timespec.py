@@ -27,6 +27,14 @@ TIME_FORMS = '"30", "30.5", "1:05", "1:05.250" or "1:02:03.5"'
 MAX_SECONDS = 100 * 3600.0
 
 
+def check_duration(seconds: float, what: str) -> float:
+    """A length a user gave (--seconds, --length): positive, finite, at most MAX_SECONDS."""
+    check_seconds(seconds, what)
+    if not seconds > 0:
+        raise UserError(f"{what} must be a positive number of seconds, got {seconds:g}")
+    return seconds
+
+
 def check_seconds(seconds: float, what: str) -> float:
     """A duration or time a user gave: finite, not negative, at most MAX_SECONDS."""
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import jobs, runner
 from ..errors import UserError
 from ..jobs import Timing
+from ..timespec import check_duration
 from ..runner import Common
 from .app import STATE, err, out
 from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
@@ -154,7 +155,7 @@ def loop(
     if a >= b:
         raise UserError(f"--start ({start}) must be before the loop's end ({b:.3f} s)")
     if length is not None:
-        jobs.check_length(length, "--length")
+        check_duration(length, "--length")
     _run("loop", common, [song], jobs.loop_edit(common, a, b, length, _strength(strength)), 1,
          {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing)
 
@@ -168,7 +169,7 @@ def continue_(
     """Add music after the end of the song, in overlapping chunks when it is longer than the model's window."""
     from .. import edit
 
-    jobs.check_length(seconds, "--seconds")
+    check_duration(seconds, "--seconds")
     _run("continue", common, [song], jobs.continue_edit(common, seconds),
          lambda model, sources: edit.continuation_chunks(model, seconds), {"seconds": seconds})
 
@@ -182,7 +183,7 @@ def transition(
     strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = 0.85,
 ) -> None:
     """Write a musical transition from one track into the next (their crossfade, regenerated)."""
-    jobs.check_length(length, "--length")
+    check_duration(length, "--length")
     _run("transition", common, [first, second], jobs.transition_edit(common, length, _strength(strength)), 1,
          {"length_s": length, "strength": strength})
 
@@ -193,7 +194,7 @@ def generate(
     seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = 10.0,
 ) -> None:
     """New music from the model alone (no input, no guidance)."""
-    jobs.check_length(seconds, "--seconds")
+    check_duration(seconds, "--seconds")
     _run("generate", common, [], jobs.generate_edit(common, seconds), 1, {"seconds": seconds})
 
 
