@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .audio import check_not_silent
 from .errors import UserError
 from .runner import Common, Edited, probe_input
 from .timespec import seconds_to_samples
@@ -40,12 +41,6 @@ def check_region(song, start_s: float, end_s: float, sample_rate: int) -> tuple[
     if end <= start:
         raise UserError(f"--start ({start_s!r} s) and --end ({end_s!r} s) are less than one sample apart")
     return start, end
-
-
-def check_not_silent(audio, what: str) -> None:
-    from .audio import check_not_silent as check
-
-    check(audio, what=what)
 
 
 def estimate_memory(model, samples: int, variations: int, what: str) -> None:
@@ -88,7 +83,7 @@ def region_edit(common: Common, start_s: float, end_s: float, strength: float | 
         s0, s1 = region_excerpt(song.length, start, end, model)
         estimate_memory(model, s1 - s0, common.variations, f"{common.variations} variation(s) of this edit")
         excerpt = song.read(s0, s1)
-        check_not_silent(excerpt, f"{song.path} around the edit")
+        check_not_silent(excerpt, what=f"{song.path} around the edit")
         with begin() as callback:
             result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=common.variations,
                                  context=_context_samples(common, sr), strength=strength, offset=s0,
@@ -108,7 +103,7 @@ def continue_edit(common: Common, seconds: float) -> Callable:
         new = round(seconds * sr)
         estimate_memory(model, song.length - s0 + new, common.variations, f"continuing by {seconds:g} s")
         excerpt = song.read(s0, song.length)
-        check_not_silent(excerpt, f"the end of {song.path}")
+        check_not_silent(excerpt, what=f"the end of {song.path}")
         with begin() as callback:
             result = edit.continue_song(model, excerpt, seconds, settings, variations=common.variations,
                                         context=_context_samples(common, sr), offset=s0, callback=callback)
@@ -129,8 +124,8 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
         s0, e2 = max(0, first.length - overlap - reach), min(second.length, overlap + reach)
         estimate_memory(model, first.length - s0 + e2, common.variations, f"{common.variations} transition(s)")
         head, tail = first.read(s0, first.length), second.read(0, e2)
-        check_not_silent(head, f"the end of {first.path}")
-        check_not_silent(tail, f"the start of {second.path}")
+        check_not_silent(head, what=f"the end of {first.path}")
+        check_not_silent(tail, what=f"the start of {second.path}")
         with begin() as callback:
             result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=common.variations,
                                      context=_context_samples(common, sr), offset=s0,
@@ -161,7 +156,7 @@ def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | No
         song, sr = sources[0], model.sample_rate
         start, end = check_region(song, start_s, end_s, sr)
         region = song.read(start, end)
-        check_not_silent(region, f"{song.path} between --start and --end")
+        check_not_silent(region, what=f"{song.path} between --start and --end")
         regenerate = round(sr * (min(2.0, (end - start) / sr / 4) if length_s is None else length_s))
         if not 0 < regenerate <= (end - start) // 2:
             raise UserError(f"--length {regenerate / sr:g} s must be positive and at most half the loop "
@@ -215,7 +210,7 @@ def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | No
         s0, s1 = region_excerpt(song.length, start, end, model)
         estimate_memory(model, s1 - s0, common.variations, f"{common.variations} restyle variation(s)")
         excerpt = song.read(s0, s1)
-        check_not_silent(excerpt, f"{song.path} around the region")
+        check_not_silent(excerpt, what=f"{song.path} around the region")
         with begin() as callback:
             result = restyling.restyle_song(model, excerpt, start - s0, end - s0, settings, style_loss=style_loss,
                                        structure=losses.log_mel_envelope(net, sr), keep=style.keep,
@@ -238,7 +233,7 @@ def _style_loss(net, style: Style, model) -> Callable:
     if style.like:
         references = [load_audio(clip, sr, model.audio_channels)[0] for clip in style.like]
         for clip, reference in zip(style.like, references):
-            check_not_silent(reference, str(clip))
+            check_not_silent(reference, what=str(clip))
         with torch.no_grad():
             target = torch.stack([net.embedding(r[None].to(model.device), sr)[0] for r in references]).mean(dim=0)
         terms.append(losses.embedding_distance(net, target, sr))

@@ -301,7 +301,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
 def write_outputs(outputs, paths: list[Path], edited: Edited, context: dict) -> Run:
     """Every output and its sidecar into their reserved temporary files (nothing published yet)."""
     from .atomic import check_free_space
-    from .writing import DEFAULT_SUBTYPE, PCM_BITS, output_subtype, write_song
+    from .writing import DEFAULT_SUBTYPE, PCM_BITS, _piece_length, output_subtype, write_song
 
     common, model, sources = context["common"], context["model"], context["sources"]
     input_subtype = sources[0].info.subtype if sources else None
@@ -335,12 +335,6 @@ def _picture(temporary: Path, edited: Edited, i: int, sample_rate: int, path: Pa
     seams = [replace(s, seconds=s.seconds - start) for s in result.seams[i]]
     figure = draw_edit(before, after, sample_rate, region=region, seams=seams, time_origin=start, title=path.name)
     save_png(figure, temporary)
-
-
-def _piece_length(piece) -> int:
-    from .writing import _piece_length as length
-
-    return length(piece)
 
 
 def _sidecar(context: dict, i: int, saved, length: int, result, written: Path) -> dict:
