@@ -17,6 +17,10 @@ resamples). Everything fits --budget-mib: the packages hold about 17 hours, so e
 an equal share of the budget (what a small package cannot use goes to the others), filled with
 the first --excerpt-seconds of its tracks in a fixed pseudo-random order (SHA-1 of the name).
 
+Trained on: only tracks under --train-licence (default GPL-2+, GPL-3+ and public domain, so that
+the weights can be GPL-3.0-or-later; TRAINING_LICENCES says why the others are not). Tracks
+under other licences can still be held out.
+
 Held out: every name listed in eval/holdout.txt, and for each package without one there, the
 track whose name hashes lowest among those long enough (the script prints the line to add).
 Held-out excerpts are --holdout-seconds from the middle of the track; a training track of the
@@ -77,6 +81,17 @@ OPUS_RATE = 48000  # the only full-band rate Ogg Opus stores
 MIN_SOURCE_RATE = 22050  # below this a track has nothing above 5.5 kHz: it would teach dullness
 MIN_TRACK_SECONDS = 15.0  # a DiT window is 11.9 s; shorter cues are jingles and would be padded
 OVERHEAD_MARGIN = 0.04  # Ogg pages and VBR swing: plan the audio 4 % under the byte budget
+# The licences of the tracks the model trains on; they decide the weights' licence. The weights are
+# taken to be a derivative of every training track, so their licence must honour them all at once:
+# GPL-2-or-later and GPL-3-or-later music combine under GPL-3.0-or-later, the licence the demo
+# weights ship under. GPL-2-only (XBlast, two UFO:AI composers) cannot combine with GPL-3, nor
+# CC-BY-SA-3.0 (Singularity, HyperRogue) with either GPL; the Drascula licence makes modified
+# versions keep its own terms; CC-BY-3.0 (UFO:AI's van_* tracks) has an anti-DRM clause that is why
+# only CC BY 4.0 is listed as GPL-compatible. Tracks under those licences are still held out for
+# evaluation (using them to measure is not distributing a derivative); they are never trained on.
+# docs/training.md, "The licence", has the decision and its cost.
+TRAINING_LICENCES = ("GPL-2+", "GPL-3+", "public-domain")
+MODEL_LICENCE = "GPL-3.0-or-later"
 # A family is a track and its variants; holding one out holds out all of them.
 VARIANT_SUFFIX = re.compile(r"([-_ ]+(enhanced|revisited|old|epic))+$|_+$")
 
@@ -249,7 +264,7 @@ def licence_path(source: str) -> str:
     return f"{Path(archive).parent.as_posix()}/{member}"
 
 
-def find_tracks(package: Package, excluded_licences: set[str] = frozenset()) -> None:
+def find_tracks(package: Package) -> None:
     """Every music file of the package that can be used, and why the others cannot."""
     copyright = Copyright.read(package.copyright)
     for source in music_sources(package):
@@ -261,9 +276,7 @@ def find_tracks(package: Package, excluded_licences: set[str] = frozenset()) -> 
         except sf.SoundFileError as error:
             package.skipped.append({"source": source, "name": name, "reason": f"libsndfile cannot decode it: {error}"})
             continue
-        if licence in excluded_licences:
-            reason = f"licence {licence} excluded (--exclude-licence)"
-        elif rate < MIN_SOURCE_RATE:
+        if rate < MIN_SOURCE_RATE:
             reason = f"sampled at {rate} Hz, below {MIN_SOURCE_RATE} Hz"
         elif seconds < MIN_TRACK_SECONDS:
             reason = f"{seconds:.1f} s, shorter than {MIN_TRACK_SECONDS:g} s"
@@ -312,10 +325,12 @@ def holdout_excerpt(track: Track, seconds: float) -> Excerpt:
     return Excerpt(track, "holdout", (track.seconds - length) / 2, length)
 
 
-def training_order(tracks: list[Track], held_out: list[Track]) -> list[Track]:
-    """The package's training tracks (no family member of a held-out one), in hash order."""
+def training_order(tracks: list[Track], held_out: list[Track], licences: set[str]) -> list[Track]:
+    """The package's training tracks (under one of `licences`, no family member of a held-out one),
+    in hash order."""
     held_families = {family(t.name) for t in held_out}
-    return sorted((t for t in tracks if family(t.name) not in held_families), key=lambda t: name_hash(t.name))
+    return sorted((t for t in tracks if t.licence in licences and family(t.name) not in held_families),
+                  key=lambda t: name_hash(t.name))
 
 
 def fair_shares(available: dict[str, float], total: float) -> dict[str, float]:
@@ -359,8 +374,10 @@ class Settings:
         return self.budget_bytes * 8 / (self.kbps * 1000) * (1 - OVERHEAD_MARGIN)
 
 
-def plan(packages: list[Package], listed: set[str], settings: Settings) -> tuple[list[Excerpt], list[str]]:
-    """Every excerpt to write, and the held-out names the holdout list lacks."""
+def plan(packages: list[Package], listed: set[str], settings: Settings,
+         licences: set[str] = frozenset(TRAINING_LICENCES)) -> tuple[list[Excerpt], list[str]]:
+    """Every excerpt to write, and the held-out names the holdout list lacks. Held-out tracks are
+    chosen among all of a package's tracks; training excerpts only among those under `licences`."""
     known = {t.name for p in packages for t in p.tracks} | {s["name"] for p in packages for s in p.skipped}
     unknown = listed - known
     if unknown:
@@ -368,7 +385,7 @@ def plan(packages: list[Package], listed: set[str], settings: Settings) -> tuple
     holdout = {p.name: choose_holdout(p.tracks, listed, settings.holdout_seconds) for p in packages}
     unlisted = [t.name for p in packages for t in holdout[p.name] if t.name not in listed]
     held = [holdout_excerpt(t, settings.holdout_seconds) for p in packages for t in holdout[p.name]]
-    orders = {p.name: training_order(p.tracks, holdout[p.name]) for p in packages}
+    orders = {p.name: training_order(p.tracks, holdout[p.name], licences) for p in packages}
     available = {name: sum(min(t.seconds, settings.excerpt_seconds) for t in order) for name, order in orders.items()}
     train_seconds = settings.seconds_budget - sum(e.seconds for e in held)
     if train_seconds <= 0:
@@ -417,7 +434,7 @@ def write_excerpt(job: Job) -> int:
 
 
 def manifest(packages: list[Package], excerpts: list[Excerpt], sizes: list[int], settings: Settings,
-             licence_bytes: int) -> dict:
+             licence_bytes: int, licences: set[str]) -> dict:
     entries = [{"file": e.file, "package": e.track.package, "source": e.track.source, "name": e.track.name,
                 "split": e.split, "licence": e.track.licence, "offset_s": round(e.offset_s, 3),
                 "seconds": round(e.seconds, 3), "track_seconds": round(e.track.seconds, 3),
@@ -438,6 +455,7 @@ def manifest(packages: list[Package], excerpts: list[Excerpt], sizes: list[int],
         }
     audio_bytes, seconds = sum(sizes), sum(e.seconds for e in excerpts)
     return {"built_by": "scripts/build_corpus.py", "settings": asdict(settings),
+            "training_licences": sorted(licences),
             "sample_rate": OPUS_RATE, "channels": 2, "format": "Ogg Opus",
             "seconds": round(seconds, 1), "audio_bytes": audio_bytes, "licence_bytes": licence_bytes,
             "measured_kbps": round(audio_bytes * 8 / seconds / 1000, 1),
@@ -445,7 +463,7 @@ def manifest(packages: list[Package], excerpts: list[Excerpt], sizes: list[int],
 
 
 def write_corpus(packages: list[Package], excerpts: list[Excerpt], settings: Settings, out: Path,
-                 jobs: int) -> dict:
+                 jobs: int, licences: set[str]) -> dict:
     (out / "licences").mkdir(parents=True)
     for package in packages:
         shutil.copyfile(package.copyright, out / "licences" / f"{package.name}.copyright")
@@ -454,7 +472,7 @@ def write_corpus(packages: list[Package], excerpts: list[Excerpt], settings: Set
     work = [Job(roots[e.track.package], e, str(out / e.file), settings.kbps) for e in excerpts]
     with ProcessPoolExecutor(jobs) as pool:
         sizes = list(pool.map(write_excerpt, work))
-    data = manifest(packages, excerpts, sizes, settings, licence_bytes)
+    data = manifest(packages, excerpts, sizes, settings, licence_bytes, licences)
     (out / "manifest.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
 
@@ -485,8 +503,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--excerpt-seconds", type=float, default=60.0, help="longest training excerpt per track")
     parser.add_argument("--holdout-seconds", type=float, default=30.0, help="held-out excerpt per track")
     parser.add_argument("--holdout-list", type=Path, default=HOLDOUT_LIST)
-    parser.add_argument("--exclude-licence", action="append", default=[], metavar="NAME",
-                        help="leave out tracks under this licence (as the manifest names it, e.g. GPL-2); repeatable")
+    parser.add_argument("--train-licence", action="append", default=None, metavar="NAME",
+                        help="train only on tracks under these licences (as the manifest names them; repeatable; "
+                             f"default: {' '.join(TRAINING_LICENCES)}, for {MODEL_LICENCE} weights)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser.parse_args(argv)
@@ -501,14 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     packages = []
     for name in PACKAGES:
         package = unpack(name, fetch(name, work), work)
-        find_tracks(package, set(args.exclude_licence))
+        find_tracks(package)
         print(f"{name} {package.version}: {len(package.tracks)} usable tracks, {len(package.skipped)} skipped",
               flush=True)
         packages.append(package)
-    excerpts, unlisted = plan(packages, set(read_holdout_list(args.holdout_list)), settings)
+    licences = set(args.train_licence or TRAINING_LICENCES)
+    excerpts, unlisted = plan(packages, set(read_holdout_list(args.holdout_list)), settings, licences)
     partial = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    data = write_corpus(packages, excerpts, settings, partial, args.jobs)
+    data = write_corpus(packages, excerpts, settings, partial, args.jobs, licences)
     shutil.rmtree(args.out, ignore_errors=True)
     partial.rename(args.out)
     if args.work is None:

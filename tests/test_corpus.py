@@ -130,23 +130,29 @@ def test_a_listed_name_that_no_package_has_is_refused():
         bc.plan(packages(), {"battel"}, bc.Settings(4 << 20, 64.0, 60.0, 30.0))
 
 
-def test_a_package_whose_tracks_are_all_excluded_drops_out(tmp_path):
+def test_tracks_outside_the_training_licences_are_held_out_but_never_trained_on(tmp_path):
     root = tmp_path / "xblast-tnt-musics"
     (root / "usr/share/games/xblast-tnt/sounds").mkdir(parents=True)
     (root / "usr/share/doc/xblast-tnt-musics").mkdir(parents=True)
-    (root / "usr/share/games/xblast-tnt/sounds/xbsng5.raw").write_bytes(np.full(2 * 22050 * 20, 128, np.uint8).tobytes())
+    for song in (5, 6, 7):
+        (root / f"usr/share/games/xblast-tnt/sounds/xbsng{song}.raw").write_bytes(
+            np.full(2 * 22050 * 40, 128, np.uint8).tobytes())
     (root / "usr/share/doc/xblast-tnt-musics/copyright").write_text(
         "the GNU General Public License as published by the Free Software Foundation; version 2 dated June, 1991.")
-    kept, excluded = (bc.Package("xblast-tnt-musics", "1", root, root / "usr/share/doc/xblast-tnt-musics/copyright")
-                      for _ in range(2))
-    bc.find_tracks(kept)
-    bc.find_tracks(excluded, {"GPL-2"})
-    assert [(t.name, t.licence, t.seconds) for t in kept.tracks] == [("xblast-tnt-xbsng5", "GPL-2", 20.0)]
-    assert not excluded.tracks and "GPL-2 excluded" in excluded.skipped[0]["reason"]
-    # still listed in the holdout list: known, so no error; it simply is not in the corpus
+    xblast = bc.Package("xblast-tnt-musics", "1", root, root / "usr/share/doc/xblast-tnt-musics/copyright")
+    bc.find_tracks(xblast)
+    assert [(t.name, t.licence, t.seconds) for t in xblast.tracks][0] == ("xblast-tnt-xbsng5", "GPL-2", 40.0)
     settings = bc.Settings(4 << 20, 64.0, 60.0, 30.0)
-    excerpts, _ = bc.plan([excluded, *packages()], {"xblast-tnt-xbsng5", "battle"}, settings)
-    assert all(e.track.package != "xblast-tnt-musics" for e in excerpts)
+    # GPL-2-only does not combine with GPL-3: by default its songs are held out, not trained on
+    excerpts, _ = bc.plan([xblast, *packages()], {"xblast-tnt-xbsng5", "battle"}, settings)
+    mine = [(e.track.name, e.split) for e in excerpts if e.track.package == "xblast-tnt-musics"]
+    assert mine == [("xblast-tnt-xbsng5", "holdout")]
+    assert "GPL-2" not in bc.TRAINING_LICENCES
+    assert all(e.track.licence in bc.TRAINING_LICENCES for e in excerpts if e.split == "train")
+    # a GPL-2-only model would train on them
+    excerpts, _ = bc.plan([xblast, *packages()], {"xblast-tnt-xbsng5", "battle"}, settings, {"GPL-2", "GPL-2+"})
+    assert {e.track.name for e in excerpts if e.split == "train" and e.track.package == "xblast-tnt-musics"} == \
+        {"xblast-tnt-xbsng6", "xblast-tnt-xbsng7"}
 
 
 def test_the_repository_holds_out_a_track_of_every_package():
