@@ -23,10 +23,14 @@ class TimeMask:
 
     @classmethod
     def from_ranges(cls, frames: int, known: list[tuple[int, int]]) -> "TimeMask":
-        """Known frames as half-open ranges [a, b), clipped to [0, frames)."""
+        """Known frames as half-open ranges [a, b), clipped to [0, frames); a range that clips to
+        nothing (b <= 0, say, when a margin reaches past the song's start) marks nothing. Both ends
+        are clipped before slicing: a negative end would count from the back in Python."""
         mask = torch.zeros(frames, dtype=torch.bool)
         for a, b in known:
-            mask[max(a, 0) : min(b, frames)] = True
+            a, b = max(a, 0), min(b, frames)
+            if a < b:
+                mask[a:b] = True
         return cls(mask)
 
     @classmethod

@@ -147,6 +147,25 @@ def test_margin_frames_are_free_and_unmeasured():
     mask = tasks.free_range_mask(20, (8, 12), margin=2)
     assert mask.known.tolist() == [True] * 6 + [False] * 8 + [True] * 6
     assert tasks.free_range_mask(20, (8, 20), margin=3).known.tolist() == [True] * 5 + [False] * 15
+    # an edit at the song's start: the margin reaches past frame 0, and nothing before it is known
+    for a in (0, 1):
+        assert tasks.free_range_mask(20, (a, 5), margin=2).known.tolist() == [False] * 7 + [True] * 13
+
+
+@pytest.mark.parametrize("start_s", [0.0, 0.03])
+def test_an_edit_at_the_very_start_of_a_song_is_sampled(tiny, start_s, monkeypatch):
+    """An edit starting in a song's first frames was silently not sampled: the left margin made the
+    known range (0, -2), and the slice [0:-2] marked every frame but the last two as known, so the
+    model's result was replaced by the input's encoding. Two seeds must give two results."""
+    monkeypatch.setattr(tiny, "_leak_frames", 2, raising=False)  # the demo model's margin (the random tiny one leaks less)
+    song = torch.from_numpy(synth_song(4.0).T.copy())
+    start, end = round(start_s * SR), round(1.0 * SR)
+    made = [edit.infill(tiny, song, start, end, edit.SamplerSettings(steps=2, seed=seed), context=SR).songs[0]
+            for seed in (1, 2)]
+    assert not torch.equal(made[0][:, start:end], made[1][:, start:end])
+    regenerated = [edit.regenerate(tiny, song, start, end, edit.SamplerSettings(steps=2, seed=seed), strength=1.0,
+                                   context=SR).songs[0] for seed in (1, 2)]
+    assert not torch.equal(regenerated[0][:, start:end], regenerated[1][:, start:end])
 
 
 def test_infill_does_not_depend_on_what_the_gap_held(tiny):

@@ -35,6 +35,8 @@ def test_selection_is_a_partial_isometry():
 def test_masks_select_the_intended_frames():
     assert TimeMask.both(6, 1, 2).known.tolist() == [True, False, False, False, True, True]
     assert TimeMask.from_ranges(5, [(-3, 1), (4, 9)]).known.tolist() == [True, False, False, False, True]
+    # ranges that clip to nothing mark nothing (a negative end must not count from the back)
+    assert TimeMask.from_ranges(5, [(0, -2), (7, 9), (3, 3)]).known.tolist() == [False] * 5
 
 
 def test_paste_replaces_known_and_keeps_free():
