@@ -304,9 +304,9 @@ def write_outputs(outputs, paths: list[Path], edited: Edited, context: dict) -> 
     from .writing import DEFAULT_SUBTYPE, PCM_BITS, _piece_length, output_subtype, write_song
 
     common, model, sources = context["common"], context["model"], context["sources"]
-    input_subtype = sources[0].info.subtype if sources else None
+    inputs = [source.info for source in sources]
     run = Run(context["verb"])
-    subtypes = [output_subtype(input_subtype, p) if common.sample_format == "auto" else common.sample_format for p in paths]
+    subtypes = [output_subtype(inputs, p) if common.sample_format == "auto" else common.sample_format for p in paths]
     lengths = [sum(_piece_length(piece) for piece in pieces) for pieces in edited.pieces]
     bytes_per_sample = [PCM_BITS.get(s, 32) // 8 for s in subtypes]
     check_free_space(paths[0].parent, sum(n * model.audio_channels * b for n, b in zip(lengths, bytes_per_sample)) + 2**20)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from musicguide.atomic import check_writable, write_atomically
-from musicguide.audio import BLOCK_FRAMES, amplitude_to_db
+from musicguide.audio import BLOCK_FRAMES, AudioInfo, amplitude_to_db
 from musicguide.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ OUTPUT_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 # Generated audio is float. 24-bit PCM keeps quantisation noise near -144 dBFS, far below anything
 # audible or anything the model produces, at 3/4 the size of 32-bit float, and (unlike FLOAT) it is
 # also what FLAC can store, so one default serves both containers. Callers that know the input's
-# subtype pass it instead (see `output_subtype`) so untouched audio stays bit-identical.
+# inputs pass them instead (see `output_subtype`) so untouched audio stays bit-identical.
 DEFAULT_SUBTYPE = "PCM_24"
 PCM_BITS = {"PCM_16": 16, "PCM_24": 24}
 
@@ -54,18 +54,23 @@ class SavedAudio:
         return {**asdict(self), "peak_db": self.peak_db}
 
 
-def output_subtype(input_subtype: str | None, path: str | os.PathLike) -> str:
-    """The subtype to write `path` with so that audio read from an `input_subtype` file survives.
+def output_subtype(inputs: Sequence[AudioInfo], path: str | os.PathLike) -> str:
+    """The subtype to write `path` with so that audio read from the `inputs` survives.
 
-    16- and 24-bit PCM inputs are written back at their own depth (bit-identical where unedited);
-    float inputs stay float in WAV; everything else (lossy, 8/32-bit, unknown) gets the default.
+    Unconverted 16- and 24-bit PCM inputs are written back at their depth (the deeper one of a
+    transition's two; bit-identical where unedited). A converted input (resampled, or remixed to
+    stereo) holds values between its PCM steps, so it gets at least 24 bits: the untouched audio
+    then stays within half a 24-bit step of the converted input. Float inputs stay float in WAV;
+    everything else (lossy, 8/32-bit PCM, no input at all) gets the default.
     """
     container = _container_for(Path(path))
-    if input_subtype in PCM_BITS:
-        return input_subtype
-    if input_subtype in ("FLOAT", "DOUBLE") and container == "WAV":
+    if container == "WAV" and any(info.subtype in ("FLOAT", "DOUBLE") for info in inputs):
         return "FLOAT"
-    return DEFAULT_SUBTYPE
+    if not inputs or any(info.subtype not in PCM_BITS for info in inputs):
+        return DEFAULT_SUBTYPE
+    if any(info.conversions for info in inputs):
+        return DEFAULT_SUBTYPE
+    return max((info.subtype for info in inputs), key=PCM_BITS.get)
 
 
 def _container_for(path: Path) -> str:

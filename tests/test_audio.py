@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from musicguide import audio as audio_module
-from musicguide.audio import check_not_silent, load_audio, resample, same_file
+from musicguide.audio import AudioInfo, check_not_silent, load_audio, resample, same_file
 from musicguide.writing import output_subtype, save_audio
 from musicguide.errors import UserError
 
@@ -50,7 +50,7 @@ def test_pcm_loads_sample_exact_and_saves_back_to_the_same_integers(tmp_path, bi
     assert info.conversions == ()
 
     target = tmp_path / f"out{extension}"
-    saved = save_audio(target, audio, SR, subtype=output_subtype(info.subtype, target))
+    saved = save_audio(target, audio, SR, subtype=output_subtype([info], target))
     assert saved.subtype == f"PCM_{bits}" and saved.clipped == 0
     assert np.array_equal(read_ints(target, bits), ints)
 
@@ -65,7 +65,7 @@ def test_pcm16_edit_reproduces_the_original_integers_outside_the_edit(tmp_path):
     tone = 1.4 * torch.sin(torch.arange(4000) * 0.05)  # deliberately over full scale
     edited[:, 8000:12000] = tone
     target = tmp_path / "edit.wav"
-    saved = save_audio(target, edited, SR, subtype=output_subtype(info.subtype, target))
+    saved = save_audio(target, edited, SR, subtype=output_subtype([info], target))
 
     written = read_ints(target, 16)
     assert np.array_equal(written[:8000], ints[:8000])
@@ -88,11 +88,20 @@ def test_float_wav_keeps_values_beyond_full_scale(tmp_path):
 def test_default_subtype_is_24_bit_and_output_subtype_follows_the_input(tmp_path):
     saved = save_audio(tmp_path / "x.flac", torch.zeros(2, 10), SR)
     assert saved.subtype == "PCM_24" and sf.info(tmp_path / "x.flac").subtype == "PCM_24"
-    assert output_subtype("PCM_16", "a.flac") == "PCM_16"
-    assert output_subtype("FLOAT", "a.wav") == "FLOAT"
-    assert output_subtype("FLOAT", "a.flac") == "PCM_24"
-    assert output_subtype("VORBIS", "a.wav") == "PCM_24"
-    assert output_subtype(None, "a.wav") == "PCM_24"
+    def info(subtype, *conversions):
+        return AudioInfo("x", SR, 2, 10, "WAV", subtype, conversions)
+
+    assert output_subtype([info("PCM_16")], "a.flac") == "PCM_16"
+    assert output_subtype([info("FLOAT")], "a.wav") == "FLOAT"
+    assert output_subtype([info("FLOAT")], "a.flac") == "PCM_24"
+    assert output_subtype([info("VORBIS")], "a.wav") == "PCM_24"
+    assert output_subtype([], "a.wav") == "PCM_24"
+    # a converted 16-bit input lies between 16-bit steps: 24 bits keep it within half a 24-bit step
+    assert output_subtype([info("PCM_16", "resampled 48000 Hz -> 44100 Hz (soxr VHQ)")], "a.wav") == "PCM_24"
+    # a transition follows the deeper of its inputs, and either one's float
+    assert output_subtype([info("PCM_16"), info("PCM_24")], "a.wav") == "PCM_24"
+    assert output_subtype([info("PCM_16"), info("PCM_16")], "a.wav") == "PCM_16"
+    assert output_subtype([info("PCM_16"), info("FLOAT")], "a.wav") == "FLOAT"
 
 
 def test_aiff_loads_sample_exact(tmp_path):
