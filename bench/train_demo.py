@@ -2,6 +2,7 @@
 
     PYTHONUNBUFFERED=1 python3 bench/train_demo.py --data .data/corpus --out "$OUT"        # on the GPU
     python bench/train_demo.py --smoke --data .data/corpus --out /tmp/demo-smoke           # CPU, ~2 minutes
+    python bench/train_demo.py --evaluate-only --data .data/corpus --out /tmp/demo-eval     # what ships, no training
     PYTHONUNBUFFERED=1 python3 bench/train_demo.py --measure-vae 1024:32:32 512:32:32 256:32:32 \\
         --data .data/corpus --out "$OUT"                                                    # choosing the VAE
 
@@ -200,8 +201,13 @@ def evaluate_folder(folder: Path, clips: list[Clip], settings: EvalSettings, dev
     """Every target's value for the model folder (as it ships: fp16 weights), and how long it took."""
     started = time.monotonic()
     model = load_model_folder(folder, device=device)
-    scores = {**vae_scores(model, clips, settings.protocol), **infill_scores(model, clips, settings),
-              **generate_scores(model, clips, settings)}
+    scores = {}
+    for name, part in (("VAE round trips", lambda: vae_scores(model, clips, settings.protocol)),
+                       ("infills", lambda: infill_scores(model, clips, settings)),
+                       ("generations", lambda: generate_scores(model, clips, settings))):
+        begun = time.monotonic()
+        scores.update(part())
+        say(f"  {name}: {time.monotonic() - begun:.0f} s")
     return {**scores, "clips": len(clips), "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -263,6 +269,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--write", choices=("if-better", "always"), default="if-better",
                         help="always: also weights that did not evaluate better (to continue a new lineage)")
     parser.add_argument("--measure-vae", nargs="+", metavar="RATIO:LATENT:WIDTH", default=None)
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="only measure --init on the targets (what ships, e.g. on a CPU); no training")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--smoke", action="store_true",
@@ -280,6 +288,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--vae-minutes must be >= 0, --dit-minutes and --deadline-minutes above 0")
     if args.vae_minutes == 0 and args.init is None:
         parser.error("--vae-minutes 0 keeps the starting model's VAE: it needs --init")
+    if args.evaluate_only and (args.init is None or args.measure_vae):
+        parser.error("--evaluate-only measures the --init model: it needs one, and no --measure-vae")
     return args
 
 
@@ -429,6 +439,13 @@ def measure_vaes(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], se
     return lines, report
 
 
+def evaluate_only(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
+                  work: Path) -> tuple[list[str], dict]:
+    """The targets' values for the --init model, as the GPU run's "before" measures them."""
+    scores = evaluate_folder(args.init, clips, settings, device)
+    return score_lines(None, scores), {"before": scores}
+
+
 def describe_machine(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, {os.cpu_count()} CPUs)"
@@ -457,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = EvalSettings(TINY_PROTOCOL if args.preset == "tiny" else Protocol(), args.eval_clips,
                                 args.eval_steps, args.generations)
         clips = held_out_clips(data, corpus, settings)
-        task = measure_vaes if args.measure_vae else improve
+        task = measure_vaes if args.measure_vae else evaluate_only if args.evaluate_only else improve
         lines, report = task(args, corpus, clips, settings, device, work)
         summary += lines
     except Exception:
