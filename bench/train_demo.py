@@ -230,8 +230,9 @@ def verdict(before: dict, after: dict, min_gain: float, tolerance: float) -> tup
     return True, f"better ({summary})"
 
 
-def score_lines(before: dict | None, after: dict) -> list[str]:
-    lines = [f"{'target':26} {'goal':>6} {'before':>9} {'after':>9}"]
+def score_lines(before: dict | None, after: dict, column: str = "after") -> list[str]:
+    """The targets' table: `before` (or '-') and `after`, whose column is headed `column`."""
+    lines = [f"{'target':26} {'goal':>6} {'before':>9} {column:>9}"]
     for name, target in TARGETS.items():
         was = f"{before[name]:9.3f}" if before else f"{'-':>9}"
         lines.append(f"{name:26} {target:6.2f} {was} {after[name]:9.3f}  {'met' if after[name] <= target else ''}")
@@ -443,7 +444,7 @@ def evaluate_only(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], s
                   work: Path) -> tuple[list[str], dict]:
     """The targets' values for the --init model, as the GPU run's "before" measures them."""
     scores = evaluate_folder(args.init, clips, settings, device)
-    return score_lines(None, scores), {"before": scores}
+    return score_lines(None, scores, column="now"), {"before": scores}
 
 
 def describe_machine(device: str) -> str:
@@ -467,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         data = smoke_subset(args.data, work / "smoke-corpus") if args.smoke else args.data
-        corpus = load_corpus(data, workers=args.workers)
+        # evaluating reads only the held-out files (cut_clips), so it skips decoding the corpus
+        corpus = load_corpus(data, workers=args.workers, decode=not args.evaluate_only)
         summary.append(f"corpus: {len(corpus.names)} files, {corpus.seconds / 60:.1f} min; "
                        f"held out: {len(corpus.holdout)} files")
         say(summary[-1])
