@@ -525,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         packages.append(package)
     licences = set(args.train_licence or TRAINING_LICENCES)
+    found = {t.licence for p in packages for t in p.tracks}
+    if args.train_licence and not licences <= found:
+        raise SystemExit(f"--train-licence {', '.join(sorted(licences - found))}: no track has it "
+                         f"(the packages' licences: {', '.join(sorted(found))})")
     excerpts, unlisted = plan(packages, set(read_holdout_list(args.holdout_list)), settings, licences)
     partial = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
