@@ -110,7 +110,8 @@ def options_config() -> dict:
                 "encoder": {"type": "oobleck", "config": {
                     "in_channels": 2, "channels": 8, "c_mults": [1, 2], "strides": strides, "latent_dim": 16}},
                 "decoder": {"type": "oobleck", "config": {
-                    "out_channels": 2, "channels": 8, "c_mults": [1, 2], "strides": strides, "latent_dim": 8}},
+                    "out_channels": 2, "channels": 8, "c_mults": [1, 2], "strides": strides, "latent_dim": 8,
+                    "use_nearest_upsample": True}},
                 "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 8, "io_channels": 2}},
             "conditioning": {"cond_dim": 64, "configs": [
                 {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 100}},

@@ -68,13 +68,15 @@ from musicguide.evaluate import (  # noqa: E402
     model_method,
     round_trip,
 )
-from musicguide.models import build_model, load_model_folder  # noqa: E402
-from musicguide.models.folder import split_weights  # noqa: E402
+from musicguide.models import ModelConfig, build_model, load_model_folder  # noqa: E402
+from musicguide.models.folder import VAE_PREFIXES, save_model_folder, save_weights, split_weights  # noqa: E402
 from musicguide.models.presets import SAMPLE_RATE, vae_variant  # noqa: E402
 from musicguide.splice import fade_samples  # noqa: E402
 from musicguide.train import (  # noqa: E402
     CONFIG_FILE,
     LOG_FILE,
+    LONG_STFT_SIZES,
+    VAE_WEIGHTS_FILE,
     Corpus,
     DiTTrainConfig,
     TrainProgress,
@@ -82,6 +84,7 @@ from musicguide.train import (  # noqa: E402
     VAETrainConfig,
     load_corpus,
     load_vae,
+    nearest_upsample_decoder,
     read_manifest,
     train_dit,
     train_vae,
@@ -262,6 +265,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae-lr", type=float, default=None)
     parser.add_argument("--dit-lr", type=float, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile both losses (CUDA only)")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="train the VAE's decoder alone (spectral loss up to 8192-sample windows) and no DiT: "
+                             "the latents stay as they are, so the DiT stays valid")
+    parser.add_argument("--nearest-upsample", action="store_true",
+                        help="first convert --init's decoder to repeat-then-convolve upsampling (no frame-rate buzz)")
     parser.add_argument("--eval-clips", type=int, default=30)
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--generations", type=int, default=8)
@@ -289,6 +297,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--vae-minutes must be >= 0, --dit-minutes and --deadline-minutes above 0")
     if args.vae_minutes == 0 and args.init is None:
         parser.error("--vae-minutes 0 keeps the starting model's VAE: it needs --init")
+    if (args.decoder_only or args.nearest_upsample) and (args.init is None or args.vae_minutes == 0):
+        parser.error("--decoder-only and --nearest-upsample change --init's VAE: they need --init and --vae-minutes")
     if args.evaluate_only and (args.init is None or args.measure_vae):
         parser.error("--evaluate-only measures the --init model: it needs one, and no --measure-vae")
     return args
@@ -331,8 +341,9 @@ def stage_configs(args: argparse.Namespace, vae_minutes: float,
                   dit_minutes: float) -> tuple[VAETrainConfig, DiTTrainConfig]:
     """Both stages' settings: the preset's, stopped by the time budget alone."""
     shared = dict(steps=UNBOUNDED_STEPS, warmup_steps=args.warmup_steps, compile=args.compile)
+    decoder = dict(train_encoder=False, stft_sizes=LONG_STFT_SIZES) if args.decoder_only else {}
     return (VAETrainConfig.for_preset(args.preset, max_minutes=vae_minutes, batch_size=args.vae_batch, lr=args.vae_lr,
-                                      **shared),
+                                      **shared, **decoder),
             DiTTrainConfig.for_preset(args.preset, max_minutes=dit_minutes, batch_size=args.dit_batch, lr=args.dit_lr,
                                       **shared))
 
@@ -358,9 +369,37 @@ def write_weights(out: Path, model_dir: Path) -> list[str]:
     return [f"{p.name}: {p.stat().st_size / 2**20:.2f} MiB" for p in parts]
 
 
+def vae_start(args: argparse.Namespace, work: Path) -> tuple[Path | None, ModelConfig | None]:
+    """The VAE the VAE stage starts from, and its model: --init's, or with --nearest-upsample its
+    decoder converted to repeat-then-convolve upsampling (train.nearest_upsample_decoder)."""
+    if not args.nearest_upsample:
+        return args.init, None
+    config, state = load_vae(args.init)
+    if config.autoencoder.decoder.use_nearest_upsample:
+        return args.init, None
+    config, state = nearest_upsample_decoder(config, {k: v.float() for k, v in state.items()})
+    folder = work / "converted"
+    folder.mkdir(parents=True, exist_ok=True)
+    config.to_json(folder / CONFIG_FILE)
+    save_weights(state, folder / VAE_WEIGHTS_FILE)
+    return folder, config
+
+
+def with_new_decoder(init: Path, vae_dir: Path, into: Path) -> Path:
+    """--init's model (its DiT untouched) with the VAE of `vae_dir`, as a model folder in fp16."""
+    config, vae = load_vae(vae_dir)
+    model = load_model_folder(init).float()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(VAE_PREFIXES)}
+    shipped = build_model(config)
+    shipped.load_state_dict({**state, **vae}, strict=True)
+    save_model_folder(shipped, into, dtype=torch.float16)
+    return into
+
+
 def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
             work: Path) -> tuple[list[str], dict]:
-    """Evaluate the starting model, fine-tune VAE then DiT, evaluate again, keep what is better."""
+    """Evaluate the starting model, fine-tune VAE then DiT, evaluate again, keep what is better.
+    With --decoder-only: the decoder alone, and no DiT stage (the latents do not change)."""
     lines, report = [], {}
     before = evaluate_folder(args.init, clips, settings, device) if args.init else None
     report["before"] = before
@@ -371,19 +410,25 @@ def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], setting
     vae_dir, dit_dir = work / "vae", work / "dit"
     vae_result = None
     training = minutes_left(args.deadline_minutes) - reserve - 2 * args.overhead_minutes
-    vae_minutes = min(args.vae_minutes, training * args.vae_minutes / (args.vae_minutes + args.dit_minutes))
+    dit_share = 0.0 if args.decoder_only else args.dit_minutes
+    vae_minutes = min(args.vae_minutes, training * args.vae_minutes / (args.vae_minutes + dit_share))
     if args.vae_minutes > 0:
         vae_config, _ = stage_configs(args, max(vae_minutes, 0.1), 1.0)
-        vae_result = train_vae(corpus, vae_dir, vae_config, device=device, progress=show, init=args.init)
+        vae_init, vae_model = vae_start(args, work)
+        vae_result = train_vae(corpus, vae_dir, vae_config, device=device, progress=show, init=vae_init,
+                               model_config=vae_model)
         lines.append(loss_line("VAE", vae_result, vae_dir))
         say(lines[-1])
-    dit_minutes = min(args.dit_minutes, minutes_left(args.deadline_minutes) - reserve - args.overhead_minutes)
-    _, dit_config = stage_configs(args, 1.0, max(dit_minutes, 0.1))
-    say(f"DiT budget {dit_config.max_minutes:.2f} min")
-    dit_result = train_dit(corpus, vae_dir if vae_result else args.init, dit_dir, dit_config, device=device,
-                           progress=show, init=args.init)
-    lines.append(loss_line("DiT", dit_result, dit_dir))
-    say(lines[-1])
+    if args.decoder_only:
+        with_new_decoder(args.init, vae_dir, dit_dir)
+    else:
+        dit_minutes = min(args.dit_minutes, minutes_left(args.deadline_minutes) - reserve - args.overhead_minutes)
+        _, dit_config = stage_configs(args, 1.0, max(dit_minutes, 0.1))
+        say(f"DiT budget {dit_config.max_minutes:.2f} min")
+        dit_result = train_dit(corpus, vae_dir if vae_result else args.init, dit_dir, dit_config, device=device,
+                               progress=show, init=args.init)
+        lines.append(loss_line("DiT", dit_result, dit_dir))
+        say(lines[-1])
 
     after = evaluate_folder(dit_dir, clips, settings, device)
     report["after"] = after

@@ -67,6 +67,12 @@ class OobleckDecoderConfig:
     strides: tuple[int, ...] = (2, 4, 8, 8)
     use_snake: bool = False
     final_tanh: bool = True
+    # The reference's option for each stage's upsampling: nearest-neighbour repeat, then a
+    # convolution, instead of a transposed convolution. A transposed convolution whose kernel is
+    # twice its stride turns a constant input into a pattern that repeats every stride, and chained
+    # over the stages, a buzz at the latent frame rate; a repeat and a convolution keep a constant
+    # constant (docs/training.md, "The decoder's buzz").
+    use_nearest_upsample: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,7 @@ class ModelConfig:
             "type": "autoencoder",
             "config": {
                 "encoder": {"type": "oobleck", "config": _plain(asdict(ae.encoder))},
-                "decoder": {"type": "oobleck", "config": _plain(asdict(ae.decoder))},
+                "decoder": {"type": "oobleck", "config": _decoder_dict(ae.decoder)},
                 "bottleneck": {"type": "vae"},
                 "latent_dim": ae.latent_dim,
                 "downsampling_ratio": ae.downsampling_ratio,
@@ -273,3 +279,14 @@ class ModelConfig:
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _decoder_dict(decoder: OobleckDecoderConfig) -> dict[str, Any]:
+    """The decoder's keys; `use_nearest_upsample` only where set, so a published model's config is
+    written back exactly as it was read."""
+    from musicguide.models.config_reading import _plain
+
+    values = _plain(asdict(decoder))
+    if not decoder.use_nearest_upsample:
+        del values["use_nearest_upsample"]
+    return values

@@ -208,8 +208,6 @@ def _read_oobleck(side: _Section, cls: type) -> Any:
     values = {name: cfg.take(name, getattr(defaults, name)) for name in defaults.__dataclass_fields__}
     # Options of the reference Oobleck that SAO does not use; refuse rather than compute without them.
     cfg.choice("antialias_activation", False, (False,))
-    if cls is OobleckDecoderConfig:
-        cfg.choice("use_nearest_upsample", False, (False,))
     cfg.finish()
     side.finish()
     return cls(**values)

@@ -122,14 +122,43 @@ class EncoderBlock(nn.Module):
         return self.layers(x)
 
 
-class DecoderBlock(nn.Module):
-    """A transposed convolution that multiplies the rate by `stride`, then three residual units."""
+class RepeatAndPad(nn.Module):
+    """Each sample `stride` times (nearest-neighbour upsampling), then zeros for a convolution of
+    kernel 2 x stride to keep the length: stride - 1 on the left, stride on the right, as torch's
+    padding="same" pads an even kernel (the reference's choice), without its warning."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, use_snake: bool):
+    def __init__(self, stride: int):
         super().__init__()
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x.repeat_interleave(self.stride, dim=-1), (self.stride - 1, self.stride))
+
+
+def nearest_upsample(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """A repeat, then a bias-free convolution of kernel 2 x stride, as the reference's
+    `use_nearest_upsample` builds it and with its parameter names (`1.weight_g`, ...).
+
+    A constant input stays constant, so the stage cannot add a pattern that repeats every input
+    sample. A transposed convolution does: its kernel of twice its stride overlaps itself unevenly,
+    and its kernel and bias land on every output period alike; chained over the stages, that is a
+    buzz at the latent frame rate."""
+    return nn.Sequential(RepeatAndPad(stride), WNConv1d(in_channels, out_channels, 2 * stride, bias=False))
+
+
+class DecoderBlock(nn.Module):
+    """An upsampling that multiplies the rate by `stride` (a transposed convolution, or a repeat and
+    a convolution), then three residual units."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, use_snake: bool,
+                 use_nearest_upsample: bool = False):
+        super().__init__()
+        upsample = (nearest_upsample(in_channels, out_channels, stride) if use_nearest_upsample else
+                    WNConvTranspose1d(in_channels, out_channels, 2 * stride, stride=stride,
+                                      padding=math.ceil(stride / 2)))
         self.layers = nn.Sequential(
             activation(in_channels, use_snake),
-            WNConvTranspose1d(in_channels, out_channels, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+            upsample,
             ResidualUnit(out_channels, 1, use_snake),
             ResidualUnit(out_channels, 3, use_snake),
             ResidualUnit(out_channels, 9, use_snake),
@@ -158,7 +187,7 @@ class OobleckDecoder(nn.Module):
     def __init__(self, cfg: OobleckDecoderConfig):
         super().__init__()
         widths = [cfg.channels] + [m * cfg.channels for m in cfg.c_mults]
-        blocks = [DecoderBlock(widths[i + 1], widths[i], cfg.strides[i], cfg.use_snake)
+        blocks = [DecoderBlock(widths[i + 1], widths[i], cfg.strides[i], cfg.use_snake, cfg.use_nearest_upsample)
                   for i in reversed(range(len(cfg.strides)))]
         self.layers = nn.Sequential(
             WNConv1d(cfg.latent_dim, widths[-1], 7, padding=3),

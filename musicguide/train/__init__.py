@@ -52,10 +52,12 @@ from musicguide.train.data import (
 )
 from musicguide.train.dit import compose_config, encode_track, train_dit
 from musicguide.train.loop import EMA, learning_rate
-from musicguide.train.losses import STFT_SIZES, sample_timesteps, stft_loss, v_loss, vae_loss
+from musicguide.train.losses import sample_timesteps, stft_loss, v_loss, vae_loss
 from musicguide.train.settings import (
     CHECKPOINT_FILE,
     LOG_FILE,
+    LONG_STFT_SIZES,
+    STFT_SIZES,
     TIMESTEP_SAMPLERS,
     VAE_WEIGHTS_FILE,
     DiTTrainConfig,
@@ -65,13 +67,13 @@ from musicguide.train.settings import (
     TrainResult,
     VAETrainConfig,
 )
-from musicguide.train.vae import load_vae, train_vae
+from musicguide.train.vae import load_vae, nearest_upsample_decoder, train_vae
 
 __all__ = [
-    "AUDIO_SUFFIXES", "CHECKPOINT_FILE", "CONFIG_FILE", "EMA", "LOG_FILE", "MANIFEST_FILE", "PRESETS", "PRESET_SHAPES",
+    "AUDIO_SUFFIXES", "CHECKPOINT_FILE", "CONFIG_FILE", "EMA", "LOG_FILE", "LONG_STFT_SIZES", "MANIFEST_FILE", "PRESETS", "PRESET_SHAPES",
     "SAMPLE_RATE", "STFT_SIZES", "TIMESTEP_SAMPLERS", "VAE_WEIGHTS_FILE", "VARIANT_STRIDES", "Corpus", "Crops",
     "DiTTrainConfig", "ProgressCallback", "TrackBank", "TrainConfig", "TrainProgress", "TrainResult",
     "VAETrainConfig", "audio_files", "check_out_dir", "compose_config", "encode_track", "holdout_names",
-    "learning_rate", "load_corpus", "load_vae", "preset_config", "read_manifest", "sample_timesteps", "stft_loss",
+    "learning_rate", "load_corpus", "load_vae", "nearest_upsample_decoder", "preset_config", "read_manifest", "sample_timesteps", "stft_loss",
     "train_dit", "train_vae", "v_loss", "vae_loss", "vae_variant",
 ]

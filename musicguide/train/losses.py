@@ -16,11 +16,7 @@ from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion
 from musicguide.models.vae import vae_kl
 from musicguide.train.data import Crops
-from musicguide.train.settings import VAETrainConfig
-
-# Window sizes of the spectral loss (75 % overlap), as stable-audio-tools uses for Oobleck minus
-# its 32-sample one: large windows resolve pitch, small ones transients.
-STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
+from musicguide.train.settings import STFT_SIZES, VAETrainConfig
 
 
 def _magnitudes(x: Tensor, n_fft: int) -> Tensor:
@@ -55,11 +51,12 @@ def vae_loss(model: LatentDiffusion, audio: Tensor, config: VAETrainConfig,
 
     The sample is mean + noise * stdev (as `OobleckVAE.encode(sample=True)` draws it), with `noise`
     [B, latent_channels, frames] given by the caller so that each example's draw is its own."""
-    mean, scale = model.vae.encoder(audio.to(model.dtype)).chunk(2, dim=1)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and config.train_encoder):
+        mean, scale = model.vae.encoder(audio.to(model.dtype)).chunk(2, dim=1)
     noise = torch.randn_like(mean) if noise is None else noise.to(mean.dtype)
     decoded = model.vae.decode(mean + noise * (F.softplus(scale) + 1e-4)).to(audio.dtype)
     kl = vae_kl(mean, scale).float()
-    spectral = stft_loss(decoded, audio)
+    spectral = stft_loss(decoded, audio, config.stft_sizes)
     l1 = (decoded.float() - audio).abs().mean()
     loss = spectral + config.l1_weight * l1 + config.kl_weight * kl
     return loss, {"stft": spectral.detach(), "l1": l1.detach(), "kl": kl.detach()}

@@ -80,17 +80,35 @@ class TrainConfig:
         return replace(cls(preset=preset, **defaults), **{k: v for k, v in overrides.items() if v is not None})
 
 
+# Window sizes of the spectral loss (75 % overlap), as stable-audio-tools uses for Oobleck minus
+# its 32-sample one: large windows resolve pitch, small ones transients.
+STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
+# With 4096 and 8192 as well: 2048's bins are 21.5 Hz wide and its main lobe +-43 Hz, so harmonics
+# of the 43 Hz latent frame rate (a decoder's buzz) barely separate in it and cost the loss little;
+# 8192 resolves them (5.4 Hz bins). docs/training.md, "The decoder's buzz".
+LONG_STFT_SIZES = (8192, 4096, *STFT_SIZES)
+
+
 @dataclass(frozen=True)
 class VAETrainConfig(TrainConfig):
     segment_samples: int = 65536  # 1.49 s: longer than the largest STFT window and the receptive field
     l1_weight: float = 1.0
     kl_weight: float = 1e-4  # the family's weight: a light pull toward N(0, 1) that keeps latents smooth
+    stft_sizes: tuple[int, ...] = STFT_SIZES
+    # False: train the decoder alone, on the frozen encoder's latents, so that a DiT trained on them
+    # stays valid.
+    train_encoder: bool = True
 
     def __post_init__(self):
         super().__post_init__()
         self._require("segment_samples", is_whole(self.segment_samples, 1), "a whole number of at least 1")
         for name in ("l1_weight", "kl_weight"):
             self._require(name, _is_finite(getattr(self, name)) and getattr(self, name) >= 0, "a finite number >= 0")
+        sizes = self.stft_sizes
+        self._require("stft_sizes", isinstance(sizes, tuple) and len(sizes) > 0
+                      and all(is_whole(n, 16) and n & (n - 1) == 0 and n <= self.segment_samples for n in sizes),
+                      "powers of two from 16 to segment_samples")
+        self._require("train_encoder", isinstance(self.train_encoder, bool), "True or False")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,6 +17,7 @@ from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder
 from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, WEIGHTS_FILE, save_weights
 from musicguide.models.presets import SAMPLE_RATE, preset_config
+from musicguide.models.vae import _weight_normalised
 from musicguide.train.data import Corpus, TrackBank
 from musicguide.train.loop import _train
 from musicguide.train.losses import stft_loss, vae_loss
@@ -35,6 +37,53 @@ def load_vae(vae_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         model = load_model_folder(folder, device=device)
         return model.config, {k: v for k, v in model.state_dict().items() if k.startswith(VAE_PREFIXES)}
     raise UserError(f"{folder} holds no VAE", hint="pass the --out folder of `musicguide train vae`, or a model folder")
+
+
+DECODER_PREFIX = "pretransform.model.decoder.layers."
+
+
+def nearest_upsample_decoder(config: ModelConfig, state: dict[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The same model with `use_nearest_upsample` decoders, and `state` (VAE weights at least) with
+    each transposed convolution replaced by the repeat-then-convolve kernel closest to it.
+
+    Both map one input sample x[m] to outputs n = m*stride + r through a kernel over the offset r:
+    the transposed convolution's own kernel, and for the repeat then a convolution v, a running sum
+    of s taps of v. The least-squares v over all offsets keeps what a repeat can express and drops
+    the rest: exactly the part that turns a constant into a pattern repeating every stride. The
+    transposed convolution's bias has no counterpart (a constant stays constant) and is dropped;
+    everything else is kept, so fine-tuning starts from the trained residual units."""
+    decoder = config.autoencoder.decoder
+    if decoder.use_nearest_upsample:
+        raise UserError("this model's decoder already upsamples by repeating")
+    data = config.to_dict()
+    data["model"]["pretransform"]["config"]["decoder"]["config"]["use_nearest_upsample"] = True
+    new_config = ModelConfig.from_dict(data)
+    state = dict(state)
+    for block, stride in enumerate(reversed(decoder.strides), start=1):
+        old = f"{DECODER_PREFIX}{block}.layers.1."
+        gain, direction = state.pop(old + "weight_g"), state.pop(old + "weight_v")
+        state.pop(old + "bias")
+        kernel = _weight_normalised(direction.float(), gain.float())  # [in, out, 2 * stride]
+        fitted = _repeat_kernel(kernel, stride)  # [out, in, 2 * stride]
+        state[old + "1.weight_v"] = fitted.to(direction.dtype).contiguous()
+        state[old + "1.weight_g"] = fitted.flatten(1).norm(dim=1)[:, None, None].to(gain.dtype)
+    return new_config, state
+
+
+def _repeat_kernel(transposed: Tensor, stride: int) -> Tensor:
+    """Least-squares v [out, in, 2s] with repeat-by-s then conv(v, "same") closest to
+    conv_transpose(transposed [in, out, 2s], stride s, padding ceil(s/2)), offset by offset."""
+    size, pad, left = 2 * stride, math.ceil(stride / 2), (2 * stride - 1) // 2
+    offsets = torch.arange(-3 * stride, 3 * stride)
+    taps = torch.arange(size)
+    # output n = m*s + r sees x[m] through taps j with m*s <= n + j - left < (m + 1)*s
+    first = left - offsets[:, None]
+    repeat_map = ((taps >= first) & (taps < first + stride)).double()  # [offsets, taps]
+    inside = (offsets + pad >= 0) & (offsets + pad < size)
+    target = torch.zeros(len(offsets), transposed.shape[0] * transposed.shape[1], dtype=torch.float64)
+    target[inside] = transposed.flatten(0, 1).T.double()[(offsets + pad)[inside]]
+    fitted = torch.linalg.lstsq(repeat_map, target).solution  # [taps, in * out]
+    return fitted.T.reshape(transposed.shape[0], transposed.shape[1], size).transpose(0, 1).float()
 
 
 def _model_config(stage: Stage, config: VAETrainConfig, given: ModelConfig | None) -> ModelConfig:
@@ -71,6 +120,7 @@ def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, conf
     if init is not None:
         start_from(model, load_vae(init)[1], VAE_PREFIXES, init)
     model.pretransform.requires_grad_(True)
+    model.vae.encoder.requires_grad_(config.train_encoder)
 
     segment = config.segment_samples
     bank = stage.bank([corpus.tracks[entries[t]] for t in shard.tracks], SAMPLE_RATE, segment, torch.float16)
@@ -117,7 +167,7 @@ def _validation(model: LatentDiffusion, bank: TrackBank | None, config: VAETrain
         for i in range(0, len(track), config.batch_size):
             audio = bank.crops(track[i:i + config.batch_size], start[i:i + config.batch_size], config.segment_samples).x
             decoded = model.decode(model.encode(audio))
-            totals["stft"] += stft_loss(decoded, audio).item() * len(audio)
+            totals["stft"] += stft_loss(decoded, audio, config.stft_sizes).item() * len(audio)
             totals["l1"] += (decoded.float() - audio).abs().mean().item() * len(audio)
         parts = {k: v / len(track) for k, v in totals.items()}
         return {"loss": parts["stft"] + config.l1_weight * parts["l1"], **parts}
