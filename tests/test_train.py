@@ -522,6 +522,38 @@ def test_the_verdict_wants_a_real_gain_and_no_target_lost(train_demo):
     assert not train_demo.verdict(before, before, 0.05, 0.1)[0]
 
 
+def test_targets_are_bounds_below_above_or_both(train_demo):
+    at_most, at_least, band = train_demo.Target(high=6.0), train_demo.Target(low=0.8), train_demo.Target(0.5, 2.0)
+    assert [at_most.shortfall(v) for v in (3.0, 6.0, 9.0)] == [0.0, 0.0, 0.5]
+    assert [at_least.shortfall(v) for v in (1.0, 0.8, 0.4)] == [0.0, 0.0, 0.5]
+    assert [band.shortfall(v) for v in (0.25, 1.0, 3.0)] == [0.5, 0.0, 0.5]
+    assert train_demo.Target(-1.0, 1.0).shortfall(-2.0) == 1.0 and str(train_demo.Target(-1.0, 1.0)) == "+-1"
+    # every target of issue 29 is in the verdict
+    assert {"vae_comb_db", "vae_onsets_kept", "vae_level_change_db", "zeros_comb_db", "infill_mr_ratio",
+            "infill_onset_ratio", "readme_gap_onset_ratio", "readme_gap_comb_db"} <= set(train_demo.TARGETS)
+
+
+def test_the_verdict_refuses_a_quieter_comb_bought_with_the_beat(train_demo):
+    before = scores(vae_comb_db=38.0, vae_onsets_kept=0.45, zeros_comb_db=99.0)
+    assert train_demo.verdict(before, scores(vae_comb_db=20.0, vae_onsets_kept=0.6, zeros_comb_db=4.0), 0.05, 0.1)[0]
+    assert not train_demo.verdict(before, scores(vae_comb_db=5.0, vae_onsets_kept=0.3, zeros_comb_db=4.0),
+                                  0.05, 0.1)[0]
+
+
+def test_comb_and_onset_measures_see_a_buzz_and_a_smeared_beat():
+    from musicguide.evaluate.metrics import frame_rate_comb_db, onset_strength
+
+    rng = np.random.default_rng(0)
+    n, frame = 6 * RATE, 1024
+    music = torch.from_numpy(np.stack([tones(6.0, 220, 0)[:, 0], tones(6.0, 220, 0)[:, 1]]).astype(np.float32))
+    noise = torch.from_numpy(rng.standard_normal((2, n)).astype(np.float32)) * 0.05
+    buzz = torch.from_numpy(np.tile(rng.standard_normal(frame), n // frame + 1)[:n].astype(np.float32)).repeat(2, 1)
+    assert frame_rate_comb_db(noise, RATE, RATE / frame) < 6
+    assert frame_rate_comb_db(noise + 0.05 * buzz, RATE, RATE / frame) > 12  # a buzz as loud as the music
+    smeared = torch.from_numpy(np.convolve(music[0].numpy(), np.hanning(4096) / 2048, "same")).repeat(2, 1)
+    assert onset_strength(smeared, RATE) < 0.5 * onset_strength(music, RATE)
+
+
 @pytest.fixture(scope="module")
 def smoke_out(train_demo, corpus_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
