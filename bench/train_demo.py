@@ -86,6 +86,7 @@ from musicguide.train import (  # noqa: E402
     TrainResult,
     VAETrainConfig,
     load_corpus,
+    calibrate_output_gain,
     load_vae,
     nearest_upsample_decoder,
     read_manifest,
@@ -146,6 +147,7 @@ TARGETS = {
 README_EDIT = (REPO.parent / "shared" / "audio" / "battle_60s.ogg", 8.0, 11.0)
 PLAIN_BASELINES = {"silence": silence_fill, "linear crossfade": linear_crossfade_fill, "copy neighbour": copy_fill}
 ZEROS_SECONDS = 12.0
+CALIBRATION_EXCERPTS = 24
 # Clips for the tiny preset (the smoke run's): its window is 1.5 s, too short for the 6 s / 2 s protocol.
 TINY_PROTOCOL = Protocol(clip_seconds=3.0, gap_seconds=0.5, clips_per_file=1)
 SMOKE_TRAIN = (20.0, 6.0)  # (start, seconds) of each training excerpt: past the intros
@@ -364,6 +366,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decoder-only", action="store_true",
                         help="train the VAE's decoder alone (spectral loss up to 8192-sample windows) and no DiT: "
                              "the latents stay as they are, so the DiT stays valid")
+    parser.add_argument("--mel-weight", type=float, default=0.0,
+                        help="with --decoder-only: weight of the evaluation's MR as a loss term")
     parser.add_argument("--nearest-upsample", action="store_true",
                         help="first convert --init's decoder to repeat-then-convolve upsampling (no frame-rate buzz)")
     parser.add_argument("--eval-clips", type=int, default=30)
@@ -437,7 +441,8 @@ def stage_configs(args: argparse.Namespace, vae_minutes: float,
                   dit_minutes: float) -> tuple[VAETrainConfig, DiTTrainConfig]:
     """Both stages' settings: the preset's, stopped by the time budget alone."""
     shared = dict(steps=UNBOUNDED_STEPS, warmup_steps=args.warmup_steps, compile=args.compile)
-    decoder = dict(train_encoder=False, stft_sizes=LONG_STFT_SIZES) if args.decoder_only else {}
+    decoder = (dict(train_encoder=False, stft_sizes=LONG_STFT_SIZES, mel_weight=args.mel_weight) if args.decoder_only
+               else {})
     return (VAETrainConfig.for_preset(args.preset, max_minutes=vae_minutes, batch_size=args.vae_batch, lr=args.vae_lr,
                                       **shared, **decoder),
             DiTTrainConfig.for_preset(args.preset, max_minutes=dit_minutes, batch_size=args.dit_batch, lr=args.dit_lr,
@@ -481,15 +486,26 @@ def vae_start(args: argparse.Namespace, work: Path) -> tuple[Path | None, ModelC
     return folder, config
 
 
-def with_new_decoder(init: Path, vae_dir: Path, into: Path) -> Path:
-    """--init's model (its DiT untouched) with the VAE of `vae_dir`, as a model folder in fp16."""
+def training_excerpts(corpus: Corpus, count: int = CALIBRATION_EXCERPTS, seconds: float = 6.0) -> list[torch.Tensor]:
+    """`seconds` from the middle of up to `count` training tracks, spread over the corpus."""
+    names, tracks = corpus.split(held_out=False)
+    step = max(1, len(tracks) // count)
+    length = round(seconds * SAMPLE_RATE)
+    return [t[:, max(0, (t.shape[-1] - length) // 2):][:, :length] for t in tracks[::step][:count]
+            if t is not None and t.shape[-1] >= SAMPLE_RATE]
+
+
+def with_new_decoder(init: Path, vae_dir: Path, into: Path, excerpts: list[torch.Tensor]) -> float:
+    """--init's model (its DiT untouched) with the VAE of `vae_dir` and its output gain calibrated
+    on training excerpts (train.calibrate_output_gain), as a model folder in fp16; the gain in dB."""
     config, vae = load_vae(vae_dir)
     model = load_model_folder(init).float()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(VAE_PREFIXES)}
     shipped = build_model(config)
     shipped.load_state_dict({**state, **vae}, strict=True)
+    gain_db = calibrate_output_gain(shipped, excerpts)
     save_model_folder(shipped, into, dtype=torch.float16)
-    return into
+    return gain_db
 
 
 def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
@@ -516,7 +532,9 @@ def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], setting
         lines.append(loss_line("VAE", vae_result, vae_dir))
         say(lines[-1])
     if args.decoder_only:
-        with_new_decoder(args.init, vae_dir, dit_dir)
+        gain_db = with_new_decoder(args.init, vae_dir, dit_dir, training_excerpts(corpus))
+        lines.append(f"decoder output gain, calibrated on training excerpts: {gain_db:+.2f} dB")
+        say(lines[-1])
     else:
         dit_minutes = min(args.dit_minutes, minutes_left(args.deadline_minutes) - reserve - args.overhead_minutes)
         _, dit_config = stage_configs(args, 1.0, max(dit_minutes, 0.1))

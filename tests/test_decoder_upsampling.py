@@ -194,3 +194,47 @@ def test_decoder_only_training_leaves_the_encoder_and_so_the_latents_alone(tmp_p
     decoder = [k for k in before if ".decoder." in k]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_output_gain_calibration_restores_the_round_trips_level():
+    from musicguide.audio import rms_db
+    from musicguide.train import calibrate_output_gain
+
+    model = random_model(tiny_config(True)).float()
+    torch.manual_seed(3)
+    excerpts = [0.1 * torch.randn(2, 8192) for _ in range(5)]
+
+    def level_change() -> float:
+        with torch.no_grad():
+            return float(torch.tensor([rms_db(model.decode(model.encode(x[None]))[0]) - rms_db(x)
+                                       for x in excerpts]).median())
+
+    before = level_change()
+    gain = calibrate_output_gain(model, excerpts)
+    assert gain == pytest.approx(-before, abs=1e-3) or abs(gain) == 12.0
+    assert abs(level_change()) < 1e-3 or abs(gain) == 12.0
+    tanh = tiny_config(True).to_dict()
+    tanh["model"]["pretransform"]["config"]["decoder"]["config"]["final_tanh"] = True
+    with pytest.raises(UserError, match="gain"):
+        calibrate_output_gain(build_model(ModelConfig.from_dict(tanh)), excerpts)
+
+
+def test_the_mel_loss_is_the_evaluations_mr_and_has_a_gradient():
+    from musicguide.evaluate.metrics import mel_distance, mel_distance_tensor
+    from musicguide.train import vae_loss
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 8192), torch.randn(2, 8192, requires_grad=True)
+    loss = mel_distance_tensor(b, a, 44100)
+    assert float(loss.detach()) == pytest.approx(mel_distance(b, a, 44100), rel=1e-6)
+    loss.backward()
+    assert b.grad is not None and b.grad.abs().sum() > 0
+    model = random_model(tiny_config(True))
+    audio = 0.1 * torch.randn(2, 2, 8192)
+    plain = VAETrainConfig.for_preset("tiny", segment_samples=8192)
+    with_mel = VAETrainConfig.for_preset("tiny", segment_samples=8192, mel_weight=0.5)
+    noise = torch.zeros(2, 8, 8192 // model.downsampling_ratio)
+    (base, parts), (total, mel_parts) = vae_loss(model, audio, plain, noise), vae_loss(model, audio, with_mel, noise)
+    assert "mel" not in parts and float(total - base) == pytest.approx(0.5 * float(mel_parts["mel"]), rel=1e-4)
+    with pytest.raises(UserError, match="mel_weight"):
+        VAETrainConfig.for_preset("tiny", mel_weight=-1.0)

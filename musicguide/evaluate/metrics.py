@@ -44,10 +44,18 @@ def mel_filterbank(sample_rate: int, n_fft: int, bands: int) -> Tensor:
 
 
 def _log_mel(audio: Tensor, sample_rate: int, n_fft: int, bands: int) -> Tensor:
-    """[channels, N] -> [channels, bands, frames] log10 mel magnitudes."""
-    spectrum = torch.stft(audio.float(), n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft),
+    """[..., N] -> [..., bands, frames] log10 mel magnitudes."""
+    flat = audio.float().reshape(-1, audio.shape[-1])
+    spectrum = torch.stft(flat, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft, device=audio.device),
                           center=True, pad_mode="reflect", return_complex=True).abs()
-    return (mel_filterbank(sample_rate, n_fft, bands) @ spectrum).clamp(min=MR_CLAMP).log10()
+    mel = (mel_filterbank(sample_rate, n_fft, bands).to(audio.device) @ spectrum).clamp(min=MR_CLAMP).log10()
+    return mel.reshape(*audio.shape[:-1], *mel.shape[-2:])
+
+
+def mel_distance_tensor(a: Tensor, b: Tensor, sample_rate: int) -> Tensor:
+    """MR as a differentiable tensor, for [..., N] signals of the same shape (training's mel loss)."""
+    return sum((_log_mel(a, sample_rate, w, m) - _log_mel(b, sample_rate, w, m)).abs().mean()
+               for w, m in zip(MR_WINDOWS, MR_MEL_BANDS))
 
 
 def mel_distance(a: Tensor, b: Tensor, sample_rate: int) -> float:
@@ -56,9 +64,7 @@ def mel_distance(a: Tensor, b: Tensor, sample_rate: int) -> float:
         raise ValueError(f"mel distance needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[-1] <= max(MR_WINDOWS) // 2:
         raise ValueError(f"mel distance needs more than {max(MR_WINDOWS) // 2} samples, got {a.shape[-1]}")
-    a, b = a.detach().cpu(), b.detach().cpu()
-    return float(sum((_log_mel(a, sample_rate, w, m) - _log_mel(b, sample_rate, w, m)).abs().mean()
-                     for w, m in zip(MR_WINDOWS, MR_MEL_BANDS)))
+    return float(mel_distance_tensor(a.detach().cpu(), b.detach().cpu(), sample_rate))
 
 
 # ---- What a VAE does to the sound: a frame-rate buzz, smeared onsets ----------------------------

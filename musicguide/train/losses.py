@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from musicguide.errors import UserError
+from musicguide.evaluate.metrics import mel_distance_tensor
 from musicguide.models import LatentDiffusion
+from musicguide.models.presets import SAMPLE_RATE
 from musicguide.models.vae import vae_kl
 from musicguide.train.data import Crops
 from musicguide.train.settings import STFT_SIZES, VAETrainConfig
@@ -59,7 +61,13 @@ def vae_loss(model: LatentDiffusion, audio: Tensor, config: VAETrainConfig,
     spectral = stft_loss(decoded, audio, config.stft_sizes)
     l1 = (decoded.float() - audio).abs().mean()
     loss = spectral + config.l1_weight * l1 + config.kl_weight * kl
-    return loss, {"stft": spectral.detach(), "l1": l1.detach(), "kl": kl.detach()}
+    parts = {"stft": spectral.detach(), "l1": l1.detach(), "kl": kl.detach()}
+    if config.mel_weight > 0:
+        with torch.autocast(audio.device.type, enabled=False):
+            mel = mel_distance_tensor(decoded.float(), audio.float(), SAMPLE_RATE)
+        loss = loss + config.mel_weight * mel
+        parts["mel"] = mel.detach()
+    return loss, parts
 
 
 def v_loss(model: LatentDiffusion, x0: Tensor, t: Tensor, noise: Tensor, crops: Crops) -> Tensor:

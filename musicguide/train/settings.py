@@ -98,11 +98,14 @@ class VAETrainConfig(TrainConfig):
     # False: train the decoder alone, on the frozen encoder's latents, so that a DiT trained on them
     # stays valid.
     train_encoder: bool = True
+    # Weight of the evaluation's MR (DAC's multi-resolution log-mel L1, evaluate.metrics) as a loss
+    # term, as DAC trains with it: the log-mel bands weigh the low end as the ear and MR do.
+    mel_weight: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         self._require("segment_samples", is_whole(self.segment_samples, 1), "a whole number of at least 1")
-        for name in ("l1_weight", "kl_weight"):
+        for name in ("l1_weight", "kl_weight", "mel_weight"):
             self._require(name, _is_finite(getattr(self, name)) and getattr(self, name) >= 0, "a finite number >= 0")
         sizes = self.stft_sizes
         self._require("stft_sizes", isinstance(sizes, tuple) and len(sizes) > 0

@@ -17,7 +17,7 @@ from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder
 from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, WEIGHTS_FILE, save_weights
 from musicguide.models.presets import SAMPLE_RATE, preset_config
-from musicguide.models.vae import _weight_normalised
+from musicguide.models.vae import WNConv1d, _weight_normalised
 from musicguide.train.data import Corpus, TrackBank
 from musicguide.train.loop import _train
 from musicguide.train.losses import stft_loss, vae_loss
@@ -84,6 +84,31 @@ def _repeat_kernel(transposed: Tensor, stride: int) -> Tensor:
     target[inside] = transposed.flatten(0, 1).T.double()[(offsets + pad)[inside]]
     fitted = torch.linalg.lstsq(repeat_map, target).solution  # [taps, in * out]
     return fitted.T.reshape(transposed.shape[0], transposed.shape[1], size).transpose(0, 1).float()
+
+
+MAX_GAIN_DB = 12.0
+
+
+def calibrate_output_gain(model: LatentDiffusion, excerpts: Sequence[Tensor]) -> float:
+    """Scale the decoder's last convolution so that round trips of `excerpts` ([2, N] each, training
+    audio) keep their level: the median level change over them, undone (at most +-12 dB).
+
+    The spectral loss's log-magnitude term is nearly blind to a constant gain next to its other
+    errors, and a decoder fine-tuned with it came out 3.9 dB quiet. The decoder ends in a linear,
+    bias-free convolution, so one factor on its weight is an exact gain. Returns the gain in dB."""
+    changes = []
+    with torch.no_grad():
+        for audio in excerpts:
+            audio = audio.float()[None, :, : audio.shape[-1] // model.downsampling_ratio * model.downsampling_ratio]
+            decoded = model.decode(model.encode(audio.to(model.device, model.dtype))).float().cpu()
+            changes.append(10 * math.log10(audio.square().mean() / decoded.square().mean().clamp_min(1e-12)))
+    gain_db = max(-MAX_GAIN_DB, min(MAX_GAIN_DB, float(torch.tensor(changes).median())))
+    last = model.vae.decoder.layers[-2]
+    if model.config.autoencoder.decoder.final_tanh or not isinstance(last, WNConv1d) or last.bias is not None:
+        raise UserError("this decoder does not end in a linear, bias-free convolution: its gain cannot be set")
+    with torch.no_grad():
+        last.weight_g.mul_(10 ** (gain_db / 20))
+    return gain_db
 
 
 def _model_config(stage: Stage, config: VAETrainConfig, given: ModelConfig | None) -> ModelConfig:
