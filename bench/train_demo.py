@@ -473,11 +473,11 @@ def write_weights(out: Path, model_dir: Path) -> list[str]:
 def vae_start(args: argparse.Namespace, work: Path) -> tuple[Path | None, ModelConfig | None]:
     """The VAE the VAE stage starts from, and its model: --init's, or with --nearest-upsample its
     decoder converted to repeat-then-convolve upsampling (train.nearest_upsample_decoder)."""
-    if not args.nearest_upsample:
-        return args.init, None
+    if args.init is None:
+        return None, None
     config, state = load_vae(args.init)
-    if config.autoencoder.decoder.use_nearest_upsample:
-        return args.init, None
+    if not args.nearest_upsample or config.autoencoder.decoder.use_nearest_upsample:
+        return args.init, config  # its own model: a converted decoder is not the preset's
     config, state = nearest_upsample_decoder(config, {k: v.float() for k, v in state.items()})
     folder = work / "converted"
     folder.mkdir(parents=True, exist_ok=True)

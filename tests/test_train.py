@@ -554,6 +554,22 @@ def test_comb_and_onset_measures_see_a_buzz_and_a_smeared_beat():
     assert onset_strength(smeared, RATE) < 0.5 * onset_strength(music, RATE)
 
 
+def test_a_decoder_run_starts_from_the_given_models_own_decoder(train_demo, tmp_path):
+    """--nearest-upsample converts a transposed decoder once; a converted start keeps its layout
+    (not the preset's), with or without the flag."""
+    import argparse
+
+    from musicguide.models.folder import save_model_folder
+
+    save_model_folder(build_model(preset_config("tiny")), tmp_path / "transposed")
+    init, config = train_demo.vae_start(argparse.Namespace(init=tmp_path / "transposed", nearest_upsample=True),
+                                        tmp_path / "work")
+    assert init != tmp_path / "transposed" and config.autoencoder.decoder.use_nearest_upsample
+    for flag in (False, True):
+        again, same = train_demo.vae_start(argparse.Namespace(init=init, nearest_upsample=flag), tmp_path / "w2")
+        assert again == init and same.autoencoder.decoder.use_nearest_upsample
+
+
 @pytest.fixture(scope="module")
 def smoke_out(train_demo, corpus_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
