@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import librosa
 import soundfile as sf
 import torch
 
@@ -57,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicguide import edit  # noqa: E402
-from musicguide.audio import rms_db  # noqa: E402
+from musicguide.audio import load_audio, rms_db  # noqa: E402
 from musicguide.edit import SamplerSettings  # noqa: E402
 from musicguide.evaluate import (  # noqa: E402
     Clip,
@@ -85,8 +84,8 @@ from musicguide.train import (  # noqa: E402
     TrainProgress,
     TrainResult,
     VAETrainConfig,
-    load_corpus,
     calibrate_output_gain,
+    load_corpus,
     load_vae,
     nearest_upsample_decoder,
     read_manifest,
@@ -212,13 +211,14 @@ def vae_scores(model, clips: list[Clip], protocol: Protocol) -> dict:
     """Round trips of the clips: MR over each clip's gap against the linear crossfade's there, and
     over the whole clip the frame-rate comb, the onset strength kept and the level change."""
     fade = fade_samples(SAMPLE_RATE)
-    vae, crossfade, comb, onsets, level = [], [], [], [], []
+    vae, crossfade, comb, heldout_comb, onsets, level = [], [], [], [], [], []
     for case in build_cases(clips, protocol, SAMPLE_RATE)["infill"]:
         gap = slice(case.start, case.end)
         original, trip = case.original, round_trip(model, case.original)
         vae.append(mel_distance(trip[:, gap], original[:, gap], SAMPLE_RATE))
         crossfade.append(mel_distance(linear_crossfade_fill(case, fade).audio[:, gap], original[:, gap], SAMPLE_RATE))
         comb.append(frame_rate_comb_db(trip, SAMPLE_RATE, frame_hz(model)))
+        heldout_comb.append(frame_rate_comb_db(original, SAMPLE_RATE, frame_hz(model)))
         onsets.append(onset_strength(trip, SAMPLE_RATE) / max(onset_strength(original, SAMPLE_RATE), 1e-9))
         level.append(rms_db(trip) - rms_db(original))
     frames = round(ZEROS_SECONDS * SAMPLE_RATE / model.downsampling_ratio)
@@ -228,8 +228,7 @@ def vae_scores(model, clips: list[Clip], protocol: Protocol) -> dict:
             "vae_mr_ratio": statistics.mean(vae) / statistics.mean(crossfade),
             "vae_comb_db": statistics.median(comb), "vae_onsets_kept": statistics.median(onsets),
             "vae_level_change_db": statistics.median(level),
-            "heldout_comb_db": statistics.median(frame_rate_comb_db(c.original, SAMPLE_RATE, frame_hz(model))
-                                                 for c in build_cases(clips, protocol, SAMPLE_RATE)["infill"]),
+            "heldout_comb_db": statistics.median(heldout_comb),
             "zeros_comb_db": frame_rate_comb_db(zeros, SAMPLE_RATE, frame_hz(model)), "zeros_level_db": rms_db(zeros)}
 
 
@@ -263,8 +262,7 @@ def readme_edit_scores(model, settings: EvalSettings) -> dict:
     window_seconds = model.max_frames * model.downsampling_ratio / SAMPLE_RATE
     if not path.is_file() or window_seconds < 3 * (end - start):  # the tiny preset's 1.5 s window
         return {}
-    song, rate = sf.read(path, dtype="float32", always_2d=True)
-    song = torch.from_numpy(librosa.resample(song.T, orig_sr=rate, target_sr=SAMPLE_RATE))
+    song, _ = load_audio(path, SAMPLE_RATE)  # as the CLI reads it
     gap = slice(round(start * SAMPLE_RATE), round(end * SAMPLE_RATE))
     settings_ = SamplerSettings(steps=settings.steps, seed=1)
     made = edit.infill(model, song, round(start * SAMPLE_RATE), round(end * SAMPLE_RATE), settings_).songs[0]

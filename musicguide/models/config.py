@@ -227,11 +227,14 @@ class ModelConfig:
 
         """The model_config.json layout stable-audio-tools' create_model_from_config reads."""
         ae, cond, diff, dit = self.autoencoder, self.conditioning, self.diffusion, self.diffusion.dit
+        decoder = _plain(asdict(ae.decoder))
+        if not ae.decoder.use_nearest_upsample:
+            del decoder["use_nearest_upsample"]  # written only where set: published configs come back as read
         pretransform: dict[str, Any] = {
             "type": "autoencoder",
             "config": {
                 "encoder": {"type": "oobleck", "config": _plain(asdict(ae.encoder))},
-                "decoder": {"type": "oobleck", "config": _decoder_dict(ae.decoder)},
+                "decoder": {"type": "oobleck", "config": decoder},
                 "bottleneck": {"type": "vae"},
                 "latent_dim": ae.latent_dim,
                 "downsampling_ratio": ae.downsampling_ratio,
@@ -280,13 +283,3 @@ class ModelConfig:
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-
-def _decoder_dict(decoder: OobleckDecoderConfig) -> dict[str, Any]:
-    """The decoder's keys; `use_nearest_upsample` only where set, so a published model's config is
-    written back exactly as it was read."""
-    from musicguide.models.config_reading import _plain
-
-    values = _plain(asdict(decoder))
-    if not decoder.use_nearest_upsample:
-        del values["use_nearest_upsample"]
-    return values

@@ -70,10 +70,11 @@ from musicguide.train.settings import (
 from musicguide.train.vae import calibrate_output_gain, load_vae, nearest_upsample_decoder, train_vae
 
 __all__ = [
-    "AUDIO_SUFFIXES", "CHECKPOINT_FILE", "CONFIG_FILE", "EMA", "LOG_FILE", "LONG_STFT_SIZES", "MANIFEST_FILE", "PRESETS", "PRESET_SHAPES",
-    "SAMPLE_RATE", "STFT_SIZES", "TIMESTEP_SAMPLERS", "VAE_WEIGHTS_FILE", "VARIANT_STRIDES", "Corpus", "Crops",
-    "DiTTrainConfig", "ProgressCallback", "TrackBank", "TrainConfig", "TrainProgress", "TrainResult",
-    "VAETrainConfig", "audio_files", "calibrate_output_gain", "check_out_dir", "compose_config", "encode_track", "holdout_names",
-    "learning_rate", "load_corpus", "load_vae", "nearest_upsample_decoder", "preset_config", "read_manifest", "sample_timesteps", "stft_loss",
-    "train_dit", "train_vae", "v_loss", "vae_loss", "vae_variant",
+    "AUDIO_SUFFIXES", "CHECKPOINT_FILE", "CONFIG_FILE", "EMA", "LOG_FILE", "LONG_STFT_SIZES", "MANIFEST_FILE",
+    "PRESETS", "PRESET_SHAPES", "SAMPLE_RATE", "STFT_SIZES", "TIMESTEP_SAMPLERS", "VAE_WEIGHTS_FILE",
+    "VARIANT_STRIDES", "Corpus", "Crops", "DiTTrainConfig", "ProgressCallback", "TrackBank", "TrainConfig",
+    "TrainProgress", "TrainResult", "VAETrainConfig", "audio_files", "calibrate_output_gain", "check_out_dir",
+    "compose_config", "encode_track", "holdout_names", "learning_rate", "load_corpus", "load_vae",
+    "nearest_upsample_decoder", "preset_config", "read_manifest", "sample_timesteps", "stft_loss", "train_dit",
+    "train_vae", "v_loss", "vae_loss", "vae_variant",
 ]

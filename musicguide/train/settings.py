@@ -83,9 +83,10 @@ class TrainConfig:
 # Window sizes of the spectral loss (75 % overlap), as stable-audio-tools uses for Oobleck minus
 # its 32-sample one: large windows resolve pitch, small ones transients.
 STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
-# With 4096 and 8192 as well: 2048's bins are 21.5 Hz wide and its main lobe +-43 Hz, so harmonics
-# of the 43 Hz latent frame rate (a decoder's buzz) barely separate in it and cost the loss little;
-# 8192 resolves them (5.4 Hz bins). docs/training.md, "The decoder's buzz".
+# With 4096 and 8192 as well (5.4 Hz bins at 8192, where 2048's are 21.5 Hz): the decoder fine-tuning
+# of issue 29 uses them, as the experiment in ../shared/docs/vae-round-trip.md did. On a toy check
+# they did not make a 43 Hz comb cost more than equal-energy noise; what removed the buzz is the
+# decoder's upsampling (docs/training.md, "The decoder's buzz").
 LONG_STFT_SIZES = (8192, 4096, *STFT_SIZES)
 
 

@@ -96,6 +96,9 @@ def calibrate_output_gain(model: LatentDiffusion, excerpts: Sequence[Tensor]) ->
     The spectral loss's log-magnitude term is nearly blind to a constant gain next to its other
     errors, and a decoder fine-tuned with it came out 3.9 dB quiet. The decoder ends in a linear,
     bias-free convolution, so one factor on its weight is an exact gain. Returns the gain in dB."""
+    last = model.vae.decoder.layers[-2]
+    if model.config.autoencoder.decoder.final_tanh or not isinstance(last, WNConv1d) or last.bias is not None:
+        raise UserError("this decoder does not end in a linear, bias-free convolution: its gain cannot be set")
     changes = []
     with torch.no_grad():
         for audio in excerpts:
@@ -103,9 +106,6 @@ def calibrate_output_gain(model: LatentDiffusion, excerpts: Sequence[Tensor]) ->
             decoded = model.decode(model.encode(audio.to(model.device, model.dtype))).float().cpu()
             changes.append(10 * math.log10(audio.square().mean() / decoded.square().mean().clamp_min(1e-12)))
     gain_db = max(-MAX_GAIN_DB, min(MAX_GAIN_DB, float(torch.tensor(changes).median())))
-    last = model.vae.decoder.layers[-2]
-    if model.config.autoencoder.decoder.final_tanh or not isinstance(last, WNConv1d) or last.bias is not None:
-        raise UserError("this decoder does not end in a linear, bias-free convolution: its gain cannot be set")
     with torch.no_grad():
         last.weight_g.mul_(10 ** (gain_db / 20))
     return gain_db
