@@ -130,12 +130,15 @@ def test_conversion_reproduces_a_transposed_convolution_that_a_repeat_can_expres
 def test_conversion_keeps_every_other_weight_and_refuses_a_second_time():
     config = tiny_config(False)
     state = random_model(config).state_dict()
+    copies = {k: v.clone() for k, v in state.items()}
     new_config, new_state = nearest_upsample_decoder(config, state)
     assert new_config.autoencoder.decoder.use_nearest_upsample
     upsampling = {k for k in state if k.startswith(DECODER_PREFIX) and ".layers.1." in k
                   and k.count(".layers.") == 2}
-    assert {k: v for k, v in state.items() if k not in upsampling} == \
-        {k: v for k, v in new_state.items() if k in state and k not in upsampling}
+    assert len(upsampling) == 3 * len(config.autoencoder.decoder.strides)  # weight_g, weight_v, bias per stage
+    kept = set(state) - upsampling
+    assert kept < set(new_state) and all(torch.equal(new_state[k], copies[k]) for k in kept)
+    assert all(torch.equal(state[k], copies[k]) for k in state), "the given state is left as it was"
     build_model(new_config).load_state_dict(new_state, strict=True)
     with pytest.raises(UserError, match="already"):
         nearest_upsample_decoder(new_config, new_state)
@@ -209,10 +212,16 @@ def test_output_gain_calibration_restores_the_round_trips_level():
             return float(torch.tensor([rms_db(model.decode(model.encode(x[None]))[0]) - rms_db(x)
                                        for x in excerpts]).median())
 
-    before = level_change()
-    gain = calibrate_output_gain(model, excerpts)
-    assert gain == pytest.approx(-before, abs=1e-3) or abs(gain) == 12.0
-    assert abs(level_change()) < 1e-3 or abs(gain) == 12.0
+    last = model.vae.decoder.layers[-2]
+    with torch.no_grad():  # make the round trip exactly 5 dB too loud, then 30 dB
+        last.weight_g.mul_(10 ** ((5.0 - level_change()) / 20))
+    assert level_change() == pytest.approx(5.0, abs=1e-3)
+    assert calibrate_output_gain(model, excerpts) == pytest.approx(-5.0, abs=1e-3)
+    assert abs(level_change()) < 1e-3
+    with torch.no_grad():
+        last.weight_g.mul_(10 ** (30.0 / 20))
+    assert calibrate_output_gain(model, excerpts) == -12.0  # at most 12 dB: a larger miss is not a gain problem
+    assert level_change() == pytest.approx(18.0, abs=1e-3)
     tanh = tiny_config(True).to_dict()
     tanh["model"]["pretransform"]["config"]["decoder"]["config"]["final_tanh"] = True
     with pytest.raises(UserError, match="gain"):
