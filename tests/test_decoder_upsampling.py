@@ -133,9 +133,9 @@ def test_conversion_keeps_every_other_weight_and_refuses_a_second_time():
     copies = {k: v.clone() for k, v in state.items()}
     new_config, new_state = nearest_upsample_decoder(config, state)
     assert new_config.autoencoder.decoder.use_nearest_upsample
-    upsampling = {k for k in state if k.startswith(DECODER_PREFIX) and ".layers.1." in k
-                  and k.count(".layers.") == 2}
-    assert len(upsampling) == 3 * len(config.autoencoder.decoder.strides)  # weight_g, weight_v, bias per stage
+    stages = range(1, len(config.autoencoder.decoder.strides) + 1)
+    upsampling = {f"{DECODER_PREFIX}{b}.layers.1.{name}" for b in stages for name in ("weight_g", "weight_v", "bias")}
+    assert upsampling <= set(state) and len(upsampling) == 3 * len(config.autoencoder.decoder.strides)  # weight_g, weight_v, bias per stage
     kept = set(state) - upsampling
     assert kept < set(new_state) and all(torch.equal(new_state[k], copies[k]) for k in kept)
     assert all(torch.equal(state[k], copies[k]) for k in state), "the given state is left as it was"
