@@ -219,19 +219,24 @@ class Outputs:
         self.discard()
 
     def _link_all(self) -> None:
-        done: list[Path] = []
+        """Publish each target with no-clobber; if any name is taken, take back the ones already
+        published (their temporary files still hold them) and keep the whole unit aside."""
+        done: list[tuple[Path, bool]] = []  # (target, whether its temporary file was moved, not linked)
         for target in self.targets:
             try:
-                _link_no_clobber(self._temporary[target], target)
+                moved = _link_no_clobber(self._temporary[target], target)
             except OSError as error:
-                for published in done:
-                    published.unlink()
+                for published, was_moved in reversed(done):
+                    if was_moved:
+                        os.rename(published, self._temporary[published])
+                    else:
+                        published.unlink()
                 if isinstance(error, FileExistsError):
                     kept = self._keep_aside()
                     raise UserError(f"{target} was created by another program while this run worked; it was left "
                                     f"alone, and this run's result is in {', '.join(map(str, kept))}") from error
                 raise UserError(f"cannot write {target}: {plain_reason(error, target)}; nothing was written") from error
-            done.append(target)
+            done.append((target, moved))
 
     def _keep_aside(self) -> list[Path]:
         """Move this run's finished files to fresh names beside their targets (same suffixes)."""
@@ -267,9 +272,10 @@ class Outputs:
             backup.unlink(missing_ok=True)
 
 
-def _link_no_clobber(source: Path, target: Path) -> None:
+def _link_no_clobber(source: Path, target: Path) -> bool:
     """Give `source` the name `target` unless `target` exists, as one atomic step (a hard link
-    fails with EEXIST). File systems without hard links get renameat2(RENAME_NOREPLACE)."""
+    fails with EEXIST). The source keeps its name too, so that the caller can take the link back;
+    file systems without hard links get renameat2(RENAME_NOREPLACE), which moves it (returns True)."""
     try:
         os.link(source, target)
     except FileExistsError:
@@ -278,8 +284,8 @@ def _link_no_clobber(source: Path, target: Path) -> None:
         if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
         _rename_no_replace(source, target)
-        return
-    source.unlink()
+        return True
+    return False
 
 
 def _rename_no_replace(source: Path, target: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -239,16 +240,20 @@ class SongFile:
         self.channels = channels
         self._scratch: Path | None = None
         sound = _open_sound(self.path)
-        info = _info(self.path, sound)
-        self.info = replace(info, conversions=_conversion_notes(info, sample_rate, channels))
-        self.length = _converted_length(info, sample_rate)
-        if info.format in EXACT_SEEK_FORMATS and not self.info.conversions:
-            self._sound = sound
-            return
         try:
+            info = _info(self.path, sound)
+            self.info = replace(info, conversions=_conversion_notes(info, sample_rate, channels))
+            self.length = _converted_length(info, sample_rate)
+            if info.format in EXACT_SEEK_FORMATS and not self.info.conversions:
+                self._sound = sound
+                return
             self._sound = self._convert(sound)
-        finally:
+        except BaseException:  # a bad sample, a full disk, Ctrl-C: no `close()` will come, so clean up here
+            if self._scratch is not None:
+                self._scratch.unlink(missing_ok=True)
             sound.close()
+            raise
+        sound.close()
 
     def _convert(self, sound: sf.SoundFile) -> sf.SoundFile:
         import tempfile
@@ -258,9 +263,9 @@ class SongFile:
         if needed > shutil.disk_usage(folder).free:
             raise UserError(f"converting {self.path} to {self.sample_rate} Hz needs {needed / 1e9:.1f} GB of "
                             f"scratch space in {folder}, more than is free", hint="set TMPDIR to a larger disk")
-        handle, name = tempfile.mkstemp(prefix="musicguide-", suffix=".wav", dir=folder)
-        os.close(handle)
-        self._scratch = Path(name)
+        # named before it exists, so that a signal between its creation and the assignment cannot leak it
+        self._scratch = folder / f"musicguide-{secrets.token_hex(8)}.wav"
+        os.close(os.open(self._scratch, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         length = 0
         with sf.SoundFile(self._scratch, "w", self.sample_rate, self.channels, subtype="FLOAT", format="WAV") as scratch:
             for block in _converted_blocks(self.path, sound, self.sample_rate, self.channels):

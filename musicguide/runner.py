@@ -111,6 +111,15 @@ def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def model_files(model: str) -> list[Path]:
+    """A model given as a folder is read too: its files are inputs that no output may replace."""
+    folder = Path(model).expanduser()
+    try:  # an existing folder wins over a registry name (registry.resolve_model)
+        return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    except OSError:  # unreadable: loading it will say so
+        return []
+
+
 def settings_for(common: Common):
     from .edit import SamplerSettings
 
@@ -258,12 +267,14 @@ def opened(paths: list[Path], sample_rate: int, channels: int) -> Iterator[list]
 
 
 def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs, edit_settings: dict, *,
-             progress, say: Callable[[str], None], plot: bool = False, timing=None) -> Run:
+             progress, say: Callable[[str], None], plot: bool = False, timing=None, reads: tuple = ()) -> Run:
     """Check, reserve the outputs, load, run `edit(model, sources, settings, begin) -> Edited`,
     write and publish. `runs` is how many sampling runs the edit takes (a number, or a function
     of the model and the sources); `progress(total, label)` is a context manager yielding the
     step callback, and the edit enters `begin()` (that context) around its sampling. With `plot`,
-    a picture of each output is written beside it; `timing` (jobs.Timing) adds its beat grid."""
+    a picture of each output is written beside it; `timing` (jobs.Timing) adds its beat grid.
+    `reads` are the other files the command reads (--like clips, a batch's jobs file): like the
+    inputs, no output may name one of them, even with --overwrite."""
     from .atomic import Outputs
 
     common.check()
@@ -275,7 +286,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
 
         require_matplotlib()
     targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
-    with Outputs(targets, overwrite=common.overwrite, inputs=tuple(inputs)) as outputs:
+    with Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model))) as outputs:
         outputs.reserve()
         model, resolved, device = load_model(common, say)
         settings = settings.for_model(model)

@@ -30,7 +30,8 @@ app.add_typer(train_app, name="train")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
-STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False, "runs": None}
+# "runs": a batch's collected runs (None alone); "reads": files the whole process reads (a batch's jobs file)
+STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False, "runs": None, "reads": ()}
 DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
 
 
@@ -57,7 +58,7 @@ def main() -> None:
     """Runs the app and turns everything that ends it into one line and an exit status."""
     import torch
 
-    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=False)
+    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=False, reads=())
     try:
         code = app(standalone_mode=False)
     except UserError as error:

@@ -44,7 +44,8 @@ def _progress(quiet: bool, total: int, label: str) -> Iterator:
     err.print(f"{label}: {done.completed:.0f}/{total} steps in {done.elapsed:.1f} s")
 
 
-def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict, timing: Timing | None = None) -> None:
+def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict, timing: Timing | None = None,
+         reads: list[Path] = ()) -> None:
     quiet = common.quiet or common.as_json
 
     def say(text: str) -> None:
@@ -53,7 +54,7 @@ def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_setting
 
     run = runner.run_edit(verb, common, inputs, edit, runs, edit_settings,
                           progress=lambda total, label: _progress(quiet, total, label), say=say, plot=common.plot,
-                          timing=timing)
+                          timing=timing, reads=(*reads, *STATE["reads"]))
     if STATE["runs"] is not None:  # a batch job: the batch reports
         STATE["runs"].append(run)
         return
@@ -230,4 +231,4 @@ def restyle(
     extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
              "keep": keep, "start": start, "end": end, "tagger": tagger.value, "match_level": match_level}
     _run("restyle", common, [song], jobs.restyle_edit(common, style, a, b),
-         lambda model, sources: jobs.restyle_chunk_count(model, sources, a, b), extra, timing)
+         lambda model, sources: jobs.restyle_chunk_count(model, sources, a, b), extra, timing, reads=like)

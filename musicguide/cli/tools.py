@@ -67,6 +67,7 @@ def batch(
     from .. import distributed
 
     STATE["json"] = as_json
+    STATE["reads"] = (jobs,)  # no job's output may replace the jobs file
     jobs_list = read_jobs(jobs)
     here = distributed.start("cuda" if device == Device.cuda else "cpu")
     mine = jobs_list[here.rank :: here.size]

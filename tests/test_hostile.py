@@ -1,0 +1,193 @@
+"""The hostile user's cases of issue 24, each kept as a test: files a command reads are never
+written, a lost race keeps its result whichever name was taken, no scratch file is left behind,
+--json always prints one object, batch jobs run as they would alone, and refusals come first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicguide import atomic
+
+from conftest import run_cli, synth_song
+
+SR = 44100
+TR = ["--model", "tiny-random", "--steps", "2", "--device", "cpu", "--seed", "3"]
+MUSICGUIDE = [sys.executable, "-m", "musicguide"]
+
+
+def one_line_error(code: int, stderr: str, expected: str, status: int = 2) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == status, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert expected in lines[0], lines[0]
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def wav(folder: Path, name: str, seconds: float = 6.0, **kwargs) -> Path:
+    path = folder / name
+    sf.write(path, synth_song(seconds, **kwargs), kwargs.get("sample_rate", SR), subtype="PCM_16")
+    return path
+
+
+# ---- 1. every file a command reads is an input ----------------------------------------------------
+
+
+def test_restyle_never_overwrites_its_like_reference(tmp_path, monkeypatch, capsys):
+    song, ref = wav(tmp_path, "song.wav"), wav(tmp_path, "ref.wav", seed=1)
+    before = ref.read_bytes()
+    args = ["restyle", song, "--like", ref, "--start", "1", "--end", "3", *TR, "--overwrite", "-q"]
+    code, _, stderr = run_cli([*args, "-o", ref], monkeypatch, capsys)
+    one_line_error(code, stderr, "would overwrite the input")
+    # and as a variation's name: out_2.wav is the reference
+    ref2 = tmp_path / "out_2.wav"
+    ref2.write_bytes(before)
+    code, _, stderr = run_cli([*args, "--like", ref2, "-o", tmp_path / "out.wav", "--variations", "2"], monkeypatch, capsys)
+    one_line_error(code, stderr, "would overwrite the input")
+    assert ref.read_bytes() == before and ref2.read_bytes() == before
+    assert names(tmp_path) == ["out_2.wav", "ref.wav", "song.wav"]
+
+
+def test_a_transitions_second_track_and_a_model_folder_are_inputs(tmp_path, monkeypatch, capsys):
+    a, b = wav(tmp_path, "a.wav"), wav(tmp_path, "b.wav", seed=1)
+    before = b.read_bytes()
+    code, _, stderr = run_cli(["transition", a, b, "--length", "2", *TR, "-o", b, "--overwrite"], monkeypatch, capsys)
+    one_line_error(code, stderr, "would overwrite the input")
+    assert b.read_bytes() == before
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_config.json").write_text("{}")
+    code, _, stderr = run_cli(["infill", a, "--start", "1", "--end", "2", "--model", folder, "--steps", "2", "-q",
+                               "-o", folder / "model_config.wav", "--overwrite"], monkeypatch, capsys)
+    one_line_error(code, stderr, "would overwrite the input")  # its sidecar is the model's config
+    assert (folder / "model_config.json").read_text() == "{}"
+
+
+def test_a_batch_never_overwrites_its_jobs_file(tmp_path, monkeypatch, capsys):
+    song = wav(tmp_path, "song.wav")
+    jobs = tmp_path / "o.json"  # a job's sidecar would be the jobs file itself
+    text = json.dumps({"args": ["infill", str(song), "--start", "1", "--end", "2", "--steps", "2", "--seed", "1",
+                                "-o", str(tmp_path / "o.wav"), "--overwrite"]}) + "\n"
+    jobs.write_text(text)
+    code, _, stderr = run_cli(["batch", jobs, "--model", "tiny-random", "--device", "cpu", "-q"], monkeypatch, capsys)
+    assert code == 1 and "would overwrite the input" in stderr, stderr
+    assert jobs.read_text() == text and names(tmp_path) == ["o.json", "song.wav"]
+
+
+# ---- 2. a lost race keeps its result, whichever name of the unit was taken -------------------------
+
+
+@pytest.mark.parametrize("taken", range(6))
+def test_a_name_taken_mid_run_keeps_the_whole_result_aside(tmp_path, taken):
+    """Two variations with pictures: six names. Whichever one another program creates while this
+    run works, that file stays as it was, none of this run's names appear, and all six of its
+    files are kept as NAME.conflict-…, complete."""
+    targets = [tmp_path / f"o_{i}{suffix}" for i in (1, 2) for suffix in (".wav", ".json", ".png")]
+    with atomic.Outputs(targets, overwrite=False) as outputs:
+        outputs.reserve()
+        for target in targets:
+            outputs.write(target, lambda p, t=target: p.write_text("new " + t.name))
+        targets[taken].write_text("theirs")
+        with pytest.raises(atomic.UserError, match="created by another program") as caught:
+            outputs.publish()
+    assert targets[taken].read_text() == "theirs"
+    kept = sorted(p for p in tmp_path.iterdir() if ".conflict-" in p.name)
+    assert len(kept) == 6 and all(str(p) in str(caught.value) for p in kept)
+    assert sorted(p.read_text() for p in kept) == sorted("new " + t.name for t in targets)
+    assert names(tmp_path) == sorted([targets[taken].name, *(p.name for p in kept)])
+
+
+def test_a_name_taken_mid_run_through_the_cli_exits_2_and_keeps_the_result(tmp_path, monkeypatch, capsys):
+    song = wav(tmp_path, "song.wav")
+    out = tmp_path / "o.flac"
+    real = atomic.Outputs.publish
+
+    def someone_writes_the_sidecar(self):
+        out.with_suffix(".json").write_text("theirs")
+        real(self)
+
+    monkeypatch.setattr(atomic.Outputs, "publish", someone_writes_the_sidecar)
+    code, _, stderr = run_cli(["infill", song, "--start", "1", "--end", "2", *TR, "-q", "-o", out], monkeypatch, capsys)
+    one_line_error(code, stderr, "created by another program")
+    kept = sorted(p.name for p in tmp_path.iterdir() if ".conflict-" in p.name)
+    assert [Path(k).suffix for k in kept] == [".flac", ".json"] and not out.exists()
+    sidecar = json.loads((tmp_path / kept[1]).read_text())
+    assert sidecar["output"]["sha256"] == __import__("hashlib").sha256((tmp_path / kept[0]).read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_two_runs_that_share_only_a_sidecar_name_both_keep_their_result(tmp_path):
+    """o.wav and o.flac both want o.json: one publishes, the other exits 2 with its result aside."""
+    song = wav(tmp_path, "song.wav", 10.0)
+    run = [*MUSICGUIDE, "infill", str(song), "--start", "8", "--end", "9", "--steps", "4", "--context", "1",
+           "--model", "tiny-random", "--device", "cpu", "-q"]
+    for attempt in range(3):
+        for p in tmp_path.iterdir():
+            if p != song:
+                p.unlink()
+        runs = [subprocess.Popen([*run, "--seed", str(seed), "-o", str(tmp_path / f"o{suffix}")], stderr=subprocess.PIPE,
+                                 text=True) for seed, suffix in ((1, ".wav"), (2, ".flac"))]
+        codes = [r.wait(300) for r in runs]
+        errors = [r.stderr.read() for r in runs]
+        assert sorted(codes) in ([0, 0], [0, 2]), errors  # [0, 0]: one ended before the other checked
+        if sorted(codes) == [0, 2]:
+            break
+    assert 1 not in codes and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    if sorted(codes) == [0, 2]:
+        loser = codes.index(2)
+        one_line_error(2, errors[loser], "created by another program")
+        kept = [p for p in tmp_path.iterdir() if ".conflict-" in p.name]
+        assert sorted(p.suffix for p in kept) == sorted([".json", (".wav", ".flac")[loser]])
+
+
+# ---- 3. no scratch file left behind ---------------------------------------------------------------
+
+
+def test_a_converted_input_that_fails_leaves_no_scratch_file(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    data = synth_song(4.0, sample_rate=48000)
+    data[100_000] = np.nan
+    bad = tmp_path / "float48k_nan.wav"
+    sf.write(bad, data, 48000, subtype="FLOAT")
+    code, _, stderr = run_cli(["infill", bad, "--start", "2", "--end", "3", *TR, "-q"], monkeypatch, capsys)
+    one_line_error(code, stderr, "NaN")
+    assert names(scratch) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_conversion_leaves_no_scratch_file(tmp_path, signum):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    song = tmp_path / "long48k.flac"
+    block = synth_song(10.0, sample_rate=48000)
+    with sf.SoundFile(song, "w", 48000, 2, subtype="PCM_16") as f:
+        for _ in range(60):
+            f.write(block)
+    run = subprocess.Popen([*MUSICGUIDE, "infill", str(song), "--start", "5", "--end", "6", *TR, "-q",
+                            "-o", str(tmp_path / "o.wav")], stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 1 << 20 for p in scratch.iterdir()):
+        assert time.monotonic() < deadline and run.poll() is None, run.stderr.read()
+        time.sleep(0.01)
+    run.send_signal(signum)
+    code = run.wait(120)
+    one_line_error(code, run.stderr.read(), "interrupted", status=128 + signum)
+    assert names(scratch) == []
