@@ -28,3 +28,20 @@ class Interrupted(BaseException):
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.exit_code = 128 + signum
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for --json, read before (and whatever) the parser says, so
+    that a parser error or an early Ctrl-C still prints its one JSON object."""
+    for argument in argv:
+        if argument == "--":
+            return False
+        if argument == "--json":
+            return True
+    return False
+
+
+def json_error(message: str, code: int) -> str:
+    import json
+
+    return json.dumps({"ok": False, "error": message, "exit_code": code})

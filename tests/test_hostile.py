@@ -191,3 +191,111 @@ def test_a_signal_during_conversion_leaves_no_scratch_file(tmp_path, signum):
     code = run.wait(120)
     one_line_error(code, run.stderr.read(), "interrupted", status=128 + signum)
     assert names(scratch) == []
+
+
+# ---- 4. --json prints exactly one JSON object on stdout, whatever happens ----------------------------
+
+
+def one_json(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, stdout
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("args", [
+    ["infill", "song.wav", "--start", "1", "--end", "2", "--bogus"],
+    ["infill", "song.wav", "--end", "2"],
+    ["infill", "song.wav", "--start", "1", "--end", "2", "--sampler", "bogus"],
+    ["infill", "song.wav", "--start", "1", "--end", "2", "--steps", "abc"],
+    ["infill", "song.wav", "extra.wav", "--start", "1", "--end", "2"],
+    ["models", "list"],
+    ["batch", "jobs.jsonl", "--precision", "bogus"],
+])
+def test_json_parser_errors_print_one_object(args, monkeypatch, capsys):
+    code, stdout, stderr = run_cli([*args, "--json"], monkeypatch, capsys)
+    error = one_json(stdout)
+    assert code == 2 and error == {"ok": False, "error": error["error"], "exit_code": 2}
+    one_line_error(code, stderr, error["error"])
+
+
+def test_no_command_is_a_one_line_error(monkeypatch, capsys):
+    for args in ([], ["models"], ["--debug"]):
+        code, stdout, stderr = run_cli(args, monkeypatch, capsys)
+        one_line_error(code, stderr, "missing a command")
+        assert stdout == ""
+
+
+@pytest.mark.slow
+def test_an_early_ctrl_c_with_json_prints_one_object(tmp_path):
+    song = wav(tmp_path, "song.wav")
+    run = subprocess.Popen([*MUSICGUIDE, "infill", str(song), "--start", "1", "--end", "2", *TR, "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    run.send_signal(signal.SIGINT)
+    code = run.wait(60)
+    stdout, stderr = run.stdout.read(), run.stderr.read()
+    one_line_error(code, stderr, "interrupted by SIGINT", status=130)
+    assert one_json(stdout)["exit_code"] == 130
+
+
+# ---- 5. batch jobs run as they would alone ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("job, expected", [
+    (["generate", "--help"], "--help"),
+    (["infill", "song.wav", "--start", "1", "--end", "2", "-mdemo"], "--model"),
+    (["infill", "song.wav", "--start", "1", "--end", "2", "--model=demo"], "--model"),
+    (["infill", "song.wav", "-qmdemo", "--start", "1", "--end", "2"], "batch's own option"),
+    (["infill", "song.wav", "--start", "1", "--end", "2", "--device=cpu"], "--device"),
+    (["infill", "song.wav", "--start", "1", "--end", "2", "--json"], "--json"),
+    (["infill", "song.wav", "--start", "1", "--end", "2", "--steps", "abc"], "--steps"),
+])
+def test_a_job_that_asks_for_help_or_repeats_a_batch_option_is_a_bad_file(job, expected, tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.chdir(tmp_path)
+    wav(tmp_path, "song.wav")
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"args": job}) + "\n")
+    code, stdout, stderr = run_cli(["batch", "jobs.jsonl", "--model", "tiny-random", "--device", "cpu", "--json"],
+                                   monkeypatch, capsys)
+    error = one_json(stdout)
+    assert code == 2 and "line 1" in error["error"] and expected in error["error"], error
+    one_line_error(code, stderr, "line 1")
+    assert names(tmp_path) == ["jobs.jsonl", "song.wav"]
+
+
+def test_a_job_may_end_its_options_with_a_double_dash(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    wav(tmp_path, "-x.wav")
+    args = ["infill", "--start", "1", "--end", "2", "--steps", "2", "--seed", "1", "--", "-x.wav"]
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"args": [*args[:-2], "-o", "batch.wav", *args[-2:]]}) + "\n")
+    code, stdout, stderr = run_cli(["batch", "jobs.jsonl", "--model", "tiny-random", "--device", "cpu", "--json"],
+                                   monkeypatch, capsys)
+    assert code == 0 and one_json(stdout)["ok"], stderr
+    code, _, stderr = run_cli([*args[:-2], "--model", "tiny-random", "--device", "cpu", "-q", "-o", "alone.wav",
+                               *args[-2:]], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert sf.read(tmp_path / "batch.wav")[0].tolist() == sf.read(tmp_path / "alone.wav")[0].tolist()
+
+
+# ---- 8. a second signal while the first unwinds ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_changes_neither_the_line_nor_the_status(tmp_path, second):
+    song = wav(tmp_path, "song.wav")
+    for attempt in range(3):
+        run = subprocess.Popen([*MUSICGUIDE, "infill", str(song), "--start", "1", "--end", "2", "--model", "tiny-random",
+                                "--device", "cpu", "--steps", "5000", "-q", "-o", str(tmp_path / "o.wav")],
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not [p for p in tmp_path.iterdir() if p.name.startswith(".")]:
+            assert time.monotonic() < deadline and run.poll() is None, run.stderr.read()
+            time.sleep(0.01)
+        time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.03)
+        run.send_signal(second)
+        code = run.wait(60)
+        one_line_error(code, run.stderr.read(), "interrupted by SIGINT", status=130)
+        assert names(tmp_path) == ["song.wav"]

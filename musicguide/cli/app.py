@@ -3,7 +3,6 @@ exit status (see docs/guarantees.md)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -14,18 +13,17 @@ from rich.console import Console
 from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
 
 from .. import __version__
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, json_error, wants_json
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Edit real music with a latent diffusion model and guidance gradients: "
     "continue, infill, regenerate, transition, restyle, generate.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="The models musicguide knows and what is cached.")
+models_app = typer.Typer(help="The models musicguide knows and what is cached.")
 app.add_typer(models_app, name="models")
-train_app = typer.Typer(no_args_is_help=True, help="Train the model family on your own audio (VAE first, then the DiT).")
+train_app = typer.Typer(help="Train the model family on your own audio (VAE first, then the DiT).")
 app.add_typer(train_app, name="train")
 
 err = Console(stderr=True, highlight=False)
@@ -58,17 +56,14 @@ def main() -> None:
     """Runs the app and turns everything that ends it into one line and an exit status."""
     import torch
 
-    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=False, reads=())
+    # --json is known before parsing: a parser error prints its JSON object too
+    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=wants_json(sys.argv[1:]), reads=())
     try:
         code = app(standalone_mode=False)
     except UserError as error:
         _fail(str(error), 2, error)
-    except click.exceptions.NoArgsIsHelpError as error:
-        err.print(error.format_message(), markup=False)
-        sys.exit(2)
     except click.exceptions.ClickException as error:
-        command = f" {error.ctx.command_path.split(' ', 1)[1]}" if getattr(error, "ctx", None) and " " in error.ctx.command_path else ""
-        _fail(f"{error.format_message()} (see musicguide{command} --help)", 2, error)
+        _fail(_parser_message(error), 2, error)
     except typer.Abort as error:
         _fail("aborted", 1, error)
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
@@ -85,10 +80,22 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _parser_message(error: click.exceptions.ClickException) -> str:
+    ctx = getattr(error, "ctx", None)
+    if ctx is None:
+        return error.format_message()
+    path = ctx.command_path.split(" ", 1)
+    see = f" (see musicguide{' ' + path[1] if len(path) > 1 else ''} --help)"
+    if hasattr(ctx.command, "list_commands") and error.format_message().rstrip(".") == "Missing command":
+        # `musicguide` or `musicguide models` alone: say what is missing, in one line (help is a --help away)
+        return f"missing a command: one of {', '.join(ctx.command.list_commands(ctx))}" + see
+    return error.format_message() + see
+
+
 def _fail(message: str, code: int, cause: BaseException) -> None:
     if STATE["debug"]:
         traceback.print_exception(cause)
     if STATE["json"]:
-        print(json.dumps({"ok": False, "error": message, "exit_code": code}))
+        print(json_error(message, code))
     err.print(f"error: {message}", markup=False, soft_wrap=True)
     sys.exit(code)

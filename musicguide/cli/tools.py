@@ -14,7 +14,7 @@ from typer import _click as click  # typer's own copy of click: its exceptions a
 
 from .. import runner
 from ..errors import UserError
-from ..batch import read_jobs
+from ..batch import BATCH_OPTIONS, read_jobs
 from ..jobs import Timing
 from .app import DEFAULT_MODEL, STATE, app, err, models_app, out, train_app
 from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
@@ -68,11 +68,11 @@ def batch(
 
     STATE["json"] = as_json
     STATE["reads"] = (jobs,)  # no job's output may replace the jobs file
-    jobs_list = read_jobs(jobs)
+    jobs_list = read_jobs(jobs, _given_options)
     here = distributed.start("cuda" if device == Device.cuda else "cpu")
     mine = jobs_list[here.rank :: here.size]
     own = ["--model", model, "--device", distributed.device_for(device.value, here), "--precision", precision.value,
-           "--quiet"]
+           "--quiet"]  # right after the command's name: a job's `--` ends the options, and everything after it is a file
     results = []
     with runner.models_held(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                         TimeElapsedColumn(), TimeRemainingColumn(), console=err,
@@ -89,13 +89,33 @@ def batch(
     raise typer.Exit(1 if failed else 0)
 
 
+def _given_options(args: tuple[str, ...]) -> set[str]:
+    """Parse a job's arguments as its command would, without running it: the names of the options
+    it gives (help included), in any spelling. A parser error is the job's error."""
+    group = typer.main.get_command(app)
+    root = click.Context(group, info_name="musicguide")
+    command = group.get_command(root, args[0])
+    # first resilient, so that --help is seen rather than printed; then strict, for bad values
+    given = command.make_context(args[0], list(args[1:]), parent=root, resilient_parsing=True)
+    names = {name for name in given.params if given.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if given.get_parameter_source("help") == click.core.ParameterSource.COMMANDLINE:
+        return names | {"help"}
+    if names & set(BATCH_OPTIONS):  # that error first: it is the one the job's author must fix
+        return names
+    try:
+        command.make_context(args[0], list(args[1:]), parent=root)
+    except click.exceptions.ClickException as error:
+        raise UserError(error.format_message()) from error
+    return names
+
+
 def _batch_job(job, own: list[str]) -> dict:
     """One job in this process, as its command alone would run it; its error becomes one line."""
     batch_json = STATE["json"]
     STATE["runs"] = []
     result = {"line": job.line, "args": list(job.args), "ok": False}
     try:
-        app([*job.args, *own], standalone_mode=False)
+        app([job.args[0], *own, *job.args[1:]], standalone_mode=False)
         result.update(ok=True, outputs=[{"path": o["path"], "sidecar": o["sidecar"],
                                          "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
                                         for run in STATE["runs"] for o in run.outputs])
