@@ -76,7 +76,8 @@ def plain_reason(error: OSError, path: Path) -> str:
         errno.EPERM: f"no permission to write in {path.parent}",
         errno.EROFS: f"{path.parent} is on a read-only file system",
         errno.ENAMETOOLONG: f"the name {path.name!r} is too long for this file system",
-        errno.ENOENT: f"the folder {path.parent} does not exist",
+        errno.ENOENT: (f"the folder {path.parent} does not exist" if not path.parent.is_dir()
+                       else f"{path.parent} does not take new files (a special file system)"),
         errno.ENOTDIR: f"{path.parent} is not a folder",
         errno.EISDIR: f"{path} is a folder",
         errno.ELOOP: f"{path} is a symbolic link loop",

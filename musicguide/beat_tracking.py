@@ -82,10 +82,10 @@ def track_beats(
         beats = _extend(tracked, 60.0 / tempo, duration)
     fixed_downbeat = None if downbeat is None else int(np.argmin(np.abs(beats - downbeat)))
     if all_given:
-        meter, first, contrast = beats_per_bar, fixed_downbeat, None
+        meter, first, contrast, meter_source = beats_per_bar, fixed_downbeat, None, "given"
     else:
         accent = _accent(mono, sample_rate, beats, onsets)
-        meter, first, contrast = _meter_and_downbeat(accent, beats_per_bar, fixed_downbeat)
+        meter, first, contrast, meter_source = _meter_and_downbeat(accent, beats_per_bar, fixed_downbeat)
     return BeatGrid(
         tempo=float(tempo),
         beats_per_bar=meter,
@@ -93,7 +93,7 @@ def track_beats(
         first_downbeat=first,
         duration=duration,
         source="tracked" if tracked_span is not None else "given",
-        meter_source="given" if beats_per_bar is not None else "detected",
+        meter_source=meter_source,
         tracked_span=tracked_span,
         downbeat_contrast=contrast,
     )
@@ -207,21 +207,24 @@ def _drop_irregular_ends(beats: np.ndarray) -> np.ndarray:
 
 def _meter_and_downbeat(
     accent: np.ndarray, beats_per_bar: int | None, fixed_downbeat: int | None
-) -> tuple[int, int, float | None]:
-    """(beats per bar, index of bar 1's downbeat, downbeat contrast or None when too few beats).
+) -> tuple[int, int, float | None, str]:
+    """(beats per bar, index of bar 1's downbeat, downbeat contrast or None when too few beats,
+    where the meter came from: "given", "detected", or "default" when too few beats to tell).
 
     Without a fixed downbeat, bar 1 is the earliest beat of the winning phase, so the pickup
     before it is shorter than a bar.
     """
     meter = beats_per_bar or DEFAULT_BEATS_PER_BAR
+    source = "given" if beats_per_bar is not None else "detected"
     if len(accent) < 2 * max(meter, 3):
-        return meter, 0 if fixed_downbeat is None else fixed_downbeat, None
+        return (meter, 0 if fixed_downbeat is None else fixed_downbeat, None,
+                source if beats_per_bar is not None else "default")
     phase, contrast = _best_phase(accent, meter, fixed_downbeat)
     if beats_per_bar is None:
         triple_phase, triple_contrast = _best_phase(accent, 3, fixed_downbeat)
         if triple_contrast > contrast + TRIPLE_METER_MARGIN:
             meter, phase, contrast = 3, triple_phase, triple_contrast
-    return meter, fixed_downbeat if fixed_downbeat is not None else phase, contrast
+    return meter, fixed_downbeat if fixed_downbeat is not None else phase, contrast, source
 
 
 def _best_phase(accent: np.ndarray, meter: int, fixed_downbeat: int | None) -> tuple[int, float]:

@@ -42,7 +42,7 @@ class BeatGrid:
     first_downbeat: int
     duration: float
     source: str
-    meter_source: str
+    meter_source: str  # "given", "detected", or "default" (too few beats to tell)
     tracked_span: tuple[float, float] | None = None
     downbeat_contrast: float | None = None
 
@@ -133,6 +133,9 @@ def parse_time_or_beat(text: str, what: str, grid: Callable[[], BeatGrid]) -> fl
     if len(match["bar"]) > MAX_BAR_DIGITS:
         raise UserError(f"{what}: a bar number {len(match['bar'])} digits long is past the end of any song")
     bar, beat = int(match["bar"]), float(match["beat"] or 1)
+    if bar < 1 or beat < 1:  # known without the grid: say so before tracking a whole song's beats
+        label = f"bar {bar}" if beat == 1 else f"bar {bar} beat {beat:g}"
+        raise UserError(f"{what} {stripped}: there is no {label}: bars and beats are numbered from 1")
     try:
         return grid().bar_time(bar, beat)
     except UserError as error:
@@ -152,8 +155,9 @@ def format_grid(grid: BeatGrid) -> str:
         start, end = grid.tracked_span
         origin = f"beats tracked from {format_time(start)} to {format_time(end)}, extrapolated outside"
     contrast = "" if grid.downbeat_contrast is None else f", downbeat contrast {grid.downbeat_contrast:.2f}"
+    meter = "the default: too few beats to tell" if grid.meter_source == "default" else grid.meter_source
     lines = [
-        f"{grid.tempo:.2f} bpm, {grid.beats_per_bar} beats per bar ({grid.meter_source}{contrast}), "
+        f"{grid.tempo:.2f} bpm, {grid.beats_per_bar} beats per bar ({meter}{contrast}), "
         f"{len(grid.downbeats)} bars; {origin}"
     ]
     if grid.first_downbeat > 0:

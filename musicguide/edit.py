@@ -36,6 +36,11 @@ def default_sampler(schedule) -> str:
     return "pingpong" if isinstance(schedule, RectifiedFlow) else "ddim"
 
 
+# ξ: the edits' default is 0.03 (latent) and restyle's 100; a hundred times the largest is no longer a
+# step size but a blow-up (1e308 overflows to NaN on the first step, found only after all of them)
+MAX_GUIDANCE = 1e4
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """Everything that decides the sampled result besides the model and the input.
@@ -57,8 +62,8 @@ class SamplerSettings:
             raise UserError(f"unknown sampler {self.sampler!r}", hint=f"use one of auto, {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if self.guidance is not None and (self.guidance < 0 or not math.isfinite(self.guidance)):
-            raise UserError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE):
+            raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {self.guidance:g}")
         if not 0 <= self.eta <= 1:
             raise UserError(f"--eta must be in [0, 1], got {self.eta}")
         if self.loss_space not in ("latent", "audio"):
@@ -380,6 +385,11 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
     return EditResult(list(audio), [Window(0, frames * hop, 0, samples, (0, frames))], [[] for _ in audio], None)
 
 
+# A loop shorter than a beat at 120 bpm has no music to repeat, and its seams could not be measured
+# against the song (a seam's window is 2048 samples on each side).
+MIN_LOOP_SECONDS = 0.5
+
+
 def loop(model, region: Tensor, regenerate: int, settings: SamplerSettings, *, strength: float = tasks.DEFAULT_STRENGTH,
          variations: int = 1, context: int | None = None, reference: Tensor | None = None,
          callback: Callback | None = None) -> EditResult:
@@ -394,6 +404,8 @@ def loop(model, region: Tensor, regenerate: int, settings: SamplerSettings, *, s
     loop played twice, against `reference` (default: the region): where the regenerated stretch
     begins, and the loop point."""
     length = region.shape[-1]
+    if length < MIN_LOOP_SECONDS * model.sample_rate:
+        raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long, got {length / model.sample_rate:.4g} s")
     if not 0 < regenerate <= length // 2:
         raise UserError("the regenerated end must be positive and at most half the loop")
     doubled = torch.cat([region, region], dim=-1)

@@ -158,6 +158,8 @@ def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | No
         region = song.read(start, end)
         check_not_silent(region, what=f"{song.path} between --start and --end")
         regenerate = round(sr * (min(2.0, (end - start) / sr / 4) if length_s is None else length_s))
+        if regenerate == (end - start) // 2 + 1:  # half an odd number of samples, rounded up: half the loop
+            regenerate -= 1
         if not 0 < regenerate <= (end - start) // 2:
             raise UserError(f"--length {regenerate / sr:g} s must be positive and at most half the loop "
                             f"({(end - start) / sr / 2:g} s)")

@@ -266,6 +266,41 @@ def opened(paths: list[Path], sample_rate: int, channels: int) -> Iterator[list]
         yield [stack.enter_context(SongFile(p, sample_rate, channels)) for p in paths]
 
 
+def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *, plot: bool = False):
+    """Everything that can be refused before a model loads or a beat is tracked: the options'
+    values, the output names (folder, permissions, format, clobbering, inputs) and the inputs'
+    headers. The commands call it before reading bar times, `run_edit` again (it is cheap).
+    Returns the output paths, the inputs' infos and every file the run will write."""
+    from .atomic import Outputs
+    from .writing import check_output_format
+
+    common.check()
+    settings_for(common)  # the sampler's own ranges (--guidance, --eta, ...)
+    paths = output_paths(inputs[0] if inputs else None, common, verb)
+    if common.sample_format != "auto":
+        for path in paths:
+            check_output_format(path, common.sample_format)
+    if plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    infos = [probe_input(p) for p in inputs]
+    targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
+    Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model))).check()
+    return paths, infos, targets
+
+
+def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, model) -> None:
+    """Before sampling: room for the outputs at their largest (every input's length plus the
+    seconds a continuation or a generation adds, at 4 bytes a sample), so that a full disk is
+    found now, not after the work. `write_outputs` checks the exact size again."""
+    from .atomic import check_free_space
+
+    added = edit_settings.get("seconds", 0.0)
+    samples = sum(source.length for source in sources) + math.ceil(added * model.sample_rate)
+    check_free_space(paths[0].parent, len(paths) * samples * model.audio_channels * 4 + 2**20)
+
+
 def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs, edit_settings: dict, *,
              progress, say: Callable[[str], None], plot: bool = False, timing=None, reads: tuple = ()) -> Run:
     """Check, reserve the outputs, load, run `edit(model, sources, settings, begin) -> Edited`,
@@ -277,15 +312,8 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
     inputs, no output may name one of them, even with --overwrite."""
     from .atomic import Outputs
 
-    common.check()
+    paths, infos, targets = check_before_work(verb, common, inputs, reads, plot=plot)
     settings = settings_for(common)
-    paths = output_paths(inputs[0] if inputs else None, common, verb)
-    infos = [probe_input(p) for p in inputs]
-    if plot:
-        from .plot import require_matplotlib
-
-        require_matplotlib()
-    targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
     with Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model))) as outputs:
         outputs.reserve()
         model, resolved, device = load_model(common, say)
@@ -298,8 +326,12 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
             started = time.perf_counter()
             total_runs = runs(model, sources) if callable(runs) else runs
             label = f"{verb} ({settings.sampler}, seed {settings.seed})"
-            # the edit checks its inputs first and starts the bar when sampling starts
-            edited = edit(model, sources, settings, lambda: progress(total_runs * settings.steps, label))
+
+            def begin():  # the edit checks its inputs first, and enters this when sampling starts
+                check_free_space_for(paths, sources, edit_settings, model)
+                return progress(total_runs * settings.steps, label)
+
+            edited = edit(model, sources, settings, begin)
             elapsed = time.perf_counter() - started
             context = {"verb": verb, "common": common, "settings": settings, "model": model, "resolved": resolved,
                        "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed,

@@ -27,11 +27,16 @@ TIME_FORMS = '"30", "30.5", "1:05", "1:05.250" or "1:02:03.5"'
 MAX_SECONDS = 100 * 3600.0
 
 
+# The shortest length a user may ask for: 44 samples at 44.1 kHz. Shorter ones round to nothing (a
+# `continue --seconds 1e-9` would write an unchanged copy and call it done).
+MIN_DURATION = 0.001
+
+
 def check_duration(seconds: float, what: str) -> float:
     """A length a user gave (--seconds, --length): positive, finite, at most MAX_SECONDS."""
     check_seconds(seconds, what)
-    if not seconds > 0:
-        raise UserError(f"{what} must be a positive number of seconds, got {seconds:g}")
+    if not seconds >= MIN_DURATION:
+        raise UserError(f"{what} must be at least {MIN_DURATION * 1000:g} ms, got {seconds:g} s")
     return seconds
 
 

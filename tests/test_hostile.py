@@ -299,3 +299,99 @@ def test_a_second_signal_changes_neither_the_line_nor_the_status(tmp_path, secon
         code = run.wait(60)
         one_line_error(code, run.stderr.read(), "interrupted by SIGINT", status=130)
         assert names(tmp_path) == ["song.wav"]
+
+
+# ---- 6, 7, 9, 10: refusals before the work, with the limit named ------------------------------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a command tracks beats, or starts sampling."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr("musicguide.beat_tracking.track_beats", forbidden)
+    monkeypatch.setattr("musicguide.edit.infill", forbidden)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["infill", "song.wav", "--start", "1", "--end", "2", "--format", "FLOAT", "-o", "o.flac"], "FLAC cannot store"),
+    (["infill", "song.wav", "--start", "1", "--end", "2", "--guidance", "1e308"], "--guidance must be a number from 0"),
+    (["infill", "song.wav", "--start", "b3", "--end", "b4", "-o", "nodir/o.wav"], "does not exist"),
+    (["infill", "song.wav", "--start", "b0", "--end", "b2"], "no bar 0"),
+    (["infill", "song.wav", "--start", "b2.0", "--end", "b3"], "no bar 2 beat 0"),
+    (["loop", "song.wav", "--start", "b2", "--bars", "0"], "--bars must be a positive number"),
+    (["restyle", "song.wav", "--like", "ref.wav", "--start", "b2", "--end", "b3", "-o", "ref.wav", "--overwrite"],
+     "would overwrite the input"),
+    (["continue", "song.wav", "--seconds", "1e-9"], "at least 1 ms"),
+    (["generate", "--seconds", "1e-9"], "at least 1 ms"),
+    (["transition", "song.wav", "ref.wav", "--length", "1e-9"], "at least 1 ms"),
+])
+def test_what_can_be_refused_is_refused_before_any_work(args, expected, tmp_path, monkeypatch, capsys, no_work):
+    monkeypatch.chdir(tmp_path)
+    wav(tmp_path, "song.wav"), wav(tmp_path, "ref.wav", seed=1)
+    code, _, stderr = run_cli([*args, *TR, "-q"], monkeypatch, capsys)
+    one_line_error(code, stderr, expected)
+    assert names(tmp_path) == ["ref.wav", "song.wav"]
+
+
+def test_a_full_disk_is_found_before_sampling(tmp_path, monkeypatch, capsys, no_work):
+    import shutil
+    from collections import namedtuple
+
+    song = wav(tmp_path, "song.wav")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**5, 10**5))
+    code, _, stderr = run_cli(["infill", song, "--start", "1", "--end", "2", *TR, "-q"], monkeypatch, capsys)
+    one_line_error(code, stderr, "not enough disk space")
+    assert names(tmp_path) == ["song.wav"]
+
+
+@pytest.mark.parametrize("region", [["--end", "2.0001"], ["--bars", "0.001", "--bpm", "120", "--downbeat", "0"]])
+def test_a_loop_too_short_names_the_minimum(region, tmp_path, monkeypatch, capsys):
+    song = wav(tmp_path, "song.wav")
+    code, _, stderr = run_cli(["loop", song, "--start", "2", *region, *TR, "-q"], monkeypatch, capsys)
+    one_line_error(code, stderr, "at least 0.5 s")
+
+
+def test_the_last_bar_can_be_looped_when_the_grid_ends_just_past_the_song(tmp_path, monkeypatch, capsys):
+    """4 bars at 96 bpm end at 10.000 s; the clip ends at 9.990 s."""
+    song = wav(tmp_path, "nine.wav", 9.99)
+    grid = ["--bpm", "96", "--downbeat", "0", "--beats-per-bar", "4"]
+    code, _, stderr = run_cli(["loop", song, "--start", "b4", "--bars", "1", *grid, *TR, "-q", "-o", tmp_path / "l.wav"],
+                              monkeypatch, capsys)
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "l.json").read_text())["loop_s"] == [7.5, 9.99]
+    code, _, stderr = run_cli(["loop", song, "--start", "b4", "--bars", "2", *grid, *TR, "-q"], monkeypatch, capsys)
+    one_line_error(code, stderr, "--bars 2 from --start b4 ends at 12.500 s, past the end of the song (9.990 s)")
+
+
+# ---- 13: small ones -------------------------------------------------------------------------------
+
+
+def test_a_special_folder_is_not_called_missing(tmp_path, monkeypatch, capsys):
+    song = wav(tmp_path, "song.wav")
+    code, _, stderr = run_cli(["infill", song, "--start", "1", "--end", "2", *TR, "-o", "/proc/o.wav"], monkeypatch,
+                              capsys)
+    assert code == 2 and "does not exist" not in stderr and "/proc" in stderr, stderr
+
+
+def test_beats_says_when_the_meter_is_only_the_default(tmp_path, monkeypatch, capsys):
+    song = wav(tmp_path, "short.wav", 2.5)
+    code, stdout, _ = run_cli(["beats", song], monkeypatch, capsys)
+    assert code == 0 and "(the default: too few beats to tell)" in stdout and "detected" not in stdout
+    code, stdout, _ = run_cli(["beats", song, "--json"], monkeypatch, capsys)
+    assert json.loads(stdout)["meter_source"] == "default"
+
+
+def test_lines_are_not_wrapped_when_piped(tmp_path):
+    """`wrote …` and a seam note are one line each at any length, when stdout/stderr are pipes."""
+    song = wav(tmp_path, "song-with-a-rather-long-name-so-that-the-wrote-line-is-past-eighty-columns.wav")
+    out = tmp_path / ("an-output-name-that-is-also-quite-long-" * 2 + ".wav")
+    result = subprocess.run([*MUSICGUIDE, "infill", str(song), "--start", "1", "--end", "2", *TR, "-o", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    wrote = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(wrote) == 1 and wrote[0].startswith("wrote ") and wrote[0].endswith(".json"), result.stdout
+    assert all(line.startswith(("note:", "warning:", "model ", "infill ")) for line in result.stderr.splitlines()
+               if line.strip()), result.stderr

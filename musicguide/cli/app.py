@@ -26,8 +26,10 @@ app.add_typer(models_app, name="models")
 train_app = typer.Typer(help="Train the model family on your own audio (VAE first, then the DiT).")
 app.add_typer(train_app, name="train")
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# soft_wrap: a line is never broken at the console's width (80 columns when piped), so that a
+# script reading `wrote …` or a bar of `beats` gets it whole; a terminal wraps it itself
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 # "runs": a batch's collected runs (None alone); "reads": files the whole process reads (a batch's jobs file)
 STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False, "runs": None, "reads": ()}
 DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")

@@ -92,6 +92,11 @@ def _region(start: str, end: str, timing: Timing, song: Path) -> tuple[float, fl
     return a, b
 
 
+# A bar's end from the beat grid may fall a little past the song's last sample (the grid is
+# extrapolated at the tempo); within this, `loop --bars` ends at the last sample instead of refusing.
+BAR_END_TOLERANCE_S = 0.05
+
+
 def _strength(value: float) -> float:
     from ..tasks import check_strength
 
@@ -141,20 +146,30 @@ def loop(
     strength: Annotated[float, typer.Option(help="How much noise replaces the original end (0 < k ≤ 1).")] = 0.85,
 ) -> None:
     """Write a seamless loop of a region: its end is regenerated so that it flows back into its start."""
+    from ..edit import MIN_LOOP_SECONDS
+
     if (end is None) == (bars is None):
         raise UserError("loop needs --end or --bars (one of them)")
+    if bars is not None and not 0 < bars <= 1000:
+        raise UserError(f"--bars must be a positive number of bars up to 1000, got {bars:g}")
     timing.song = song
     a = timing.seconds(start, "--start")
     if bars is not None:
-        if not 0 < bars <= 1000:
-            raise UserError(f"--bars must be a positive number of bars up to 1000, got {bars:g}")
         b = timing.grid().bars_after(a, bars)
+        duration = runner.probe_input(song).duration
+        if duration < b <= duration + BAR_END_TOLERANCE_S:
+            b = duration  # the last bar, whose end the grid puts a few ms past the last sample
+        if b > duration:
+            raise UserError(f"--bars {bars:g} from --start {start} ends at {b:.3f} s, past the end of the song "
+                            f"({duration:.3f} s)")
         if length is None:
             length = min(timing.grid().bars_after(a, 1) - a, (b - a) / 2)
     else:
         b = timing.seconds(end, "--end")
     if a >= b:
         raise UserError(f"--start ({start}) must be before the loop's end ({b:.3f} s)")
+    if b - a < MIN_LOOP_SECONDS:
+        raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
     if length is not None:
         check_duration(length, "--length")
     _run("loop", common, [song], jobs.loop_edit(common, a, b, length, _strength(strength)), 1,

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..jobs import Timing
+from .. import runner
 from ..runner import Common
 from .app import DEFAULT_MODEL, STATE, app
 
@@ -90,6 +91,7 @@ def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: b
     offered = {**SHARED_OPTIONS, **replaced, **(BEAT_OPTIONS if beats else {})}
 
     def decorate(function):
+        verb = name or function.__name__
         own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name not in ("common", "timing")]
         shared = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
                   for key, (kind, option, default) in offered.items() if key not in fixed]
@@ -98,9 +100,16 @@ def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: b
             values = {key: kwargs.pop(key) for key in SHARED_OPTIONS if key in kwargs}
             values = {key: value.value if isinstance(value, Enum) else value for key, value in values.items()}
             STATE["json"] = values.get("as_json", False)
+            common = Common(**values, **fixed)
+            # refuse what can be refused before the command reads bar times (minutes of beat
+            # tracking on a long song) or loads a model: the positional songs are the inputs, lists
+            # of paths (--like) are read too
+            inputs = [value for value in kwargs.values() if isinstance(value, Path)]
+            reads = [p for value in kwargs.values() if isinstance(value, list) for p in value if isinstance(p, Path)]
+            runner.check_before_work(verb, common, inputs, (*reads, *STATE["reads"]), plot=common.plot)
             if beats:
                 kwargs["timing"] = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS})
-            return function(**kwargs, common=Common(**values, **fixed))
+            return function(**kwargs, common=common)
 
         command.__signature__ = inspect.Signature(own + shared)
         command.__name__, command.__doc__ = function.__name__, function.__doc__
