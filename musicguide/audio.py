@@ -239,6 +239,7 @@ class SongFile:
         self.sample_rate = sample_rate
         self.channels = channels
         self._scratch: Path | None = None
+        self.peak = 0.0  # the largest |sample| read so far (a float file may hold far more than 1)
         sound = _open_sound(self.path)
         try:
             info = _info(self.path, sound)
@@ -297,6 +298,7 @@ class SongFile:
                 raise UserError(f"{self.path} ended early, at sample {stop - left} of {self.length}")
             if not np.isfinite(block).all():
                 raise UserError(f"{self.path} contains NaN or infinite samples")
+            self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
             left -= len(block)
             yield block
 

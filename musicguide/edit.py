@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import tasks
 from .errors import UserError
+from .levels import LevelShift, working_level
 from .losses import audio_loss, latent_loss
 from .operators import SampleMask
 from .sampling import SAMPLERS, Step, paste_known
@@ -98,6 +99,7 @@ class Window:
     edit_start: int
     edit_end: int
     free: tuple[int, int]
+    level: dict | None = None  # the level shift the window was sampled at (levels.py), if any
 
     def to_dict(self, sample_rate: int) -> dict:
         return {
@@ -106,6 +108,7 @@ class Window:
             "edit_start_s": self.edit_start / sample_rate,
             "edit_end_s": self.edit_end / sample_rate,
             "free_frames": list(self.free),
+            **({"level_shift": self.level} if self.level is not None else {}),
         }
 
 
@@ -152,14 +155,19 @@ def plan_window(song_length: int, edit_start: int, edit_end: int, hop: int, max_
 
 
 def _encode_window(model, songs: Tensor, window: Window, seed: int, hide: bool = False
-                   ) -> tuple[Tensor, Tensor, torch.Generator, Tensor]:
-    """The window's audio [B, channels, length] and latents x̄, and the seeded generator with the
-    start noise drawn from it (the noise is drawn first, so a seed fixes the start sample).
+                   ) -> tuple[Tensor, Tensor, torch.Generator, Tensor, LevelShift | None]:
+    """The window's audio [B, channels, length] at the model's working level and its latents x̄,
+    the seeded generator with the start noise drawn from it (the noise is drawn first, so a seed
+    fixes the start sample), and the level shift to undo on the decoded window (None: unshifted).
 
     With `hide`, the edited region is muted before encoding: an infill must not depend on what the
     gap held (and an evaluation must not let the held-out audio leak into the known frames)."""
     device = model.device
     audio = torch.stack([cut_window(song, window.at, window.length) for song in songs]).to(device)
+    measured = (_known_audio(window, songs.shape[-1]) if hide else _in_song(window, songs.shape[-1])).known
+    shift = working_level(audio, measured.to(device))
+    if shift is not None:
+        audio = shift.apply(audio)
     encoded = audio
     if hide:
         encoded = audio.clone()
@@ -168,7 +176,7 @@ def _encode_window(model, songs: Tensor, window: Window, seed: int, hide: bool =
         x_bar = model.encode(encoded)
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn(x_bar.shape, generator=generator, device=device, dtype=x_bar.dtype)
-    return audio, x_bar, generator, noise
+    return audio, x_bar, generator, noise, shift
 
 
 def context_floor(model) -> int:
@@ -179,10 +187,16 @@ def context_floor(model) -> int:
 
 def _known_audio(window: Window, song_length: int) -> SampleMask:
     """The window's samples that the original has and the edit keeps: the audio loss measures these."""
-    known = torch.ones(window.length, dtype=torch.bool)
+    known = _in_song(window, song_length).known.clone()
     known[window.edit_start - window.at : window.edit_end - window.at] = False
-    known[max(song_length - window.at, 0) :] = False  # silence padded past the song's end
     return SampleMask(known)
+
+
+def _in_song(window: Window, song_length: int) -> SampleMask:
+    """The window's samples that the original has (not the silence padded past the song's end)."""
+    inside = torch.ones(window.length, dtype=torch.bool)
+    inside[max(song_length - window.at, 0) :] = False
+    return SampleMask(inside)
 
 
 @dataclass(frozen=True)
@@ -205,16 +219,17 @@ LossBuilder = Callable[[tasks.EditProblem, Tensor, Tensor], tuple[Callable[[Tens
 
 def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, start: Start = Start(),
                   loss: LossBuilder | None = None, seconds_total: float | None = None, offset: int = 0,
-                  callback: Callback | None = None) -> tuple[Tensor, float | None]:
+                  callback: Callback | None = None) -> tuple[Tensor, float | None, Window]:
     """Sample the window's free frames for a batch of songs [B, channels, N] (the variations).
     `songs` may be an excerpt that starts `offset` samples into the song (the timing conditioning
     counts from the song's start). `loss` replaces the edit's own d(y, A(x̂0)).
 
-    Returns the decoded windows [B, channels, window.length] and the guidance loss d(y, A(x̂0))
-    at the last guided step (summed over the batch), or None without guidance."""
+    Returns the decoded windows [B, channels, window.length] at the songs' own level, the guidance
+    loss d(y, A(x̂0)) at the last guided step (summed over the batch; None without guidance), and
+    the window with the level shift it was sampled at (levels.py)."""
     settings = settings.for_model(model)
     hide = start.kind == "noise"
-    audio, x_bar, generator, noise = _encode_window(model, songs, window, settings.seed, hide=hide)
+    audio, x_bar, generator, noise, shift = _encode_window(model, songs, window, settings.seed, hide=hide)
     problem, t_max = _problem(model, x_bar, window, noise, start)
     d, xi = (loss or _edit_loss(model, settings, window, songs.shape[-1], hide))(problem, audio, x_bar)
     known = settings.consistency and problem.mask.n_known
@@ -228,7 +243,9 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
                             loss=d, guidance=xi if d is not None else 0.0, t_max=t_max, consistency=consistency)
     with torch.no_grad():
         decoded = model.decode(x0).float().cpu()
-    return decoded, last_loss
+    if shift is None:
+        return decoded, last_loss, window
+    return shift.undo(decoded), last_loss, replace(window, level=shift.to_dict())
 
 
 def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start) -> tuple[tasks.EditProblem, float]:
@@ -300,7 +317,7 @@ def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings,
     songs = song[None].expand(variations, -1, -1)
     total = song.shape[-1] if song_length is None else song_length
     start_from = Start() if strength is None else Start("mix", strength)
-    decoded, loss = sample_window(model, songs, window, settings, start=start_from, seconds_total=total / sr,
+    decoded, loss, window = sample_window(model, songs, window, settings, start=start_from, seconds_total=total / sr,
                                   offset=offset, callback=callback)
     edited, seams = _splice_all(songs, decoded, window, sr)
     return _result(edited, [window], seams, song, sr, loss)
@@ -343,7 +360,7 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
         length = whole_frames(ctx + new, hop) * hop
         window = Window(at=have - ctx, length=length, edit_start=have, edit_end=have + new, free=(ctx // hop, length // hop))
         chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
-        decoded, loss = sample_window(model, songs, window, chunk, seconds_total=(offset + final_length) / sr,
+        decoded, loss, window = sample_window(model, songs, window, chunk, seconds_total=(offset + final_length) / sr,
                                       offset=offset, callback=callback)
         songs, chunk_seams = _splice_all(songs, decoded, window, sr)
         windows.append(window)

@@ -69,7 +69,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
         return loss, 1.0  # the step sizes live inside the loss (still scaled by step width)
 
     total = length if song_length is None else song_length
-    decoded, last_loss = sample_window(model, songs, window, settings, start=Start("sdedit", strength), loss=composite,
+    decoded, last_loss, window = sample_window(model, songs, window, settings, start=Start("sdedit", strength), loss=composite,
                                        seconds_total=total / sr, offset=offset, callback=callback)
     original = torch.stack([cut_window(song, window.at, window.length) for song in songs]).float()
     gains = None

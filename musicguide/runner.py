@@ -29,6 +29,7 @@ MAX_VARIATIONS = 256
 MAX_CFG = 100.0
 DEFAULT_CFG = 6.0  # stable-audio-tools' default cfg_scale
 OUTPUT_SUFFIXES = (".wav", ".flac")
+HOT_PEAK = 2.0  # +6 dBFS: a float input beyond this is far past full scale, and the user is told
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
     `reads` are the other files the command reads (--like clips, a batch's jobs file): like the
     inputs, no output may name one of them, even with --overwrite."""
     from .atomic import Outputs
+    from .audio import amplitude_to_db
 
     paths, infos, targets = check_before_work(verb, common, inputs, reads, plot=plot)
     settings = settings_for(common)
@@ -337,6 +339,11 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
                        "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed,
                        "plot": plot, "beats": {} if timing is None else timing.sidecar(), "text": text}
             run = write_outputs(outputs, paths, edited, context)
+            for source in sources:  # every sample has been read by now (the output streams the song)
+                if source.peak > HOT_PEAK:
+                    say(f"[yellow]warning: {source.path.name} has samples up to {amplitude_to_db(source.peak):+.1f} "
+                        "dBFS, far beyond full scale; they were edited at the model's working level and written "
+                        "back at the file's own (is the file scaled right?)[/yellow]")
         outputs.publish()
     return run
 

@@ -395,3 +395,71 @@ def test_lines_are_not_wrapped_when_piped(tmp_path):
     assert len(wrote) == 1 and wrote[0].startswith("wrote ") and wrote[0].endswith(".json"), result.stdout
     assert all(line.startswith(("note:", "warning:", "model ", "infill ")) for line in result.stderr.splitlines()
                if line.strip()), result.stderr
+
+
+# ---- 11: levels far from the model's working level ----------------------------------------------------
+
+
+def level_db(audio: np.ndarray) -> float:
+    centred = audio - audio.mean(axis=0)
+    return 10 * np.log10(max(float((centred.astype(np.float64) ** 2).mean()), 1e-60))
+
+
+def infill_level(tmp_path, monkeypatch, capsys, data: np.ndarray, subtype: str, gap=(5.0, 7.0)):
+    song = tmp_path / f"level-{subtype}.wav"
+    sf.write(song, data, SR, subtype=subtype)
+    out = tmp_path / "o.wav"
+    code, _, stderr = run_cli(["infill", song, "--start", str(gap[0]), "--end", str(gap[1]), *TR, "-q", "-o", out,
+                               "--overwrite", "--format", "FLOAT"], monkeypatch, capsys)
+    assert code == 0, stderr
+    edited, _ = sf.read(out, dtype="float32")
+    a, b = round(gap[0] * SR), round(gap[1] * SR)
+    inside = slice(a + 2048, b - 2048)  # past the seam fades
+    context = np.concatenate([data[a - 2 * SR : a], data[b : b + 2 * SR]])
+    return edited, data, inside, context, json.loads(out.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("target_db", [-60.0, 9.0])
+def test_a_gap_in_a_song_far_from_the_working_level_comes_out_at_the_songs_level(target_db, tmp_path, monkeypatch,
+                                                                                capsys):
+    data = synth_song(12.0)
+    data *= 10 ** ((target_db - level_db(data)) / 20)
+    edited, data, inside, context, sidecar = infill_level(tmp_path, monkeypatch, capsys, data, "FLOAT")
+    assert abs(level_db(edited[inside]) - level_db(context)) < 6.0
+    assert sidecar["windows"][0]["level_shift"]["gain_db"] == pytest.approx(-20.0 - target_db, abs=1.0)
+    assert np.array_equal(edited[: 4 * SR], data[: 4 * SR])  # outside: untouched, sample for sample
+
+
+def test_a_dc_offset_is_kept_inside_the_gap(tmp_path, monkeypatch, capsys):
+    data = synth_song(12.0) * 0.5 + 0.25
+    edited, data, inside, context, sidecar = infill_level(tmp_path, monkeypatch, capsys, data, "FLOAT")
+    assert edited[inside].mean() == pytest.approx(0.25, abs=0.06)  # the tiny model adds a mean of its own
+    assert sidecar["windows"][0]["level_shift"]["dc_removed"] == pytest.approx([0.25, 0.25], abs=0.01)
+
+
+def test_a_gap_in_digital_silence_stays_silent(tmp_path, monkeypatch, capsys):
+    data = np.concatenate([synth_song(20.0), np.zeros((20 * SR, 2), np.float32)])
+    edited, data, inside, context, sidecar = infill_level(tmp_path, monkeypatch, capsys, data, "PCM_16", gap=(30.0, 32.0))
+    assert not edited[25 * SR : 35 * SR].any()
+    assert sidecar["windows"][0]["level_shift"]["silent_context"]
+
+
+def test_a_song_at_a_normal_level_is_not_shifted(tmp_path, monkeypatch, capsys):
+    from musicguide import levels
+
+    data = synth_song(12.0)
+    torch_audio = __import__("torch").from_numpy(data.T.copy())[None]
+    assert levels.working_level(torch_audio, __import__("torch").ones(data.shape[0], dtype=bool)) is None
+    edited, data, inside, context, sidecar = infill_level(tmp_path, monkeypatch, capsys, data, "PCM_16")
+    assert "level_shift" not in sidecar["windows"][0]
+
+
+def test_a_float_file_far_beyond_full_scale_is_taken_with_a_warning(tmp_path, monkeypatch, capsys):
+    song = tmp_path / "hot.wav"
+    sf.write(song, synth_song(8.0) * 1e6, SR, subtype="FLOAT")
+    code, _, stderr = run_cli(["infill", song, "--start", "3", "--end", "4", *TR[:-2], "--seed", "1"], monkeypatch,
+                              capsys)
+    assert code == 0 and "warning: hot.wav has samples up to +1" in stderr and "dBFS, far beyond full scale" in stderr
+    normal = wav(tmp_path, "normal.wav")
+    code, _, stderr = run_cli(["infill", normal, "--start", "3", "--end", "4", *TR], monkeypatch, capsys)
+    assert code == 0 and "warning" not in stderr
