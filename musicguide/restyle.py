@@ -119,17 +119,54 @@ def restyle_song(model, song: Tensor, start: int, end: int, settings: SamplerSet
 
 
 MAX_LEVEL_MATCH_DB = 12.0
-PEAK_CEILING = 0.99  # a level match never lifts the region past this peak
+PEAK_CEILING = 0.99  # a level match never lifts the region's true peak past this (or the original's, if higher)
+LIMITER_HOLD = 220  # samples (5 ms at 44.1 kHz) each side over which the limiter's gain falls and recovers
+OVERSAMPLING = 4  # true peaks: the peaks between samples, found at 4x the rate (as ITU-R BS.1770)
 
 
 def _match_level(decoded: Tensor, original: Tensor, a: int, b: int) -> tuple[Tensor, list[float]]:
-    """Scale each decoded window [B, channels, n] so that its [a, b) has the original's RMS there,
-    never by more than ±MAX_LEVEL_MATCH_DB and never so far that the region would clip."""
+    """Scale each decoded window [B, channels, n] so that its [a, b) has the original's RMS there
+    (never by more than ±MAX_LEVEL_MATCH_DB), then limit the true peaks that this lifts past the
+    ceiling. A limiter, not a smaller gain: one spike in the decoded audio must not pull the whole
+    region down (it once left a region 10 dB below the original, with both seams flagged)."""
     def rms(x: Tensor) -> Tensor:
         return x[..., a:b].double().square().mean(dim=(1, 2)).sqrt()
 
     ratio = rms(original) / rms(decoded).clamp(min=1e-9)
-    headroom = PEAK_CEILING / decoded[..., a:b].double().abs().amax(dim=(1, 2)).clamp(min=1e-9)
-    gain_db = (20 * torch.minimum(ratio, headroom).clamp(min=1e-9).log10()).clamp(-MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB)
-    gain = 10 ** (gain_db / 20)
-    return decoded * gain.to(decoded.dtype)[:, None, None], [float(g) for g in gain_db]
+    gain_db = (20 * ratio.clamp(min=1e-9).log10()).clamp(-MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB)
+    scaled = decoded * (10 ** (gain_db / 20)).to(decoded.dtype)[:, None, None]
+    ceiling = max(PEAK_CEILING, float(true_peak(original[..., a:b]).max()))
+    return limit_true_peaks(scaled, ceiling), [float(g) for g in gain_db]
+
+
+def true_peak(audio: Tensor) -> Tensor:
+    """|audio| [..., channels, n] at its largest between each sample and the next, per sample
+    (max over channels) [..., n]: the peak a DAC's reconstruction reaches, from 4x oversampling."""
+    import numpy as np
+    import soxr
+
+    flat = audio.detach().double().reshape(-1, audio.shape[-1]).numpy()
+    up = np.stack([soxr.resample(channel, 1, OVERSAMPLING, quality="VHQ") for channel in flat])
+    n = audio.shape[-1]
+    up = np.abs(up[:, : n * OVERSAMPLING]).reshape(len(flat), n, OVERSAMPLING).max(axis=-1)
+    peaks = np.maximum(up, np.abs(flat))
+    return torch.from_numpy(peaks).reshape(*audio.shape[:-2], audio.shape[-2], n).amax(dim=-2)
+
+
+def limit_true_peaks(audio: Tensor, ceiling: float) -> Tensor:
+    """`audio` [B, channels, n] with a smooth gain that keeps every true peak at or below `ceiling`
+    and is exactly 1 away from the peaks. The gain each sample needs is min-filtered, then
+    averaged, over the same 2·LIMITER_HOLD + 1 samples: the average of values that are each at
+    most the need at the centre is at most that need, so no peak is missed, and the gain moves
+    over 5 ms instead of jumping."""
+    width = 2 * LIMITER_HOLD + 1
+    for _ in range(4):  # the gain reshapes the waveform between samples a little: a second pass takes the rest
+        peaks = true_peak(audio)
+        if float(peaks.max()) <= ceiling:
+            break
+        need = (ceiling / peaks.clamp(min=1e-12)).clamp(max=1.0)[:, None]  # [B, 1, n]
+        held = -torch.nn.functional.max_pool1d(-need, width, stride=1, padding=LIMITER_HOLD)
+        # edges padded with the edge's own held gain, which is at most the need of every sample it covers
+        padded = torch.nn.functional.pad(held, (LIMITER_HOLD, LIMITER_HOLD), mode="replicate")
+        audio = audio * torch.nn.functional.avg_pool1d(padded, width, stride=1).to(audio.dtype)
+    return audio

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -88,7 +90,7 @@ def test_restyle_keeps_audio_outside_the_region(setup):
 
 def test_restyle_matches_the_inputs_level_without_clipping(setup):
     """A restyle changes the style, not the mix level: the region comes back at the input's RMS
-    (the gain is in the result), unless that would clip; --no-match-level leaves it as decoded."""
+    (the gain is in the result), its true peaks limited to the ceiling; --no-match-level leaves it as decoded."""
     from musicguide.audio import rms_db
 
     model, song, net = setup
@@ -109,3 +111,32 @@ def test_restyle_matches_the_inputs_level_without_clipping(setup):
     # a cut past the limit stops at it
     assert restyling.restyle(model, song * 0.05, region.start, region.stop, settings, **kwargs).level_gain_db == [
         -restyling.MAX_LEVEL_MATCH_DB]
+
+
+def test_one_spike_does_not_pull_the_whole_region_down():
+    """Issue 24: the level match once scaled a region 10 dB down for one peak. Now the region
+    gets the original's RMS, and a true-peak limiter takes the spike (and only its surroundings)
+    under the ceiling."""
+    torch.manual_seed(0)
+    decoded = torch.randn(2, 2, SR) * 0.05
+    decoded[:, 0, 20000] = 2.0  # the old rule: a cut of 6 dB for it, 12 dB below the wanted gain
+    original = torch.randn(2, 2, SR) * 0.1
+    matched, gains = restyling._match_level(decoded, original, 0, SR)
+    assert gains == pytest.approx([6.0, 6.0], abs=0.2)
+    rms_db = lambda x: 20 * math.log10(float(x.double().pow(2).mean().sqrt()))  # noqa: E731
+    assert abs(rms_db(matched) - rms_db(original)) < 0.3
+    assert float(restyling.true_peak(matched).max()) <= restyling.PEAK_CEILING + 1e-6
+    far = slice(0, 20000 - 2 * restyling.LIMITER_HOLD - 1)
+    assert torch.allclose(matched[..., far], decoded[..., far] * (10 ** (torch.tensor(gains) / 20))[:, None, None],
+                          atol=1e-6)
+
+
+def test_the_limiter_catches_peaks_between_samples_and_at_the_edges():
+    n = 4000
+    t = torch.arange(n, dtype=torch.float64)
+    tone = torch.sin(2 * math.pi * 0.25 * t + math.pi / 4)  # fs/4, sampled at ±0.707: true peak 1.0
+    audio = torch.stack([tone, tone])[None].float() * 1.2
+    audio[..., :3] = 1.5  # a peak at the very start
+    limited = restyling.limit_true_peaks(audio, 0.9)
+    assert float(restyling.true_peak(limited).max()) <= 0.9 + 1e-4
+    assert float(audio[..., 100:].abs().max()) < 0.9  # the samples alone are under the ceiling: only true peaks tell
