@@ -127,6 +127,24 @@ def test_a_name_taken_mid_run_through_the_cli_exits_2_and_keeps_the_result(tmp_p
     assert sidecar["output"]["sha256"] == __import__("hashlib").sha256((tmp_path / kept[0]).read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("taken", ["o_1.png", "o_2.wav", "o_2.json"])
+def test_a_later_name_of_variations_with_pictures_taken_mid_run(taken, tmp_path, monkeypatch, capsys):
+    song = wav(tmp_path, "song.wav")
+    real = atomic.Outputs.publish
+
+    def someone_takes_a_name(self):
+        (tmp_path / taken).write_text("theirs")
+        real(self)
+
+    monkeypatch.setattr(atomic.Outputs, "publish", someone_takes_a_name)
+    code, _, stderr = run_cli(["infill", song, "--start", "1", "--end", "2", *TR, "-q", "-o", tmp_path / "o.wav",
+                               "--variations", "2", "--plot"], monkeypatch, capsys)
+    one_line_error(code, stderr, "created by another program")
+    kept = [p.name for p in tmp_path.iterdir() if ".conflict-" in p.name]
+    assert sorted(Path(k).suffix for k in kept) == sorted([".wav", ".json", ".png"] * 2)
+    assert names(tmp_path) == sorted(["song.wav", taken, *kept]) and (tmp_path / taken).read_text() == "theirs"
+
+
 @pytest.mark.slow
 def test_two_runs_that_share_only_a_sidecar_name_both_keep_their_result(tmp_path):
     """o.wav and o.flac both want o.json: one publishes, the other exits 2 with its result aside."""

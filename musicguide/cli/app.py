@@ -86,8 +86,11 @@ def _parser_message(error: click.exceptions.ClickException) -> str:
     ctx = getattr(error, "ctx", None)
     if ctx is None:
         return error.format_message()
-    path = ctx.command_path.split(" ", 1)
-    see = f" (see musicguide{' ' + path[1] if len(path) > 1 else ''} --help)"
+    names, parent = [], ctx  # the subcommands' names: the root's own is `python -m musicguide` when run so
+    while parent.parent is not None:
+        names.append(parent.info_name)
+        parent = parent.parent
+    see = f" (see {' '.join(['musicguide', *reversed(names)])} --help)"
     if hasattr(ctx.command, "list_commands") and error.format_message().rstrip(".") == "Missing command":
         # `musicguide` or `musicguide models` alone: say what is missing, in one line (help is a --help away)
         return f"missing a command: one of {', '.join(ctx.command.list_commands(ctx))}" + see
