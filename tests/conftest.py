@@ -58,3 +58,12 @@ def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
         code = exit_.code if isinstance(exit_.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def one_line_error(code: int, stderr: str, expected: str, status: int = 2) -> None:
+    """The CLI's promise for an error: this status, one `error: …` line holding `expected`, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == status, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in stderr

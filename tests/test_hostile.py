@@ -18,18 +18,11 @@ import soundfile as sf
 
 from musicguide import atomic
 
-from conftest import run_cli, synth_song
+from conftest import one_line_error, run_cli, synth_song
 
 SR = 44100
 TR = ["--model", "tiny-random", "--steps", "2", "--device", "cpu", "--seed", "3"]
 MUSICGUIDE = [sys.executable, "-m", "musicguide"]
-
-
-def one_line_error(code: int, stderr: str, expected: str, status: int = 2) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == status, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert expected in lines[0], lines[0]
 
 
 def names(folder: Path) -> list[str]:

@@ -22,22 +22,13 @@ import soundfile as sf
 from musicguide import atomic
 from musicguide.errors import UserError
 
-from conftest import synth_song
-from conftest import run_cli
+from conftest import one_line_error, run_cli, synth_song
 
 SR = 44100
 FAST = ["--steps", "3", "--context", "2", "--quiet", "--seed", "7", "--model", "tiny-random", "--device", "cpu"]
 MUSICGUIDE = [sys.executable, "-m", "musicguide"]
 
 
-
-
-def one_line_error(code: int, stderr: str, expected: str, status: int = 2) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == status, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert expected in lines[0], lines[0]
-    assert "Traceback" not in stderr
 
 
 def files(folder: Path) -> list[str]:
