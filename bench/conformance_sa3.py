@@ -1,0 +1,138 @@
+"""musicguide's Stable Audio 3 models against the reference package (stable-audio-3 636f906).
+
+    bash ../shared/tools/reference-sa3-env.sh /tmp/musicguide-sa3env
+    MUSICGUIDE_SA3_REFERENCE_PYTHON=/tmp/musicguide-sa3env/bin/python python bench/conformance_sa3.py
+
+For each case (a small SAME with the published structure and random weights) the reference side,
+run in the reference's own environment, builds the model from the config dict with
+`stable_audio_3.factory`, draws random weights and audio from a fixed seed, encodes and decodes,
+and saves the weights, the audio and its outputs. This side loads those weights into
+`musicguide.models.same.SAME` (strictly: every name and shape must match) and compares. Prints one
+row per case and output: the largest error relative to the reference output's largest value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE_PATH = [SHARED / "reference" / "stable-audio-3", SHARED / "tools" / "reference-shims"]
+TOLERANCE = 1e-5  # relative, float32
+
+
+def autoencoder_config(*, patch_size: int, channels: int, c_mults: list, strides: list, depths: list, latent_dim: int,
+                       **block) -> dict:
+    """A SAME config dict in the published layout (the `model` of SAME-S/L's model_config.json)."""
+    shared = {"channels": channels, "c_mults": c_mults, "strides": strides, "transformer_depths": depths,
+              "latent_dim": latent_dim, **{k: v for k, v in block.items() if k != "sinusoidal_blocks"}}
+    io = 2
+    return {
+        "encoder": {"type": "same", "config": {"in_channels": io * patch_size, **shared}},
+        "decoder": {"type": "same", "config": {"out_channels": io * patch_size, **shared,
+                                               "sinusoidal_blocks": block.get("sinusoidal_blocks", [0] * len(c_mults))}},
+        "pretransform": {"type": "patched", "config": {"channels": io, "patch_size": patch_size}},
+        "bottleneck": {"type": "soft_norm", "config": {"dim": latent_dim, "auto_scale": True}},
+        "latent_dim": latent_dim,
+        "downsampling_ratio": patch_size * __import__("math").prod(strides),
+        "io_channels": io,
+    }
+
+
+# SAME-S's structure (chunks with the midpoint shift, DyT, differential attention) and SAME-L's
+# (a sliding window), each with the options the other does not use, at widths a CPU runs in seconds.
+CASES = {
+    "same-chunks-midpoint": autoencoder_config(
+        patch_size=4, channels=16, c_mults=[1, 2], strides=[2, 4], depths=[2, 3], latent_dim=8, chunk_size=8,
+        chunk_midpoint_shift=True, dim_heads=8, differential=True, feat_scale=True, ff_mult=3, dyt=True,
+        sinusoidal_blocks=[0, 2]),
+    "same-sliding-window": autoencoder_config(
+        patch_size=4, channels=16, c_mults=[1, 2], strides=[2, 2], depths=[2, 1], latent_dim=8, chunk_size=8,
+        sliding_window=[2, 1], dim_heads=16, differential=False, feat_scale=False, ff_mult=2, dyt=False,
+        conv_mapping=True, layer_scale=True, mapping_bias=False),
+}
+AUDIO_SAMPLES = (1024, 1000)  # a whole number of chunks, and one that the model pads
+
+
+def reference_side(out: Path) -> None:
+    """Runs in the reference environment: every case's weights, inputs and outputs into `out`."""
+    import torch
+    from stable_audio_3.factory import create_autoencoder_from_config
+
+    saved = {}
+    for name, config in CASES.items():
+        torch.manual_seed(0)
+        model = create_autoencoder_from_config(config, 44100).eval()
+        with torch.no_grad():
+            for key, parameter in model.named_parameters():
+                parameter.copy_(torch.randn_like(parameter) * 0.3 + (0.8 if key.endswith(("weight_g", "running_std")) else 0.0))
+            for samples in AUDIO_SAMPLES:
+                audio = torch.randn(2, 2, samples) * 0.3
+                latents = model.encode(audio)
+                saved[f"{name}/{samples}"] = {"audio": audio, "latents": latents, "decoded": model.decode(latents)}
+        saved[f"{name}/state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(saved, out)
+
+
+def run_reference(python: str) -> dict:
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "reference.pt"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, REFERENCE_PATH))}
+        done = subprocess.run([python, __file__, "--reference-side", str(out)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the reference side failed:\n{done.stderr[-3000:]}")
+        return torch.load(out, weights_only=True)
+
+
+def compare(reference: dict) -> list[tuple[str, str, float]]:
+    """(case, output, relative error) for every case and output."""
+    import torch
+
+    from musicguide.models.same import SAME, same_config_from_dict
+
+    rows = []
+    for name, config in CASES.items():
+        model = SAME(same_config_from_dict(config)).eval()
+        model.load_state_dict(reference[f"{name}/state"], strict=True)
+        for samples in AUDIO_SAMPLES:
+            theirs = reference[f"{name}/{samples}"]
+            with torch.no_grad():
+                latents = model.encode(theirs["audio"])
+                decoded = model.decode(theirs["latents"])
+            for output, ours, expected in (("encode", latents, theirs["latents"]), ("decode", decoded, theirs["decoded"])):
+                if ours.shape != expected.shape:
+                    rows.append((f"{name} ({samples} samples)", output, float("inf")))
+                    continue
+                error = float((ours - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+                rows.append((f"{name} ({samples} samples)", output, error))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference-side", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-python", default=os.environ.get("MUSICGUIDE_SA3_REFERENCE_PYTHON"))
+    args = parser.parse_args()
+    if args.reference_side:
+        reference_side(args.reference_side)
+        return
+    if not args.reference_python:
+        sys.exit("set MUSICGUIDE_SA3_REFERENCE_PYTHON or pass --reference-python (see this file's docstring)")
+    sys.path.insert(0, str(REPO))
+    rows = compare(run_reference(args.reference_python))
+    print(json.dumps({"tolerance": TOLERANCE}))
+    for case, output, error in rows:
+        print(f"{case:40} {output:7} {error:.2e} {'ok' if error <= TOLERANCE else 'FAIL'}")
+    sys.exit(0 if all(error <= TOLERANCE for *_, error in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
