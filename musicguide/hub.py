@@ -25,7 +25,7 @@ from huggingface_hub.utils import (
 
 from musicguide.atomic import write_text_atomically
 from musicguide.errors import UserError
-from musicguide.models.folder import CONFIG_FILE
+from musicguide.model_files import CONFIG_FILE
 
 if TYPE_CHECKING:
     from musicguide.registry import CheckpointEntry

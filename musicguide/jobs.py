@@ -12,12 +12,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from .audio import check_not_silent
 from .errors import UserError
 from .runner import Common, Edited, probe_input
 from .timespec import seconds_to_samples
+
+
+def check_not_silent(audio, what: str) -> None:
+    """audio.check_not_silent, imported when first needed: the CLI imports this module to build its
+    commands, and `musicguide --help` must not wait for torch (audio's import)."""
+    from .audio import check_not_silent as check
+
+    check(audio, what=what)
 
 
 def model_window(model) -> int:
@@ -227,6 +232,8 @@ def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | No
 
 
 def _style_loss(net, style: Style, model) -> Callable:
+    import torch
+
     from . import losses
     from .audio import load_audio
 
@@ -251,6 +258,8 @@ REPORTED_TAGS = 5  # with --like only, the original's top tags are the ones foll
 def _tags_by_window(net, style: Style, excerpt, result, sample_rate: int) -> list[list[dict]]:
     """Per variation, per window: the tagger's probabilities of the steered tags (or, with --like
     only, of the original's top tags) before and after, on the window's edited stretch."""
+    import torch
+
     def probs(audio) -> torch.Tensor:
         with torch.no_grad():
             return net.tag_probs(audio[None].to(net_device(net)), sample_rate).mean(dim=1)[0].cpu()
@@ -273,8 +282,9 @@ def _tags_by_window(net, style: Style, excerpt, result, sample_rate: int) -> lis
     return reports
 
 
-def net_device(net) -> torch.device:
-    return next(net.parameters()).device  # musicnn has no device property of its own
+def net_device(net):
+    """The torch device the tagger sits on (musicnn has no device property of its own)."""
+    return next(net.parameters()).device
 
 
 # ---- times in bars and beats ----------------------------------------------------------------------

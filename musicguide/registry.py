@@ -16,16 +16,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-import torch
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from musicguide.errors import UserError
 from musicguide.hub import download_hub_files, verify_sha256
-from musicguide.models import LatentDiffusion, build_model, load_model_folder, tiny_random_config
-from musicguide.models.folder import CONFIG_FILE, WEIGHTS_FILE
+from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    import torch
+
+    from musicguide.models import LatentDiffusion
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -319,11 +322,17 @@ def _is_dir(candidate: Path, argument: str) -> bool:
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     *,
     token: str | None = None,
 ) -> tuple[LatentDiffusion, ResolvedModel]:
-    """Resolve `--model` and build the model (eval mode, frozen); the single entry point the CLI uses."""
+    """Resolve `--model` and build the model (eval mode, frozen; float32 unless `dtype`); the single
+    entry point the CLI uses. torch is imported here, not with the module: listing models needs none."""
+    import torch
+
+    from musicguide.models import build_model, load_model_folder, tiny_random_config
+
+    dtype = torch.float32 if dtype is None else dtype
     resolved = resolve_model(name_or_path, token=token)
     if resolved.kind == "builtin":
         # Fork the RNG so that building the model neither depends on nor advances the caller's

@@ -214,3 +214,19 @@ def test_models_list(monkeypatch, capsys):
     assert code == 0
     for name in ("sao-1.0", "sao-small", "tiny-random"):
         assert name in stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["infill", "--bogus"], ["models", "list"], []])
+def test_answers_that_need_no_model_do_not_import_torch(args):
+    """Issue 22: help, the version, a parser error and the model list come without torch (~1 s of
+    import); bench/startup.py times them."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("startup", Path(__file__).resolve().parents[1] / "bench" / "startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)
+    done = subprocess.run([sys.executable, "-c", startup.PROBE, "musicguide", *args], capture_output=True, text=True)
+    assert done.stderr.strip().splitlines()[-1] == "False", done.stderr[-2000:]

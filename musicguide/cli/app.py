@@ -55,9 +55,8 @@ def _root(
 
 
 def main() -> None:
-    """Runs the app and turns everything that ends it into one line and an exit status."""
-    import torch
-
+    """Runs the app and turns everything that ends it into one line and an exit status. torch is
+    not imported here: `--help`, `--version` and parser errors answer before any command loads it."""
     # --json is known before parsing: a parser error prints its JSON object too
     STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=wants_json(sys.argv[1:]), reads=())
     try:
@@ -68,18 +67,28 @@ def main() -> None:
         _fail(_parser_message(error), 2, error)
     except typer.Abort as error:
         _fail("aborted", 1, error)
-    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
-        where = "GPU" if isinstance(error, torch.cuda.OutOfMemoryError) else "CPU"
-        _fail(f"out of {where} memory; nothing was written (edit a shorter region, pass a smaller --context or fewer "
-              "--variations, --loss-space latent, or --device cpu)", 2, error)
+    except MemoryError as error:
+        _fail(_out_of_memory("CPU"), 2, error)
     except Interrupted as error:
         from ..atomic import PUBLISHED
 
         what = "the outputs were already complete" if PUBLISHED else "no output was written"
         _fail(f"interrupted by {error.name}; {what}", error.exit_code, error)
     except Exception as error:  # a bug, not bad input: keep it short unless asked
+        if _is_cuda_out_of_memory(error):
+            _fail(_out_of_memory("GPU"), 2, error)
         _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", 1, error)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _out_of_memory(where: str) -> str:
+    return (f"out of {where} memory; nothing was written (edit a shorter region, pass a smaller --context or fewer "
+            "--variations, --loss-space latent, or --device cpu)")
+
+
+def _is_cuda_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # a CUDA error needs torch loaded; never import it just to ask
+    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
 
 
 def _parser_message(error: click.exceptions.ClickException) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import jobs, runner
 from ..errors import UserError
@@ -27,6 +26,7 @@ from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
 def _progress(quiet: bool, total: int, label: str) -> Iterator:
     """A rich progress bar over sampling steps; yields the sampler callback. The bar is transient
     and a summary line stays, so that an error ends on one line, not on a half-full bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     if quiet:
         yield None
         return

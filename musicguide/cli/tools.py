@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Column, Table
 from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
 
 from .. import runner
@@ -28,6 +26,7 @@ def tags(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """What the musicnn tagger hears: the top tags with their probabilities (mean over 3 s patches)."""
+    from rich.table import Table
     import torch
 
     from ..audio import check_not_silent, load_audio
@@ -64,6 +63,7 @@ def batch(
 ) -> None:
     """Run many edits with one model load: each job writes what its command alone would, from the same seed.
     Under torchrun the jobs are split across the processes (one model load each)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from .. import distributed
 
     STATE["json"] = as_json
@@ -200,6 +200,7 @@ def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder 
 
 
 def _train(stage: str, run, config, quiet: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from .. import distributed
 
     quiet = quiet or not distributed.world().is_main  # under torchrun only rank 0 shows progress
@@ -242,6 +243,7 @@ def evaluate(
     device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
 ) -> None:
     """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from ..evaluate import TASKS, Protocol
     from .evaluation import run_evaluate
 
@@ -266,6 +268,7 @@ def evaluate(
 @models_app.command("list")
 def models_list() -> None:
     """Show the registry and whether each model is usable offline."""
+    from rich.table import Column, Table
     from ..registry import list_models
 
     rows = list_models()

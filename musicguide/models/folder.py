@@ -24,9 +24,8 @@ from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
 from musicguide.models.config import ModelConfig
 from musicguide.models.latent_diffusion import LatentDiffusion
+from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE  # re-exported: the folder's two files
 
-CONFIG_FILE = "model_config.json"
-WEIGHTS_FILE = "model.safetensors"
 # State-dict prefixes of the two parts that are trained (and shipped) separately.
 VAE_PREFIXES = ("pretransform.",)
 DIT_PREFIXES = ("model.", "conditioner.")
