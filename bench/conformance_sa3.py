@@ -3,12 +3,14 @@
     bash ../shared/tools/reference-sa3-env.sh /tmp/musicguide-sa3env
     MUSICGUIDE_SA3_REFERENCE_PYTHON=/tmp/musicguide-sa3env/bin/python python bench/conformance_sa3.py
 
-For each case (a small SAME with the published structure and random weights) the reference side,
+For each case (a small SAME or DiT with the published structure and random weights) the reference side,
 run in the reference's own environment, builds the model from the config dict with
-`stable_audio_3.factory`, draws random weights and audio from a fixed seed, encodes and decodes,
-and saves the weights, the audio and its outputs. This side loads those weights into
-`musicguide.models.same.SAME` (strictly: every name and shape must match) and compares. Prints one
-row per case and output: the largest error relative to the reference output's largest value.
+`stable_audio_3.factory` (the DiT as the factory does, a DiTWrapper from `model.diffusion`), draws
+random weights and inputs from a fixed seed, runs them (SAME: encode and decode; DiT: one forward
+with each kind of conditioning its config takes) and saves weights, inputs and outputs. This side
+loads those weights into `musicguide.models.same.SAME` or `musicguide.models.sa3_dit.SA3DiT`
+(strictly: every name and shape must match) and compares. Prints one row per case and output: the
+largest error relative to the reference output's largest value.
 """
 
 from __future__ import annotations
@@ -59,6 +61,41 @@ CASES = {
 }
 AUDIO_SAMPLES = (1024, 1000)  # a whole number of chunks, and one that the model pads
 
+# The DiT (`model.diffusion` of a config): adaLN with cross-attention, a global condition and the
+# inpainting input concatenated; a prepended global token with a patch, a sliding window, DyT and
+# grouped-query cross-attention to unprojected tokens; and a bare one. Heads of at least 32
+# channels: the reference's DiT rotates max(head / 2, 32) of them.
+DIT_CASES = {
+    "dit-adaln-cross-concat": {"diffusion_objective": "rf_denoiser", "config": {
+        "io_channels": 8, "embed_dim": 128, "depth": 2, "num_heads": 2, "cond_token_dim": 12, "global_cond_dim": 6,
+        "input_concat_dim": 9, "global_cond_type": "adaLN", "timestep_features_logsnr": True, "norm_type": "rms_norm",
+        "attn_kwargs": {"qk_norm": "rms", "differential": True, "feat_scale": True}, "ff_kwargs": {"mult": 3}}},
+    "dit-prepend-patch-window": {"diffusion_objective": "rf_denoiser", "config": {
+        "io_channels": 8, "patch_size": 2, "embed_dim": 128, "depth": 2, "num_heads": 4, "cond_token_dim": 64,
+        "project_cond_tokens": False, "global_cond_dim": 6, "global_cond_type": "prepend",
+        "timestep_features_type": "expo", "norm_type": "dyt", "layer_scale": True, "add_rope": True,
+        "sliding_window": [3, 2], "attn_kwargs": {"qk_norm": "dyt", "differential": False},
+        "ff_kwargs": {"mult": 2, "no_bias": True}}},
+    "dit-bare": {"diffusion_objective": "v", "config": {
+        "io_channels": 8, "embed_dim": 64, "depth": 1, "num_heads": 1, "norm_type": "layer_norm",
+        "attn_kwargs": {"qk_norm": "l2"}}},
+}
+DIT_FRAMES = 16
+
+
+def dit_inputs(config: dict, generator) -> dict:
+    import torch
+
+    c = config["config"]
+    inputs = {"x": torch.randn(2, c["io_channels"], DIT_FRAMES, generator=generator), "t": torch.tensor([0.3, 0.9])}
+    if c.get("cond_token_dim"):
+        inputs["cross_attn_cond"] = torch.randn(2, 5, c["cond_token_dim"], generator=generator)
+    if c.get("global_cond_dim"):
+        inputs["global_cond"] = torch.randn(2, c["global_cond_dim"], generator=generator)
+    if c.get("input_concat_dim"):
+        inputs["input_concat_cond"] = torch.randn(2, c["input_concat_dim"], DIT_FRAMES, generator=generator)
+    return inputs
+
 
 def reference_side(out: Path) -> None:
     """Runs in the reference environment: every case's weights, inputs and outputs into `out`."""
@@ -77,6 +114,19 @@ def reference_side(out: Path) -> None:
                 latents = model.encode(audio)
                 saved[f"{name}/{samples}"] = {"audio": audio, "latents": latents, "decoded": model.decode(latents)}
         saved[f"{name}/state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    from stable_audio_3.models.diffusion import DiTWrapper
+
+    for name, config in DIT_CASES.items():
+        torch.manual_seed(0)
+        wrapper = DiTWrapper(diffusion_objective=config["diffusion_objective"], **config["config"]).eval()
+        with torch.no_grad():
+            for key, parameter in wrapper.named_parameters():
+                parameter.copy_(torch.randn_like(parameter) * 0.15 + (1.0 if key.endswith(("gamma", "alpha")) else 0.0))
+            inputs = dit_inputs(config, torch.Generator().manual_seed(1))
+            conditions = {k: v for k, v in inputs.items() if k not in ("x", "t")}
+            output = wrapper(inputs["x"], inputs["t"], **conditions)
+        saved[f"{name}/io"] = {**inputs, "output": output}
+        saved[f"{name}/state"] = {k.removeprefix("model."): v.clone() for k, v in wrapper.state_dict().items()}
     torch.save(saved, out)
 
 
@@ -113,6 +163,18 @@ def compare(reference: dict) -> list[tuple[str, str, float]]:
                     continue
                 error = float((ours - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
                 rows.append((f"{name} ({samples} samples)", output, error))
+    from musicguide.models.sa3_dit import SA3DiT, sa3_dit_config_from_dict
+
+    for name, config in DIT_CASES.items():
+        model = SA3DiT(sa3_dit_config_from_dict(config)).eval()
+        model.load_state_dict(reference[f"{name}/state"], strict=True)
+        theirs = reference[f"{name}/io"]
+        with torch.no_grad():
+            ours = model(theirs["x"], theirs["t"], **{k: v for k, v in theirs.items() if k not in ("x", "t", "output")})
+        expected = theirs["output"]
+        error = (float((ours - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+                 if ours.shape == expected.shape else float("inf"))
+        rows.append((name, "forward", error))
     return rows
 
 

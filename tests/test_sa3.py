@@ -28,16 +28,18 @@ def bench():
 
 @pytest.mark.conformance
 @pytest.mark.slow
-def test_same_equals_the_reference():
+def test_same_and_the_dit_equal_the_reference():
     """Both SAME structures (chunks with the midpoint shift; a sliding window), random weights, a
-    whole number of chunks and a length the model pads: encode and decode within 1e-5 relative."""
+    whole number of chunks and a length the model pads: encode and decode within 1e-5 relative. The
+    DiT: one forward for each way of conditioning (adaLN with cross-attention, the global condition
+    and the inpainting input; a prepended global token with a patch and a sliding window; none)."""
     python = os.environ.get("MUSICGUIDE_SA3_REFERENCE_PYTHON")
     if not python:
         pytest.skip("set MUSICGUIDE_SA3_REFERENCE_PYTHON to the stable-audio-3 environment's python "
                     "(bash ../shared/tools/reference-sa3-env.sh DIR) to compare with the reference")
     module = bench()
     rows = module.compare(module.run_reference(python))
-    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES)
+    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES)
     assert [row for row in rows if not row[2] <= module.TOLERANCE] == []
 
 
@@ -69,3 +71,30 @@ def test_a_config_the_reference_would_build_differently_is_refused(change, words
     change(config)
     with pytest.raises(ValueError, match=words):
         same_config_from_dict(config)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c["config"].update(prepend_cond_dim=4), "prepend_cond_dim"),
+    (lambda c: c["config"].update(modular_local_cond_configs=[{"id": "x", "dim": 4}]), "modular"),
+    (lambda c: c["config"]["attn_kwargs"].update(made_up=True), "made_up"),
+    (lambda c: c["config"].update(global_cond_type="cross"), "global_cond_type"),
+])
+def test_a_dit_config_the_reference_would_build_differently_is_refused(change, words):
+    from musicguide.models.sa3_dit import sa3_dit_config_from_dict
+
+    config = copy.deepcopy(bench().DIT_CASES["dit-adaln-cross-concat"])
+    change(config)
+    with pytest.raises(ValueError, match=words):
+        sa3_dit_config_from_dict(config)
+
+
+def test_the_dit_keeps_the_frames_and_takes_each_condition():
+    from musicguide.models.sa3_dit import SA3DiT, sa3_dit_config_from_dict
+
+    module = bench()
+    for name, config in module.DIT_CASES.items():
+        model = SA3DiT(sa3_dit_config_from_dict(config)).eval()
+        inputs = module.dit_inputs(config, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = model(inputs.pop("x"), inputs.pop("t"), **inputs)
+        assert out.shape == (2, 8, module.DIT_FRAMES) and torch.isfinite(out).all(), name

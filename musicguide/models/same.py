@@ -29,9 +29,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musicguide.models.sa3_transformer import BlockOptions, TransformerBlock
 from musicguide.models.vae import WNConv1d
 
 
@@ -73,146 +73,12 @@ class SAMEConfig:
         return self.patch_size * math.prod(self.strides)
 
 
-# ---- the transformer block ----------------------------------------------------------------------------
-
-
-class DynamicTanh(nn.Module):
-    """DyT: gamma · tanh(alpha · x) + beta, a normalisation without statistics."""
-
-    def __init__(self, dim: int, init_alpha: float = 4.0):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.full((1,), init_alpha))
-        self.gamma = nn.Parameter(torch.ones(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.gamma * torch.tanh(self.alpha * x) + self.beta
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, x.shape[-1:], weight=self.gamma, eps=self.eps)
-
-
-def norm(dim: int, dyt: bool) -> nn.Module:
-    return DynamicTanh(dim) if dyt else RMSNorm(dim, eps=1e-3)
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.scale = nn.Parameter(torch.full((dim,), 1e-5))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
-
-
-class Rotary(nn.Module):
-    """Rotary position angles for `dim` of a head's channels (the rest pass unrotated)."""
-
-    def __init__(self, dim: int, base: float = 10000.0):
-        super().__init__()
-        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)))
-
-    def forward(self, length: int) -> Tensor:
-        angles = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)[:, None] * self.inv_freq
-        return torch.cat([angles, angles], dim=-1)
-
-
-def rotate(x: Tensor, angles: Tensor) -> Tensor:
-    """x [..., n, d] with its first angles.shape[-1] channels rotated (in float32)."""
-    width = angles.shape[-1]
-    head, rest = x[..., :width].float(), x[..., width:]
-    first, second = head.chunk(2, dim=-1)
-    turned = torch.cat([-second, first], dim=-1)
-    rotated = head * angles.cos() + turned * angles.sin()
-    return torch.cat([rotated.to(x.dtype), rest], dim=-1)
-
-
-class Attention(nn.Module):
-    """Self-attention; `differential` subtracts a second attention map's output (same values)."""
-
-    def __init__(self, dim: int, dim_heads: int, *, dyt: bool, differential: bool, feat_scale: bool):
-        super().__init__()
-        self.heads, self.differential = dim // dim_heads, differential
-        self.to_qkv = nn.Linear(dim, dim * (5 if differential else 3), bias=False)
-        self.to_out = nn.Linear(dim, dim, bias=False)
-        self.q_norm = DynamicTanh(dim_heads) if dyt else RMSNorm(dim_heads, eps=1e-3)
-        self.k_norm = DynamicTanh(dim_heads) if dyt else RMSNorm(dim_heads, eps=1e-3)
-        self.feat_scale = feat_scale
-        if feat_scale:
-            self.lambda_dc = nn.Parameter(torch.zeros(dim))
-            self.lambda_hf = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: Tensor, angles: Tensor, window: tuple[int, int] | None) -> Tensor:
-        b, n, _ = x.shape
-        parts = [p.reshape(b, n, self.heads, -1).transpose(1, 2) for p in self.to_qkv(x).chunk(5 if self.differential else 3, dim=-1)]
-        q, k, v = parts[:3]
-        mask = None if window is None else band_mask(n, window, x.device, x.dtype)
-        queries, keys = [q, *parts[3:4]], [k, *parts[4:5]]
-        outs = []
-        for query, key in zip(queries, keys):
-            query, key = rotate(self.q_norm(query), angles).to(v.dtype), rotate(self.k_norm(key), angles).to(v.dtype)
-            outs.append(F.scaled_dot_product_attention(query, key, v, attn_mask=mask))
-        out = outs[0] - outs[1] if self.differential else outs[0]
-        out = self.to_out(out.transpose(1, 2).reshape(b, n, -1))
-        if self.feat_scale:
-            dc = out.mean(dim=-2, keepdim=True)
-            out = out + self.lambda_dc * dc + self.lambda_hf * (out - dc)
-        return out
-
-
-def band_mask(n: int, window: tuple[int, int], device, dtype) -> Tensor:
-    """0 where key j is within (left, right) tokens of query i, -inf elsewhere."""
-    offset = torch.arange(n, device=device)[None, :] - torch.arange(n, device=device)[:, None]
-    inside = (offset >= -window[0]) & (offset <= window[1])
-    return torch.zeros((n, n), device=device, dtype=dtype).masked_fill(~inside, float("-inf"))
-
-
-class GLU(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int, sinusoidal: bool):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-        self.sinusoidal = sinusoidal
-
-    def forward(self, x: Tensor) -> Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * (torch.sin(3.14159265359 * gate) if self.sinusoidal else F.silu(gate))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: float, sinusoidal: bool):
-        super().__init__()
-        inner = int(dim * mult)
-        # the reference's Sequential(GLU, Identity, Linear, Identity): parameters at 0 and 2
-        self.ff = nn.Sequential(GLU(dim, inner, sinusoidal), nn.Identity(), nn.Linear(inner, dim), nn.Identity())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ff(x)
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, config: SAMEConfig, sinusoidal: bool):
-        super().__init__()
-        dim_heads = min(config.dim_heads, dim)
-        self.pre_norm = norm(dim, config.dyt)
-        self.self_attn = Attention(dim, dim_heads, dyt=config.dyt, differential=config.differential,
-                                   feat_scale=config.feat_scale)
-        self.self_attn_scale = LayerScale(dim) if config.layer_scale else nn.Identity()
-        self.ff_norm = norm(dim, config.dyt)
-        self.ff = FeedForward(dim, config.ff_mult, sinusoidal)
-        self.ff_scale = LayerScale(dim) if config.layer_scale else nn.Identity()
-        self.rope = Rotary(dim_heads // 2)
-
-    def forward(self, x: Tensor, window: tuple[int, int] | None = None) -> Tensor:
-        angles = self.rope(x.shape[-2])
-        x = x + self.self_attn_scale(self.self_attn(self.pre_norm(x), angles, window))
-        return x + self.ff_scale(self.ff(self.ff_norm(x)))
+def block_options(config: SAMEConfig) -> BlockOptions:
+    """SAME's blocks: DyT (or RMS norm) before each branch and on q/k, rotary positions of their own."""
+    kind = "dyt" if config.dyt else "rms"
+    return BlockOptions(norm_type="dyt" if config.dyt else "rms_norm", norm_eps=1e-3, differential=config.differential,
+                        qk_norm=kind, qk_norm_eps=1e-3, feat_scale=config.feat_scale, ff_mult=config.ff_mult,
+                        layer_scale=config.layer_scale, add_rope=True)
 
 
 # ---- the resampling level -------------------------------------------------------------------------------
@@ -239,8 +105,8 @@ class ResamplingBlock(nn.Module):
         self.mapping = (WNConv1d(in_channels, out_channels, 3 if config.conv_mapping else 1,
                                  padding=1 if config.conv_mapping else 0, bias=config.mapping_bias)
                         if in_channels != out_channels else nn.Identity())
-        self.transformers = nn.ModuleList(TransformerBlock(dim, config, sinusoidal=depth - i < sinusoidal_blocks)
-                                          for i in range(depth))
+        self.transformers = nn.ModuleList(TransformerBlock(dim, config.dim_heads, block_options(config),
+                                                           sinusoidal=depth - i < sinusoidal_blocks) for i in range(depth))
         self.new_tokens = nn.Parameter(1e-5 * torch.randn(1, 1 if encoder else stride, dim))
         # tokens per group: the inputs, then the new ones
         self.inputs, self.outputs = (stride, 1) if encoder else (1, stride)
@@ -272,7 +138,7 @@ class ResamplingBlock(nn.Module):
         the blocks on chunks moved by half a chunk, with `chunk_midpoint_shift`)."""
         if self.window is not None:
             for block in self.transformers:
-                x = block(x, self.window)
+                x = block(x, window=self.window)
             return x
         chunk = self.config.chunk_size + self.config.chunk_size // self.stride
         split = len(self.transformers) // 2 if self.config.chunk_midpoint_shift else len(self.transformers)
