@@ -127,7 +127,44 @@ def reference_side(out: Path) -> None:
             output = wrapper(inputs["x"], inputs["t"], **conditions)
         saved[f"{name}/io"] = {**inputs, "output": output}
         saved[f"{name}/state"] = {k.removeprefix("model."): v.clone() for k, v in wrapper.state_dict().items()}
+    saved.update(whole_model_reference())
     torch.save(saved, out)
+
+
+def whole_model_reference() -> dict:
+    """The tiny SA3 model as the reference's factory builds it: a round trip through its
+    pretransform, and the network at two times with the timing conditioning, the inpainting
+    condition, and the null text conditioning (the cross-attention input all zeros, as the
+    unconditional half of the reference's CFG has it)."""
+    import torch
+    from stable_audio_3.factory import create_diffusion_cond_from_config
+
+    sys.path.insert(0, str(REPO))  # the config only: musicguide.models.sa3 imports torch and nothing of the reference's
+    from musicguide.models.sa3 import tiny_sa3_config
+
+    torch.manual_seed(0)
+    wrapper = create_diffusion_cond_from_config(tiny_sa3_config()).eval()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for key, parameter in wrapper.named_parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15
+                            + (1.0 if key.endswith(("gamma", "alpha", "weight_g", "running_std")) else 0.0))
+        audio = torch.randn(2, 2, 256 * 40, generator=generator) * 0.3
+        latents = wrapper.pretransform.encode(audio)
+        decoded = wrapper.pretransform.decode(latents)
+        x = torch.randn(2, 8, 40, generator=generator)
+        t = torch.tensor([0.25, 0.8])
+        mask = torch.zeros(2, 1, 40)
+        mask[..., :12] = 1
+        masked = torch.randn(2, 8, 40, generator=generator) * mask
+        cond = wrapper.conditioner([{"seconds_total": 17.0}, {"seconds_total": 17.0}], "cpu")
+        cond["inpaint_mask"], cond["inpaint_masked_input"] = [mask], [masked]
+        inputs = wrapper.get_conditioning_inputs(cond)
+        inputs["cross_attn_cond"] = torch.zeros_like(inputs["cross_attn_cond"])
+        output = wrapper.model(x, t, **inputs)
+    return {"sa3-tiny/state": {k: v.clone() for k, v in wrapper.state_dict().items()},
+            "sa3-tiny/io": {"audio": audio, "latents": latents, "decoded": decoded, "x": x, "t": t, "mask": mask,
+                            "masked": masked, "output": output}}
 
 
 def run_reference(python: str) -> dict:
@@ -175,6 +212,28 @@ def compare(reference: dict) -> list[tuple[str, str, float]]:
         error = (float((ours - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
                  if ours.shape == expected.shape else float("inf"))
         rows.append((name, "forward", error))
+    rows += whole_model_rows(reference)
+    return rows
+
+
+def whole_model_rows(reference: dict) -> list[tuple[str, str, float]]:
+    import torch
+
+    from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, tiny_sa3_config
+
+    model = SA3Model(sa3_config_from_dict(tiny_sa3_config())).eval()
+    model.load_state_dict(reference["sa3-tiny/state"], strict=True)
+    theirs = reference["sa3-tiny/io"]
+    with torch.no_grad():
+        ours = {"encode": model.encode(theirs["audio"]), "decode": model.decode(theirs["latents"]),
+                "denoise": model.denoise(theirs["x"], theirs["t"], seconds_total=17.0,
+                                         inpaint=(theirs["mask"], theirs["masked"]))}
+    expected = {"encode": theirs["latents"], "decode": theirs["decoded"], "denoise": theirs["output"]}
+    rows = []
+    for name, value in ours.items():
+        error = (float((value - expected[name]).abs().max() / expected[name].abs().max().clamp(min=1e-12))
+                 if value.shape == expected[name].shape else float("inf"))
+        rows.append(("sa3-tiny (whole model)", name, error))
     return rows
 
 

@@ -226,6 +226,9 @@ def prompted(model, resolved, common: Common) -> tuple[object, dict]:
     tokens (encoded once; held across a batch), and what the sidecar records of it."""
     if common.prompt is None:
         return model, {}
+    if getattr(model, "family", None) == "sa3":
+        raise UserError("--prompt is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
+                        "not built); edit without a prompt")
     from .text import Prompted, encode_prompts, text_encoder_entry, text_conditioner
 
     key = ("text", common.model, common.prompt, common.negative_prompt)

@@ -32,14 +32,16 @@ def test_same_and_the_dit_equal_the_reference():
     """Both SAME structures (chunks with the midpoint shift; a sliding window), random weights, a
     whole number of chunks and a length the model pads: encode and decode within 1e-5 relative. The
     DiT: one forward for each way of conditioning (adaLN with cross-attention, the global condition
-    and the inpainting input; a prepended global token with a patch and a sliding window; none)."""
+    and the inpainting input; a prepended global token with a patch and a sliding window; none).
+    The whole tiny SA3 model as the reference's factory builds it: encode, decode, and the network
+    with the timing, the inpainting condition and the null text conditioning."""
     python = os.environ.get("MUSICGUIDE_SA3_REFERENCE_PYTHON")
     if not python:
         pytest.skip("set MUSICGUIDE_SA3_REFERENCE_PYTHON to the stable-audio-3 environment's python "
                     "(bash ../shared/tools/reference-sa3-env.sh DIR) to compare with the reference")
     module = bench()
     rows = module.compare(module.run_reference(python))
-    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES)
+    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES) + 3
     assert [row for row in rows if not row[2] <= module.TOLERANCE] == []
 
 
@@ -98,3 +100,60 @@ def test_the_dit_keeps_the_frames_and_takes_each_condition():
         with torch.no_grad():
             out = model(inputs.pop("x"), inputs.pop("t"), **inputs)
         assert out.shape == (2, 8, module.DIT_FRAMES) and torch.isfinite(out).all(), name
+
+
+# ---- every command with an SA3-shaped model ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sa3(tmp_path_factory):
+    from musicguide.models.folder import save_model_folder
+    from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, tiny_sa3_config
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sa3"
+    torch.manual_seed(0)
+    save_model_folder(SA3Model(sa3_config_from_dict(tiny_sa3_config())), folder)
+    return folder
+
+
+def test_an_sa3_folder_loads_as_saved(tiny_sa3):
+    from musicguide.models.folder import load_model_folder
+    from musicguide.models.sa3 import SA3Model
+
+    model = load_model_folder(tiny_sa3)
+    assert isinstance(model, SA3Model) and model.downsampling_ratio == 256 and model.objective == "rf_denoiser"
+    latents = torch.randn(1, 8, 16)
+    again = load_model_folder(tiny_sa3)
+    assert torch.equal(model.decode(latents), again.decode(latents))
+
+
+@pytest.mark.parametrize("command, kept", [
+    (["infill", "{song}", "--start", "8", "--end", "10"], [(0, 7.0), (11.0, 20.0)]),
+    (["regenerate", "{song}", "--start", "8", "--end", "10"], [(0, 7.0), (11.0, 20.0)]),
+    (["continue", "{song}", "--seconds", "3"], [(0, 19.0)]),
+    (["transition", "{song}", "{other}", "--length", "3"], [(0, 16.0)]),
+    (["restyle", "{song}", "--toward", "rock", "--start", "6", "--end", "12"], [(0, 5.0), (13.0, 20.0)]),
+    (["loop", "{song}", "--start", "4", "--end", "8"], []),
+    (["generate", "--seconds", "4"], []),
+])
+def test_every_command_edits_with_an_sa3_model_and_keeps_the_rest(command, kept, tiny_sa3, tmp_path, monkeypatch,
+                                                                   capsys):
+    """Sample-exact outside the edit (the seam fades and the model's context aside: a second of margin)."""
+    import soundfile as sf
+
+    from conftest import run_cli, synth_song
+
+    song, other = tmp_path / "song.wav", tmp_path / "other.wav"
+    sf.write(song, synth_song(20.0), 44100, subtype="PCM_16")
+    sf.write(other, synth_song(10.0, seed=3), 44100, subtype="PCM_16")
+    args = [a.format(song=song, other=other) for a in command]
+    out = tmp_path / "out.wav"
+    code, _, stderr = run_cli([*args, "--model", tiny_sa3, "--steps", "2", "--seed", "1", "-q", "-o", out],
+                              monkeypatch, capsys)
+    assert code == 0, stderr
+    edited, _ = sf.read(out, dtype="int16")
+    original, _ = sf.read(song, dtype="int16")
+    assert len(edited) > 0
+    for a, b in kept:
+        span = slice(round(a * 44100), round(b * 44100))
+        assert (edited[span] == original[span]).all(), (a, b)

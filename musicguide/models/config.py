@@ -174,6 +174,8 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
+        """The config in `path`: a ModelConfig, or for a Stable Audio 3 model (its autoencoder is
+        SAME) a models.sa3.SA3Config."""
         from musicguide.models.config_reading import _MAX_CONFIG_BYTES, _one_line
 
         path = Path(path)
@@ -193,6 +195,13 @@ class ModelConfig:
         except (ValueError, RecursionError) as err:
             raise UserError(f"{path} is not valid JSON: {_one_line(err)}") from None
         try:
+            if _is_sa3(data):
+                from musicguide.models.sa3 import sa3_config_from_dict
+
+                try:
+                    return sa3_config_from_dict(data)
+                except (ValueError, KeyError, TypeError) as err:
+                    raise UserError(f"a Stable Audio 3 config musicguide cannot build: {_one_line(err)}") from None
             return cls.from_dict(data)
         except UserError as err:
             raise UserError(f"{path}: {err.message}", hint=err.hint) from None
@@ -283,3 +292,10 @@ class ModelConfig:
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
+
+
+def _is_sa3(data) -> bool:
+    try:
+        return data["model"]["pretransform"]["config"]["encoder"]["type"] == "same"
+    except (KeyError, TypeError):
+        return False

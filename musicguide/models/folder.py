@@ -42,10 +42,21 @@ def _our_key(key: str) -> str:
     return key
 
 
-def _ignored_prefixes(config: ModelConfig) -> tuple[str, ...]:
+def _ignored_prefixes(config) -> tuple[str, ...]:
     """Keys the reference may store that belong to conditioners musicguide does not run: a T5
-    conditioner's optional output projection (`conditioner.conditioners.prompt.proj_out.*`)."""
-    return tuple(f"conditioner.conditioners.{c.id}." for c in config.conditioning.texts)
+    conditioner's optional output projection (`conditioner.conditioners.prompt.proj_out.*`), and
+    Stable Audio 3's T5Gemma conditioner."""
+    ids = config.text_ids if hasattr(config, "text_ids") else [c.id for c in config.conditioning.texts]
+    return tuple(f"conditioner.conditioners.{i}." for i in ids)
+
+
+def _model_for(config):
+    """The model a config describes: Stable Audio Open's LatentDiffusion, or a Stable Audio 3 model."""
+    if isinstance(config, ModelConfig):
+        return LatentDiffusion(config)
+    from musicguide.models.sa3 import SA3Model
+
+    return SA3Model(config)
 
 
 def _describe(keys: list[str], limit: int = 3) -> str:
@@ -65,7 +76,7 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
                             hint=f"a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = ModelConfig.from_json(folder / CONFIG_FILE)
     with torch.device("meta"):
-        model = LatentDiffusion(config)
+        model = _model_for(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     try:

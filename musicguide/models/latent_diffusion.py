@@ -106,41 +106,10 @@ class LatentDiffusion(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.dit.preprocess_conv.weight.dtype
 
-    # A known latent frame "sees across" an edit boundary when muting the audio on the other side
-    # changes it by more than this fraction of the latents' std.
-    LEAK_THRESHOLD = 0.1
-    MAX_LEAK_FRAMES = 4
-
     def encoder_leak_frames(self) -> int:
-        """How many latent frames next to a boundary the encoder's receptive field carries across it.
-
-        Measured once per model on seeded noise: encode 24 frames, mute the audio after (then
-        before) the middle, and count the frames on the kept side that move by more than
-        LEAK_THRESHOLD of the latent std, walking outward from the boundary (at most
-        MAX_LEAK_FRAMES). Edits treat that many frames next to each boundary as free, so y never
-        holds what was behind the boundary (the replaced audio, or the silence after a song's end)."""
+        """How many latent frames next to a boundary the encoder carries across it (`measure_encoder_leak`)."""
         if getattr(self, "_leak_frames", None) is None:
-            hop, frames, mid = self.downsampling_ratio, 24, 12
-            gen = torch.Generator().manual_seed(0)
-            audio = 0.1 * torch.randn(1, self.audio_channels, frames * hop, generator=gen)
-            audio = audio.to(self.device)
-            with torch.no_grad():
-                full = self.encode(audio)
-                scale = full.std().clamp(min=1e-8)
-                leak = 0
-                for side in ("after", "before"):
-                    muted = audio.clone()
-                    if side == "after":
-                        muted[..., mid * hop:] = 0
-                    else:
-                        muted[..., : mid * hop] = 0
-                    moved = (self.encode(muted) - full).abs().mean(dim=(0, 1)) / scale
-                    kept = moved[:mid].flip(0) if side == "after" else moved[mid:]
-                    n = 0
-                    while n < self.MAX_LEAK_FRAMES and kept[n] > self.LEAK_THRESHOLD:
-                        n += 1
-                    leak = max(leak, n)
-            self._leak_frames = leak
+            self._leak_frames = measure_encoder_leak(self)
         return self._leak_frames
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -235,3 +204,38 @@ def build_model(config: ModelConfig) -> LatentDiffusion:
     is a genuinely nonlinear function whose guidance gradients exercise every layer.
     Build on `torch.device("meta")` to get shapes without allocating."""
     return LatentDiffusion(config).eval().requires_grad_(False)
+
+
+# A known latent frame "sees across" an edit boundary when muting the audio on the other side
+# changes it by more than this fraction of the latents' std.
+LEAK_THRESHOLD = 0.1
+MAX_LEAK_FRAMES = 4
+
+
+def measure_encoder_leak(model) -> int:
+    """How many latent frames next to a boundary a model's encoder carries across it. Measured on
+    seeded noise: encode 24 frames, mute the audio after (then before) the middle, and count the
+    frames on the kept side that move by more than LEAK_THRESHOLD of the latent std, walking outward
+    from the boundary (at most MAX_LEAK_FRAMES). Edits treat that many frames next to each boundary
+    as free, so y never holds what was behind the boundary (the replaced audio, or the silence after
+    a song's end)."""
+    hop, frames, mid = model.downsampling_ratio, 24, 12
+    gen = torch.Generator().manual_seed(0)
+    audio = (0.1 * torch.randn(1, model.audio_channels, frames * hop, generator=gen)).to(model.device)
+    leak = 0
+    with torch.no_grad():
+        full = model.encode(audio)
+        scale = full.std().clamp(min=1e-8)
+        for side in ("after", "before"):
+            muted = audio.clone()
+            if side == "after":
+                muted[..., mid * hop:] = 0
+            else:
+                muted[..., : mid * hop] = 0
+            moved = (model.encode(muted) - full).abs().mean(dim=(0, 1)) / scale
+            kept = moved[:mid].flip(0) if side == "after" else moved[mid:]
+            n = 0
+            while n < MAX_LEAK_FRAMES and kept[n] > LEAK_THRESHOLD:
+                n += 1
+            leak = max(leak, n)
+    return leak

@@ -1,0 +1,270 @@
+"""A Stable Audio 3 model: SAME autoencoder + number conditioners + rectified-flow DiT.
+
+The parts sit where stable-audio-3's ConditionedDiffusionModelWrapper puts them, so the published
+checkpoint's keys need no renaming:
+
+    model.model.…              the DiT              (reference: DiTWrapper.model)
+    conditioner.conditioners.… the number embedders (reference: MultiConditioner.conditioners)
+    pretransform.model.…       SAME                 (reference: AutoencoderPretransform.model)
+
+It answers the pipeline as `LatentDiffusion` does (`encode`, `decode`, `denoise` and the same
+properties), so every command edits with it. The conditioning it takes:
+
+* the timing numbers (`seconds_total`, and `seconds_start` where the config has it), as global or
+  cross-attention conditioning, as the config's id lists say;
+* the inpainting condition, where the config concatenates `inpaint_mask` and
+  `inpaint_masked_input` to the DiT's input: the known latents and where they are (`inpaint=`);
+  without it, zeros, as the reference's `generate` passes when not inpainting;
+* text: the null conditioning only. The T5Gemma prompt encoder is not built; like the reference's
+  unconditional half of CFG, the whole cross-attention input is zero, and since the token MLP and
+  the key/value projections have no bias, that is cross-attention adding exactly nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from musicguide.models.config import NumberConditionerConfig
+from musicguide.models.dit import NumberConditioner
+from musicguide.models.latent_diffusion import measure_encoder_leak
+from musicguide.models.sa3_dit import SA3DiT, SA3DiTConfig, sa3_dit_config_from_dict
+from musicguide.models.same import SAME, SAMEConfig, same_config_from_dict
+from musicguide.schedules import Schedule, schedule_for
+
+INPAINT_IDS = ("inpaint_mask", "inpaint_masked_input")
+
+
+@dataclass(frozen=True)
+class SA3Config:
+    sample_rate: int
+    sample_size: int
+    audio_channels: int
+    autoencoder: SAMEConfig
+    dit: SA3DiTConfig
+    cond_dim: int
+    numbers: tuple[NumberConditionerConfig, ...]
+    text_ids: tuple[str, ...]
+    cross_attention_ids: tuple[str, ...]
+    global_ids: tuple[str, ...]
+    input_concat_ids: tuple[str, ...]
+    source: dict  # the config as read, written back unchanged by `to_json`
+
+    @property
+    def objective(self) -> str:
+        return self.dit.diffusion_objective
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.source)
+
+    def to_json(self, path) -> None:
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(self.source, indent=2) + "\n")
+
+
+def sa3_config_from_dict(data: dict) -> SA3Config:
+    """An SA3Config from a model_config.json; ValueError naming what it would not build as the reference does."""
+    if data.get("model_type", "diffusion_cond") != "diffusion_cond":
+        raise ValueError(f"unsupported model_type {data.get('model_type')!r}")
+    model = data["model"]
+    diffusion = model["diffusion"]
+    conditioning = model.get("conditioning") or {"configs": [], "cond_dim": 0}
+    numbers, texts = [], []
+    for entry in conditioning["configs"]:
+        kind, settings = entry["type"], entry.get("config", {})
+        if kind == "number":
+            if settings.get("fourier_features_type", "learned") != "learned":
+                raise ValueError(f"SA3 conditioner {entry['id']}: only learned Fourier features are supported")
+            numbers.append(NumberConditionerConfig(entry["id"], settings.get("min_val", 0.0), settings.get("max_val", 1.0)))
+        elif kind == "t5gemma":
+            texts.append(entry["id"])
+        else:
+            raise ValueError(f"SA3 conditioner {entry['id']}: unsupported type {kind!r}")
+    ids = {key: tuple(diffusion.get(key, [])) for key in ("cross_attention_cond_ids", "global_cond_ids",
+                                                          "input_concat_ids")}
+    for key in ("local_add_cond_ids", "prepend_cond_ids"):
+        if diffusion.get(key):
+            raise ValueError(f"SA3: {key} is not supported")
+    known = {n.id for n in numbers} | set(texts) | set(INPAINT_IDS)
+    unknown = sorted({i for group in ids.values() for i in group} - known)
+    if unknown:
+        raise ValueError(f"SA3: conditioning ids without a conditioner: {unknown}")
+    if set(ids["input_concat_ids"]) - set(INPAINT_IDS):
+        raise ValueError("SA3: only the inpainting condition may be concatenated to the input")
+    return SA3Config(sample_rate=data["sample_rate"], sample_size=data["sample_size"],
+                     audio_channels=data.get("audio_channels", 2),
+                     autoencoder=same_config_from_dict(model["pretransform"]["config"]),
+                     dit=sa3_dit_config_from_dict(diffusion), cond_dim=conditioning.get("cond_dim", 0),
+                     numbers=tuple(numbers), text_ids=tuple(texts), cross_attention_ids=ids["cross_attention_cond_ids"],
+                     global_ids=ids["global_cond_ids"], input_concat_ids=ids["input_concat_ids"],
+                     source=copy.deepcopy(data))
+
+
+class _Named(nn.Module):
+    """A part under the attribute name `model`, as the reference wraps it."""
+
+    def __init__(self, part: nn.Module):
+        super().__init__()
+        self.model = part
+
+
+class _Conditioner(nn.Module):
+    def __init__(self, config: SA3Config):
+        super().__init__()
+        self.conditioners = nn.ModuleDict({n.id: NumberConditioner(n, config.cond_dim) for n in config.numbers})
+
+
+class SA3Model(nn.Module):
+    family = "sa3"
+
+    def __init__(self, config: SA3Config):
+        super().__init__()
+        self.config = config
+        self.model = _Named(SA3DiT(config.dit))
+        self.conditioner = _Conditioner(config)
+        self.pretransform = _Named(SAME(config.autoencoder))
+
+    # ---- what the pipeline reads --------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.config.audio_channels
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.autoencoder.latent_dim
+
+    @property
+    def downsampling_ratio(self) -> int:
+        return self.config.autoencoder.downsampling_ratio
+
+    @property
+    def max_frames(self) -> int:
+        return self.config.sample_size // self.downsampling_ratio
+
+    @property
+    def objective(self) -> str:
+        return self.config.objective
+
+    @property
+    def schedule(self) -> Schedule:
+        return schedule_for(self.objective)
+
+    @property
+    def dit(self) -> SA3DiT:
+        return self.model.model
+
+    @property
+    def vae(self) -> SAME:
+        return self.pretransform.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.preprocess_conv.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.preprocess_conv.weight.dtype
+
+    @property
+    def has_inpainting(self) -> bool:
+        return set(INPAINT_IDS) <= set(self.config.input_concat_ids)
+
+    def encoder_leak_frames(self) -> int:
+        if getattr(self, "_leak_frames", None) is None:
+            self._leak_frames = measure_encoder_leak(self)
+        return self._leak_frames
+
+    # ---- encode, decode, denoise ------------------------------------------------------------------------
+
+    def encode(self, audio: Tensor) -> Tensor:
+        """audio [B, channels, N], N a multiple of downsampling_ratio -> latents [B, latent_dim, N / ratio]
+        (SAME pads inside to whole attention chunks; the latents of the padding are dropped)."""
+        if audio.ndim != 3 or audio.shape[1] != self.audio_channels:
+            raise ValueError(f"expected audio [batch, {self.audio_channels}, samples], got {list(audio.shape)}")
+        if audio.shape[-1] % self.downsampling_ratio:
+            raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE's "
+                             f"{self.downsampling_ratio} samples per latent frame; pad it first")
+        latents = self.vae.encode(audio.to(self.dtype))
+        return latents[..., : audio.shape[-1] // self.downsampling_ratio].to(audio.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents [B, latent_dim, T] -> audio [B, channels, T * downsampling_ratio]."""
+        if latents.ndim != 3 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(latents.shape)}")
+        audio = self.vae.decode(latents.to(self.dtype))
+        return audio[..., : latents.shape[-1] * self.downsampling_ratio].to(latents.dtype)
+
+    def denoise(self, x: Tensor, t: Tensor | float, *, seconds_start: float | Tensor = 0.0,
+                seconds_total: float | Tensor | None = None, text_tokens: Tensor | None = None,
+                inpaint: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The network output at (x_t, t) (the flow velocity): x [B, latent_dim, T], t [B] or a float.
+        `inpaint` is (mask [B, 1, T], 1 where the latents are known; masked latents [B, latent_dim, T])
+        for a model with the inpainting condition. Differentiable in x."""
+        if text_tokens is not None:
+            raise ValueError("Stable Audio 3's text conditioning (T5Gemma) is not built; run without a prompt")
+        batch, dtype = x.shape[0], self.dtype
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(batch) if not torch.is_tensor(t) or t.ndim == 0 \
+            else t.to(x.device, torch.float32)
+        if seconds_total is None:
+            seconds_total = x.shape[-1] * self.downsampling_ratio / self.sample_rate
+        values = {"seconds_start": seconds_start, "seconds_total": seconds_total}
+        embeds = {}
+        for cond_id, conditioner in self.conditioner.conditioners.items():
+            value = torch.as_tensor(values[cond_id], device=x.device, dtype=torch.float32).expand(batch)
+            embeds[cond_id] = conditioner(value).unsqueeze(1)  # [B, 1, cond_dim], as the reference's
+        global_cond = (torch.cat([embeds[i] for i in self.config.global_ids], dim=-1).squeeze(1)
+                       if self.config.global_ids else None)
+        # the null text conditioning: the whole cross-attention input zero, which adds nothing (see above)
+        concat = None
+        if self.config.input_concat_ids:
+            mask, masked = inpaint if inpaint is not None else (x.new_zeros(batch, 1, x.shape[-1]), torch.zeros_like(x))
+            parts = {"inpaint_mask": mask, "inpaint_masked_input": masked}
+            concat = torch.cat([parts[i].to(x.dtype) for i in self.config.input_concat_ids], dim=1)
+        out = self.dit(x.to(dtype), t, global_cond=None if global_cond is None else global_cond.to(dtype),
+                       input_concat_cond=None if concat is None else concat.to(dtype))
+        return out.to(x.dtype)
+
+
+def tiny_sa3_config(sample_seconds: float = 6.0) -> dict:
+    """A Stable Audio 3-shaped config small enough for tests on a CPU: SAME with chunks and the
+    midpoint shift (256 samples a latent frame), an rf_denoiser DiT with adaLN timing,
+    cross-attention and the inpainting condition. The published layout, so the reference builds it."""
+    same = {"channels": 16, "c_mults": [1, 2], "strides": [4, 8], "transformer_depths": [1, 2], "latent_dim": 8,
+            "chunk_size": 32, "chunk_midpoint_shift": True, "dim_heads": 16, "differential": True, "ff_mult": 2,
+            "dyt": True}
+    ratio = 8 * 4 * 8
+    return {
+        "model_type": "diffusion_cond",
+        "sample_rate": 44100,
+        "sample_size": round(sample_seconds * 44100 / ratio) * ratio,
+        "audio_channels": 2,
+        "model": {
+            "pretransform": {"type": "autoencoder", "config": {
+                "encoder": {"type": "same", "config": {"in_channels": 16, **same}},
+                "decoder": {"type": "same", "config": {"out_channels": 16, **same, "sinusoidal_blocks": [0, 1]}},
+                "pretransform": {"type": "patched", "config": {"channels": 2, "patch_size": 8}},
+                "bottleneck": {"type": "soft_norm", "config": {"dim": 8, "auto_scale": True}},
+                "latent_dim": 8, "downsampling_ratio": ratio, "io_channels": 2}},
+            "conditioning": {"configs": [{"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 256}}],
+                             "cond_dim": 32},
+            "diffusion": {
+                "cross_attention_cond_ids": ["seconds_total"], "global_cond_ids": ["seconds_total"],
+                "input_concat_ids": list(INPAINT_IDS), "diffusion_objective": "rf_denoiser",
+                "config": {"io_channels": 8, "embed_dim": 64, "depth": 2, "num_heads": 1, "cond_token_dim": 32,
+                           "global_cond_dim": 32, "input_concat_dim": 9, "global_cond_type": "adaLN",
+                           "timestep_features_logsnr": True, "norm_type": "rms_norm",
+                           "attn_kwargs": {"qk_norm": "rms", "differential": True}, "ff_kwargs": {"mult": 2}}},
+            "io_channels": 8,
+        },
+    }
