@@ -81,6 +81,10 @@ DIT_CASES = {
         "attn_kwargs": {"qk_norm": "l2"}}},
 }
 DIT_FRAMES = 16
+# The sampler's time grid: (steps, t_max, LogSNRShift rate) at GRID_FRAMES latent frames (rate 0 is
+# the published default, the grid independent of the length)
+GRIDS = ((8, 1.0, 0.0), (8, 0.7, 0.0), (20, 1.0, 1.0))
+GRID_FRAMES = 1034
 
 
 def dit_inputs(config: dict, generator) -> dict:
@@ -162,7 +166,15 @@ def whole_model_reference() -> dict:
         inputs = wrapper.get_conditioning_inputs(cond)
         inputs["cross_attn_cond"] = torch.zeros_like(inputs["cross_attn_cond"])
         output = wrapper.model(x, t, **inputs)
-    return {"sa3-tiny/state": {k: v.clone() for k, v in wrapper.state_dict().items()},
+    from stable_audio_3.inference.distribution_shift import LogSNRShift
+    from stable_audio_3.inference.sampling import build_schedule
+
+    grids = {f"{steps}/{t_max}/{rate}": build_schedule(steps, sigma_max=t_max, dist_shift=LogSNRShift(rate=rate, anchor_logsnr=-6.2,
+                                                                                                    logsnr_end=2.0),
+                                                       fallback_seq_len=GRID_FRAMES)
+             for steps, t_max, rate in GRIDS}
+    return {"sa3-tiny/grids": grids,
+            "sa3-tiny/state": {k: v.clone() for k, v in wrapper.state_dict().items()},
             "sa3-tiny/io": {"audio": audio, "latents": latents, "decoded": decoded, "x": x, "t": t, "mask": mask,
                             "masked": masked, "output": output}}
 
@@ -229,6 +241,11 @@ def whole_model_rows(reference: dict) -> list[tuple[str, str, float]]:
                 "denoise": model.denoise(theirs["x"], theirs["t"], seconds_total=17.0,
                                          inpaint=(theirs["mask"], theirs["masked"]))}
     expected = {"encode": theirs["latents"], "decode": theirs["decoded"], "denoise": theirs["output"]}
+    from musicguide.schedules import LogSNRShift
+
+    for steps, t_max, rate in GRIDS:
+        ours[f"grid {steps} steps, t_max {t_max}, rate {rate:g}"] = LogSNRShift(rate=rate).times(steps, t_max, GRID_FRAMES).float()
+        expected[f"grid {steps} steps, t_max {t_max}, rate {rate:g}"] = reference["sa3-tiny/grids"][f"{steps}/{t_max}/{rate}"]
     rows = []
     for name, value in ours.items():
         error = (float((value - expected[name]).abs().max() / expected[name].abs().max().clamp(min=1e-12))

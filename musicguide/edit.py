@@ -282,7 +282,8 @@ def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, gene
             consistency=None) -> tuple[Tensor, float | None]:
     """Run the settings' sampler on the model's own time grid; returns x0 and the last guidance loss."""
     extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    return SAMPLERS[settings.sampler](denoiser, schedule, x_start, sampling_times(schedule, settings.steps, t_max),
+    return SAMPLERS[settings.sampler](denoiser, schedule, x_start,
+                                      sampling_times(schedule, settings.steps, t_max, frames=x_start.shape[-1]),
                                       loss=loss, guidance=step_size(guidance) if guidance else 0.0,
                                       consistency=consistency, generator=generator, callback=callback, **extra)
 

@@ -49,11 +49,38 @@ class VCosine:
 
 
 @dataclass(frozen=True)
+class LogSNRShift:
+    """Stable Audio 3's sampling grid (stable-audio-3's LogSNRShift, as `build_schedule` applies it):
+    t spaced evenly from t_max to 0, each mapped to sigmoid(−logSNR) with logSNR = end − t (end −
+    start), then t[0] = t_max. start = anchor_logsnr − rate · log2(frames / anchor_length): with the
+    published default rate 0 the grid does not depend on the length."""
+
+    anchor_logsnr: float = -6.2
+    logsnr_end: float = 2.0
+    rate: float = 0.0
+    anchor_length: float = 2000.0
+
+    def times(self, steps: int, t_max: float, frames: int | None = None) -> Tensor:
+        start = self.anchor_logsnr
+        if self.rate:
+            start -= self.rate * math.log2(max(frames or 1, 1) / self.anchor_length)
+        # float32, as the reference computes it: the grid is then the reference's to the last bit
+        t = torch.linspace(t_max, 0, steps + 1, dtype=torch.float32)
+        shifted = torch.sigmoid(-(self.logsnr_end - t * (self.logsnr_end - start)))
+        shifted = torch.where(t <= 0, torch.zeros_like(shifted), shifted)
+        shifted = torch.where(t >= 1, torch.ones_like(shifted), shifted)
+        shifted[0] = t_max
+        return shifted.double()
+
+
+@dataclass(frozen=True)
 class RectifiedFlow:
     """alpha = 1 - t, sigma = t; model output is the velocity u = eps - x0 (stable-audio-tools'
-    "rectified_flow" and "rf_denoiser" objectives, whose samplers read x̂0 = x_t - t u)."""
+    "rectified_flow" and "rf_denoiser" objectives, whose samplers read x̂0 = x_t - t u). `shift`:
+    Stable Audio 3's own sampling grid; None, stable-audio-tools' (`rf_timesteps`)."""
 
     name: str = "rectified_flow"
+    shift: LogSNRShift | None = None
 
     def alpha(self, t: Tensor | float) -> Tensor:
         return 1 - torch.as_tensor(t, dtype=torch.float64)
@@ -103,6 +130,11 @@ def rf_timesteps(steps: int, t_max: float = 1.0) -> Tensor:
     return t
 
 
-def sampling_times(schedule: Schedule, steps: int, t_max: float = 1.0) -> Tensor:
-    """The time grid a model's own sampler uses: even in t for v-prediction, the logSNR grid for flows."""
-    return rf_timesteps(steps, t_max) if isinstance(schedule, RectifiedFlow) else timesteps(steps, t_max)
+def sampling_times(schedule: Schedule, steps: int, t_max: float = 1.0, frames: int | None = None) -> Tensor:
+    """The time grid a model's own sampler uses: even in t for v-prediction, the logSNR grid for
+    flows (Stable Audio 3's, which may depend on the latent `frames`, where the schedule has it)."""
+    if not isinstance(schedule, RectifiedFlow):
+        return timesteps(steps, t_max)
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    return rf_timesteps(steps, t_max) if schedule.shift is None else schedule.shift.times(steps, t_max, frames)

@@ -41,7 +41,7 @@ def test_same_and_the_dit_equal_the_reference():
                     "(bash ../shared/tools/reference-sa3-env.sh DIR) to compare with the reference")
     module = bench()
     rows = module.compare(module.run_reference(python))
-    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES) + 3
+    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES) + 3 + len(module.GRIDS)
     assert [row for row in rows if not row[2] <= module.TOLERANCE] == []
 
 

@@ -34,7 +34,7 @@ from musicguide.models.dit import NumberConditioner
 from musicguide.models.latent_diffusion import measure_encoder_leak
 from musicguide.models.sa3_dit import SA3DiT, SA3DiTConfig, sa3_dit_config_from_dict
 from musicguide.models.same import SAME, SAMEConfig, same_config_from_dict
-from musicguide.schedules import Schedule, schedule_for
+from musicguide.schedules import LogSNRShift, RectifiedFlow, Schedule
 
 INPAINT_IDS = ("inpaint_mask", "inpaint_masked_input")
 
@@ -52,6 +52,7 @@ class SA3Config:
     cross_attention_ids: tuple[str, ...]
     global_ids: tuple[str, ...]
     input_concat_ids: tuple[str, ...]
+    sampling_shift: LogSNRShift  # the sampler's time grid
     source: dict  # the config as read, written back unchanged by `to_json`
 
     @property
@@ -97,13 +98,32 @@ def sa3_config_from_dict(data: dict) -> SA3Config:
         raise ValueError(f"SA3: conditioning ids without a conditioner: {unknown}")
     if set(ids["input_concat_ids"]) - set(INPAINT_IDS):
         raise ValueError("SA3: only the inpainting condition may be concatenated to the input")
+    if diffusion.get("diffusion_objective", "v") not in ("rf_denoiser", "rectified_flow"):
+        raise ValueError(f"SA3: diffusion_objective {diffusion.get('diffusion_objective', 'v')!r} (Stable Audio 3 is a "
+                         "rectified-flow model: 'rf_denoiser')")
     return SA3Config(sample_rate=data["sample_rate"], sample_size=data["sample_size"],
                      audio_channels=data.get("audio_channels", 2),
                      autoencoder=same_config_from_dict(model["pretransform"]["config"]),
                      dit=sa3_dit_config_from_dict(diffusion), cond_dim=conditioning.get("cond_dim", 0),
                      numbers=tuple(numbers), text_ids=tuple(texts), cross_attention_ids=ids["cross_attention_cond_ids"],
                      global_ids=ids["global_cond_ids"], input_concat_ids=ids["input_concat_ids"],
+                     sampling_shift=_sampling_shift(diffusion.get("sampling_distribution_shift_options")),
                      source=copy.deepcopy(data))
+
+
+def _sampling_shift(options: dict | None) -> LogSNRShift:
+    """The reference's sampling shift: LogSNRShift(rate=0, anchor_logsnr=-6.2, logsnr_end=2.0) when
+    the config names none (ConditionedDiffusionModelWrapper's default), else the config's logsnr one."""
+    if options is None:
+        return LogSNRShift()
+    options = dict(options)
+    kind = options.pop("type", "full")
+    if kind != "logsnr":
+        raise ValueError(f"SA3: the sampling distribution shift {kind!r} is not supported (only 'logsnr')")
+    unknown = set(options) - {"anchor_length", "anchor_logsnr", "rate", "logsnr_end"}
+    if unknown:
+        raise ValueError(f"SA3: unknown sampling shift options {sorted(unknown)}")
+    return LogSNRShift(**{"rate": 1.0, **options})  # the class's own default rate is 1
 
 
 class _Named(nn.Module):
@@ -158,7 +178,7 @@ class SA3Model(nn.Module):
 
     @property
     def schedule(self) -> Schedule:
-        return schedule_for(self.objective)
+        return RectifiedFlow(name=self.objective, shift=self.config.sampling_shift)
 
     @property
     def dit(self) -> SA3DiT:
