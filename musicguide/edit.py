@@ -235,9 +235,12 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
     known = settings.consistency and problem.mask.n_known
     consistency = paste_known(problem.mask, problem.y, model.schedule) if known else None
     seconds_start = (offset + window.at) / model.sample_rate
+    # A model trained with an inpainting condition (Stable Audio 3) is also told which latent frames
+    # are known and what they hold; the guidance then works on top of the model's own inpainting.
+    condition = {"inpaint": _inpaint_condition(problem.mask, x_bar)} if getattr(model, "has_inpainting", False) else {}
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
-        return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total)
+        return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total, **condition)
 
     x0, last_loss = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
                             loss=d, guidance=xi if d is not None else 0.0, t_max=t_max, consistency=consistency)
@@ -246,6 +249,13 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
     if shift is None:
         return decoded, last_loss, window
     return shift.undo(decoded), last_loss, replace(window, level=shift.to_dict())
+
+
+def _inpaint_condition(mask, x_bar: Tensor) -> tuple[Tensor, Tensor]:
+    """(mask [B, 1, T], 1 on the known frames; the known latents, zero elsewhere), the reference's
+    `inpaint_mask` and `inpaint_masked_input`."""
+    known = mask.known.to(device=x_bar.device, dtype=x_bar.dtype).expand(x_bar.shape[0], 1, -1)
+    return known, x_bar * known
 
 
 def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start) -> tuple[tasks.EditProblem, float]:

@@ -157,3 +157,30 @@ def test_every_command_edits_with_an_sa3_model_and_keeps_the_rest(command, kept,
     for a, b in kept:
         span = slice(round(a * 44100), round(b * 44100))
         assert (edited[span] == original[span]).all(), (a, b)
+
+
+def test_an_infill_gives_the_model_its_own_inpainting_condition(tiny_sa3, monkeypatch):
+    """The known frames (and only those) are marked, and hold the encoded context; the gap's are zero."""
+    from conftest import synth_song
+    from musicguide import edit
+    from musicguide.models.folder import load_model_folder
+    from musicguide.models.sa3 import SA3Model
+
+    model = load_model_folder(tiny_sa3)
+    seen = []
+    real = SA3Model.denoise
+
+    def spy(self, x, t, **kwargs):
+        seen.append(kwargs.get("inpaint"))
+        return real(self, x, t, **kwargs)
+
+    monkeypatch.setattr(SA3Model, "denoise", spy)
+    song = torch.from_numpy(synth_song(12.0).T.copy())
+    result = edit.infill(model, song, 5 * 44100, 7 * 44100, edit.SamplerSettings(steps=2, seed=1))
+    window = result.windows[0]
+    mask, masked = seen[0]
+    free = slice(*window.free)
+    assert mask.shape == (1, 1, window.length // 256) and not mask[..., free].any()
+    assert mask.sum() >= mask.shape[-1] - (window.free[1] - window.free[0]) - 2 * model.encoder_leak_frames()
+    assert not masked[..., ~mask[0, 0].bool()].any() and masked[..., mask[0, 0].bool()].abs().sum() > 0
+    assert all(m is not None for m in seen) and len(seen) == 2
