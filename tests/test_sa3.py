@@ -184,3 +184,20 @@ def test_an_infill_gives_the_model_its_own_inpainting_condition(tiny_sa3, monkey
     assert mask.sum() >= mask.shape[-1] - (window.free[1] - window.free[0]) - 2 * model.encoder_leak_frames()
     assert not masked[..., ~mask[0, 0].bool()].any() and masked[..., mask[0, 0].bool()].abs().sum() > 0
     assert all(m is not None for m in seen) and len(seen) == 2
+
+
+def test_the_registry_lists_the_sa3_models_as_gated_hub_entries(monkeypatch):
+    from musicguide.errors import UserError
+    from musicguide.registry import load_registry, resolve_model
+
+    entries = load_registry()
+    for name, repo in (("sa3-small-music", "stabilityai/stable-audio-3-small-music"),
+                       ("sa3-small-sfx", "stabilityai/stable-audio-3-small-sfx"),
+                       ("sa3-medium", "stabilityai/stable-audio-3-medium")):
+        entry = entries[name]
+        assert entry.source == "hub" and entry.repo == repo and entry.gated
+        assert "MIT" in entry.license and "Community License" in entry.license
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
+        resolve_model("sa3-small-music")
