@@ -201,3 +201,24 @@ def test_the_registry_lists_the_sa3_models_as_gated_hub_entries(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
         resolve_model("sa3-small-music")
+
+
+@pytest.mark.slow
+def test_a_full_shape_sa3_small_runs_on_a_cpu():
+    """SA3 Small's shape (reconstructed: models.sa3.sa3_small_config), random weights: the parameter
+    counts near the model card's (SAME-S 266 M, DiT 433 M), and a 6 s round trip and one network
+    forward in float32 on the CPU (about 30 s and 3 GB here)."""
+    from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, sa3_small_config
+
+    torch.manual_seed(0)
+    model = SA3Model(sa3_config_from_dict(sa3_small_config())).eval().requires_grad_(False)
+    millions = lambda module: sum(p.numel() for p in module.parameters()) / 1e6  # noqa: E731
+    assert 240 < millions(model.vae) < 290 and 400 < millions(model.dit) < 460
+    assert model.downsampling_ratio == 4096 and model.latent_channels == 256 and model.max_frames == 1292
+    audio = torch.randn(1, 2, 4096 * 64) * 0.1
+    with torch.no_grad():
+        latents = model.encode(audio)
+        decoded = model.decode(latents)
+        out = model.denoise(latents, 0.5, seconds_total=6.0)
+    assert latents.shape == (1, 256, 64) and decoded.shape == audio.shape and out.shape == latents.shape
+    assert all(torch.isfinite(t).all() for t in (latents, decoded, out))
