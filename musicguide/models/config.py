@@ -231,6 +231,10 @@ class ModelConfig:
         _validate(config, io_channels)
         return config
 
+    @property
+    def objective(self) -> str:
+        return self.diffusion.objective
+
     def to_dict(self) -> dict[str, Any]:
         from musicguide.models.config_reading import _plain
 

@@ -49,13 +49,11 @@ class MultiConditioner(nn.Module):
         self.conditioners = nn.ModuleDict({c.id: NumberConditioner(c, cfg.cond_dim) for c in cfg.numbers})
 
 
-class LatentDiffusion(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.model = DiTWrapper(config.diffusion.dit)
-        self.conditioner = MultiConditioner(config.conditioning)
-        self.pretransform = AutoencoderPretransform(config.autoencoder)
+class LatentModel(nn.Module):
+    """What the pipeline reads of a latent diffusion model, whatever its family: the DiT under
+    `model.model`, the autoencoder under `pretransform.model`, and a config with sample_rate,
+    audio_channels, sample_size, objective and an autoencoder with latent_dim and
+    downsampling_ratio. LatentDiffusion (Stable Audio Open) and models.sa3.SA3Model build on it."""
 
     @property
     def sample_rate(self) -> int:
@@ -81,21 +79,20 @@ class LatentDiffusion(nn.Module):
 
     @property
     def objective(self) -> str:
-        return self.config.diffusion.objective
+        return self.config.objective
 
     @property
     def schedule(self) -> Schedule:
         return schedule_for(self.objective)
 
     @property
-    def dit(self) -> DiffusionTransformer:
+    def dit(self) -> nn.Module:
         """The diffusion transformer (state-dict prefix `model.model.`, as in the reference)."""
         return self.model.model
 
     @property
     def vae(self) -> nn.Module:
-        """The Oobleck VAE (state-dict prefix `pretransform.model.`); its latents are scaled by
-        `pretransform.scale` before the DiT sees them."""
+        """The autoencoder (state-dict prefix `pretransform.model.`)."""
         return self.pretransform.model
 
     @property
@@ -112,6 +109,29 @@ class LatentDiffusion(nn.Module):
             self._leak_frames = measure_encoder_leak(self)
         return self._leak_frames
 
+    def _check_audio(self, audio: Tensor) -> None:
+        if audio.ndim != 3 or audio.shape[1] != self.audio_channels:
+            raise ValueError(f"expected audio [batch, {self.audio_channels}, samples], got {list(audio.shape)}")
+        if audio.shape[-1] % self.downsampling_ratio:
+            raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE's "
+                             f"{self.downsampling_ratio} samples per latent frame; pad it first")
+
+    def _check_latents(self, latents: Tensor) -> None:
+        if latents.ndim != 3 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(latents.shape)}")
+
+
+class LatentDiffusion(LatentModel):
+    """Stable Audio Open: its `vae` is the Oobleck VAE, whose latents are scaled by
+    `pretransform.scale` before the DiT sees them."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = DiTWrapper(config.diffusion.dit)
+        self.conditioner = MultiConditioner(config.conditioning)
+        self.pretransform = AutoencoderPretransform(config.autoencoder)
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each transformer block in the backward pass: less memory, about a third more time."""
         self.dit.transformer.gradient_checkpointing = enabled
@@ -121,11 +141,7 @@ class LatentDiffusion(nn.Module):
 
         The posterior mean unless `sample`; with `return_kl`, also the VAE's KL term (for training).
         Like decode and denoise, it computes in the model's dtype and answers in the caller's."""
-        if audio.ndim != 3 or audio.shape[1] != self.audio_channels:
-            raise ValueError(f"expected audio [batch, {self.audio_channels}, samples], got {list(audio.shape)}")
-        if audio.shape[-1] % self.downsampling_ratio:
-            raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE's "
-                             f"{self.downsampling_ratio} samples per latent frame; pad it first")
+        self._check_audio(audio)
         encoded = self.vae.encode(audio.to(self.dtype), sample=sample, return_kl=return_kl)
         latents, kl = encoded if return_kl else (encoded, None)
         latents = (latents / self.pretransform.scale).to(audio.dtype)
@@ -133,8 +149,7 @@ class LatentDiffusion(nn.Module):
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents [B, latent_channels, T] -> audio [B, audio_channels, T * downsampling_ratio]."""
-        if latents.ndim != 3 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(latents.shape)}")
+        self._check_latents(latents)
         return self.vae.decode(latents.to(self.dtype) * self.pretransform.scale).to(latents.dtype)
 
     def denoise(self, x: Tensor, t: Tensor | float, *, seconds_start: float | Tensor = 0.0,

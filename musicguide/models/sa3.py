@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from musicguide.models.config import NumberConditionerConfig
 from musicguide.models.dit import NumberConditioner
-from musicguide.models.latent_diffusion import measure_encoder_leak
+from musicguide.models.latent_diffusion import LatentModel
 from musicguide.models.sa3_dit import SA3DiT, SA3DiTConfig, sa3_dit_config_from_dict
 from musicguide.models.same import SAME, SAMEConfig, same_config_from_dict
 from musicguide.schedules import LogSNRShift, RectifiedFlow, Schedule
@@ -140,7 +140,7 @@ class _Conditioner(nn.Module):
         self.conditioners = nn.ModuleDict({n.id: NumberConditioner(n, config.cond_dim) for n in config.numbers})
 
 
-class SA3Model(nn.Module):
+class SA3Model(LatentModel):
     family = "sa3"
 
     def __init__(self, config: SA3Config):
@@ -150,78 +150,28 @@ class SA3Model(nn.Module):
         self.conditioner = _Conditioner(config)
         self.pretransform = _Named(SAME(config.autoencoder))
 
-    # ---- what the pipeline reads --------------------------------------------------------------------
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def audio_channels(self) -> int:
-        return self.config.audio_channels
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.autoencoder.latent_dim
-
-    @property
-    def downsampling_ratio(self) -> int:
-        return self.config.autoencoder.downsampling_ratio
-
-    @property
-    def max_frames(self) -> int:
-        return self.config.sample_size // self.downsampling_ratio
-
-    @property
-    def objective(self) -> str:
-        return self.config.objective
+    # ---- what the pipeline reads (the rest: LatentModel) ---------------------------------------------
 
     @property
     def schedule(self) -> Schedule:
         return RectifiedFlow(name=self.objective, shift=self.config.sampling_shift)
 
     @property
-    def dit(self) -> SA3DiT:
-        return self.model.model
-
-    @property
-    def vae(self) -> SAME:
-        return self.pretransform.model
-
-    @property
-    def device(self) -> torch.device:
-        return self.dit.preprocess_conv.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.preprocess_conv.weight.dtype
-
-    @property
     def has_inpainting(self) -> bool:
         return set(INPAINT_IDS) <= set(self.config.input_concat_ids)
-
-    def encoder_leak_frames(self) -> int:
-        if getattr(self, "_leak_frames", None) is None:
-            self._leak_frames = measure_encoder_leak(self)
-        return self._leak_frames
 
     # ---- encode, decode, denoise ------------------------------------------------------------------------
 
     def encode(self, audio: Tensor) -> Tensor:
         """audio [B, channels, N], N a multiple of downsampling_ratio -> latents [B, latent_dim, N / ratio]
         (SAME pads inside to whole attention chunks; the latents of the padding are dropped)."""
-        if audio.ndim != 3 or audio.shape[1] != self.audio_channels:
-            raise ValueError(f"expected audio [batch, {self.audio_channels}, samples], got {list(audio.shape)}")
-        if audio.shape[-1] % self.downsampling_ratio:
-            raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE's "
-                             f"{self.downsampling_ratio} samples per latent frame; pad it first")
+        self._check_audio(audio)
         latents = self.vae.encode(audio.to(self.dtype))
         return latents[..., : audio.shape[-1] // self.downsampling_ratio].to(audio.dtype)
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents [B, latent_dim, T] -> audio [B, channels, T * downsampling_ratio]."""
-        if latents.ndim != 3 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(latents.shape)}")
+        self._check_latents(latents)
         audio = self.vae.decode(latents.to(self.dtype))
         return audio[..., : latents.shape[-1] * self.downsampling_ratio].to(latents.dtype)
 
