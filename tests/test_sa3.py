@@ -7,6 +7,7 @@ The numerical comparison needs the reference's environment (`bash ../shared/tool
 from __future__ import annotations
 
 import copy
+import json
 import importlib.util
 import os
 from pathlib import Path
@@ -222,3 +223,27 @@ def test_a_full_shape_sa3_small_runs_on_a_cpu():
         out = model.denoise(latents, 0.5, seconds_total=6.0)
     assert latents.shape == (1, 256, 64) and decoded.shape == audio.shape and out.shape == latents.shape
     assert all(torch.isfinite(t).all() for t in (latents, decoded, out))
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_inpainting_condition_alone_beside_guidance(tiny_sa3, tmp_path):
+    """The bench for real SA3 weights is `musicguide evaluate` (docs/models.md): for a model with an
+    inpainting condition it adds the condition alone and the condition with guidance to the rows."""
+    import soundfile as sf
+
+    from conftest import synth_song
+    from musicguide.cli.evaluation import run_evaluate
+    from musicguide.evaluate.clips import Protocol
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(2):
+        sf.write(clips / f"{i}.wav", synth_song(6.5, seed=i), 44100, subtype="PCM_16")
+    protocol = Protocol(clip_seconds=3.0, gap_seconds=0.6, clips_per_file=1)
+    report = run_evaluate(clips, str(tiny_sa3), tmp_path / "r.md", steps=2, n_clips=2, device="cpu", quiet=True,
+                          protocol=protocol, tasks=["infill"],
+                          variant_names=["inpainting condition alone", "inpainting condition + guidance"])
+    rows = report.to_dict()
+    text = json.dumps(rows)
+    assert "inpainting condition alone" in text and "inpainting condition + guidance" in text
+    assert (tmp_path / "r.md").read_text().count("inpainting condition") >= 2

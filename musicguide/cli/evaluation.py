@@ -12,7 +12,8 @@ from ..atomic import check_writable
 from ..errors import UserError
 from ..runner import MAX_SEED, MAX_STEPS, pick_device
 from ..evaluate.clips import TASKS, Protocol, check_tasks, read_track_list
-from ..evaluate.protocol import MODEL_VARIANTS, PRIMARY_VARIANT, Progress, evaluate, model_variants
+from ..evaluate.protocol import (INPAINTING_VARIANTS, MODEL_VARIANTS, PRIMARY_VARIANT, Progress, evaluate,
+                                 model_variants, variants_for)
 from ..evaluate.report import EvalReport, write_report
 
 MAX_CLIPS = 10_000
@@ -30,15 +31,23 @@ def _check_numbers(steps: int, n_clips: int, seed: int) -> None:
                         f"{MAX_SEED}, got {steps}, {n_clips} and {seed}")
 
 
-def _chosen_variants(variant_names: Sequence[str] | None, steps: int, seed: int):
-    """None (all of MODEL_VARIANTS) or the named ones plus the primary one, which the verdicts use."""
+def _check_variant_names(variant_names: Sequence[str] | None) -> None:
+    known = {**MODEL_VARIANTS, **INPAINTING_VARIANTS}
+    unknown = sorted(set(variant_names or ()) - set(known))
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r}", hint=f"choose from: {', '.join(known)}")
+
+
+def _chosen_variants(variant_names: Sequence[str] | None, steps: int, seed: int, model):
+    """None (all of the model's variants) or the named ones plus the primary one, which the verdicts use."""
     if not variant_names:
         return None
-    unknown = sorted(set(variant_names) - set(MODEL_VARIANTS))
-    if unknown:
-        raise UserError(f"unknown variant {unknown[0]!r}", hint=f"choose from: {', '.join(MODEL_VARIANTS)}")
+    table = variants_for(model)
+    missing = sorted(set(variant_names) - set(table))
+    if missing:
+        raise UserError(f"variant {missing[0]!r} needs a model with an inpainting condition (Stable Audio 3)")
     keep = {PRIMARY_VARIANT, *variant_names}
-    return {name: v for name, v in model_variants(steps, seed).items() if name in keep}
+    return {name: v for name, v in model_variants(steps, seed, table).items() if name in keep}
 
 
 def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clips: int = 24, seed: int = 0,
@@ -57,9 +66,10 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
     _check_numbers(steps, n_clips, seed)
     check_tasks(tasks)
     names = None if tracks is None else read_track_list(tracks)
-    variants = _chosen_variants(variant_names, steps, seed)
+    _check_variant_names(variant_names)
     net, resolved = load_model(model, device=pick_device(device), dtype=torch.float32)
     net.eval().requires_grad_(False)
+    variants = _chosen_variants(variant_names, steps, seed, net)
     info = {"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
             "folder": None if resolved.folder is None else str(resolved.folder), "objective": net.objective,
             "device": str(net.device), "tracks": names}

@@ -27,6 +27,20 @@ MODEL_VARIANTS: dict[str, dict] = {
     "guided DDIM, waveform loss": {"sampler": "ddim", "loss_space": "audio", "consistency": True},
     "guided DDPM, latent loss": {"sampler": "ddpm", "loss_space": "latent", "consistency": True},
 }
+# For a model with an inpainting condition of its own (Stable Audio 3), which every variant above
+# gets too: the condition alone, as its reference sampler inpaints (ping-pong, no guidance, nothing
+# pasted), so that the report shows what musicguide's guidance adds on top of it.
+INPAINTING_VARIANTS: dict[str, dict] = {
+    "inpainting condition alone": {"sampler": "pingpong", "loss_space": "latent", "guidance": 0.0, "consistency": False},
+    "inpainting condition + guidance": {"sampler": "pingpong", "loss_space": "latent", "consistency": True},
+}
+
+
+def variants_for(model) -> dict[str, dict]:
+    """The variants a model is evaluated with: MODEL_VARIANTS, and INPAINTING_VARIANTS where it has the condition."""
+    return {**MODEL_VARIANTS, **(INPAINTING_VARIANTS if getattr(model, "has_inpainting", False) else {})}
+
+
 # The paper's Table 1 configuration: the variant the verdicts compare with the baselines.
 PRIMARY_VARIANT = "guided DDIM, latent loss"
 ORIGINAL = "original (no edit)"
@@ -100,7 +114,7 @@ def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] 
     runs a subset of the protocol's tasks (a sweep of one setting needs only some)."""
     tasks = check_tasks(tasks)
     started = time.perf_counter()
-    variants = dict(model_variants(steps, seed) if variants is None else variants)
+    variants = dict(model_variants(steps, seed, variants_for(model)) if variants is None else variants)
     sr = model.sample_rate
     clips, skipped = cut_clips(audio_files(clips_dir, tracks), protocol, sr, model.audio_channels, n_clips)
     if len(clips) < 2 or len({c.file for c in clips}) < 2:
