@@ -247,3 +247,15 @@ def test_evaluate_reports_the_inpainting_condition_alone_beside_guidance(tiny_sa
     text = json.dumps(rows)
     assert "inpainting condition alone" in text and "inpainting condition + guidance" in text
     assert (tmp_path / "r.md").read_text().count("inpainting condition") >= 2
+
+
+def test_windowed_attention_in_chunks_equals_one_band_masked_attention():
+    import torch.nn.functional as F
+
+    from musicguide.models.sa3_transformer import band_mask, windowed_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 50, 8) for _ in range(3))
+    for window in ((3, 2), (0, 7), (60, 60)):
+        whole = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(range(50), range(50), window, "cpu", q.dtype))
+        assert torch.allclose(windowed_attention(q, k, v, window, chunk=7), whole, atol=1e-6), window

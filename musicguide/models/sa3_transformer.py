@@ -129,11 +129,30 @@ def rotate(x: Tensor, angles: Tensor) -> Tensor:
     return torch.cat([rotated.to(x.dtype), rest], dim=-1)
 
 
-def band_mask(n: int, window: tuple[int, int], device, dtype) -> Tensor:
+WINDOW_CHUNK = 1024  # queries per step of sliding-window attention
+
+
+def band_mask(queries: range, keys: range, window: tuple[int, int], device, dtype) -> Tensor:
     """0 where key j is within (left, right) tokens of query i, -inf elsewhere."""
-    offset = torch.arange(n, device=device)[None, :] - torch.arange(n, device=device)[:, None]
+    offset = torch.arange(keys.start, keys.stop, device=device)[None, :] - torch.arange(queries.start, queries.stop, device=device)[:, None]
     inside = (offset >= -window[0]) & (offset <= window[1])
-    return torch.zeros((n, n), device=device, dtype=dtype).masked_fill(~inside, float("-inf"))
+    return torch.zeros(inside.shape, device=device, dtype=dtype).masked_fill(~inside, float("-inf"))
+
+
+def windowed_attention(q: Tensor, k: Tensor, v: Tensor, window: tuple[int, int], chunk: int = WINDOW_CHUNK) -> Tensor:
+    """Attention where each query sees the keys within `window` (left, right) of it: queries in
+    chunks, each with the keys of its chunk plus the window on either side, so memory grows with
+    the length times (chunk + window), not with its square (SAME-L's windows span ~70 000 tokens).
+    The same function as one band-masked attention over the whole sequence."""
+    n = q.shape[-2]
+    outs = []
+    for start in range(0, n, chunk):
+        queries = range(start, min(start + chunk, n))
+        keys = range(max(0, start - window[0]), min(n, queries.stop + window[1]))
+        mask = band_mask(queries, keys, window, q.device, q.dtype)
+        outs.append(F.scaled_dot_product_attention(q[..., queries.start:queries.stop, :], k[..., keys.start:keys.stop, :],
+                                                   v[..., keys.start:keys.stop, :], attn_mask=mask))
+    return torch.cat(outs, dim=-2)
 
 
 class Attention(nn.Module):
@@ -178,7 +197,6 @@ class Attention(nn.Module):
             if self.heads != self.kv_heads:  # grouped-query attention
                 keys = [k.repeat_interleave(self.heads // self.kv_heads, dim=1) for k in keys]
                 v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        mask = None if window is None else band_mask(n, window, x.device, x.dtype)
         outs = []
         for query, key in zip(queries, keys):
             if self.qk_norm == "l2":
@@ -187,7 +205,8 @@ class Attention(nn.Module):
                 query, key = self.q_norm(query), self.k_norm(key)
             if angles is not None:
                 query, key = rotate(query, angles).to(v.dtype), rotate(key, angles).to(v.dtype)
-            outs.append(F.scaled_dot_product_attention(query, key, v, attn_mask=mask))
+            outs.append(F.scaled_dot_product_attention(query, key, v) if window is None
+                        else windowed_attention(query, key, v, window))
         out = outs[0] - outs[1] if self.differential else outs[0]
         out = self.to_out(out.transpose(1, 2).reshape(b, n, -1))
         if self.feat_scale:
