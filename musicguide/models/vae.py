@@ -42,6 +42,20 @@ class Snake(nn.Module):
         return x + (1.0 / (beta + 1e-9)) * torch.sin(x * alpha).pow(2)
 
 
+def _init_weight_norm(module: nn.Module, conv: nn.Module, bias: bool) -> None:
+    """weight_v, weight_g (= |v| per output row) and bias from a freshly initialised conv. On the
+    meta device (a model about to be loaded from a file) the values are never read, so only the
+    shapes are made: computing norms there goes through torch's slow reference kernels, and was
+    most of the time of loading a model folder."""
+    weight = conv.weight.detach()
+    module.bias = nn.Parameter(conv.bias.detach().clone()) if bias else None
+    if weight.is_meta:
+        module.weight_g = nn.Parameter(torch.empty(weight.shape[0], 1, 1, device="meta"))
+    else:
+        module.weight_g = nn.Parameter(weight.flatten(1).norm(dim=1)[:, None, None])
+    module.weight_v = nn.Parameter(weight.clone())
+
+
 def _weight_normalised(weight_v: Tensor, weight_g: Tensor) -> Tensor:
     """g * v / |v|, the norm taken over everything but the first axis (torch.nn.utils.weight_norm, dim=0)."""
     norm = weight_v.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (weight_v.ndim - 1))
@@ -60,9 +74,7 @@ class WNConv1d(nn.Module):
         conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, bias=bias)
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.bias = nn.Parameter(conv.bias.detach().clone()) if bias else None
-        self.weight_g = nn.Parameter(conv.weight.detach().flatten(1).norm(dim=1)[:, None, None])
-        self.weight_v = nn.Parameter(conv.weight.detach().clone())
+        _init_weight_norm(self, conv, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = _weight_normalised(self.weight_v, self.weight_g)
@@ -76,9 +88,7 @@ class WNConvTranspose1d(nn.Module):
         super().__init__()
         conv = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
         self.stride, self.padding = stride, padding
-        self.bias = nn.Parameter(conv.bias.detach().clone())
-        self.weight_g = nn.Parameter(conv.weight.detach().flatten(1).norm(dim=1)[:, None, None])
-        self.weight_v = nn.Parameter(conv.weight.detach().clone())
+        _init_weight_norm(self, conv, True)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = _weight_normalised(self.weight_v, self.weight_g)
