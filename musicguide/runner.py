@@ -274,7 +274,8 @@ def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *
     """Everything that can be refused before a model loads or a beat is tracked: the options'
     values, the output names (folder, permissions, format, clobbering, inputs) and the inputs'
     headers. The commands call it before reading bar times, `run_edit` again (it is cheap).
-    Returns the output paths, the inputs' infos and every file the run will write."""
+    Returns the output paths, the inputs' infos, and the run's `atomic.Outputs` (every file it will
+    write, guarded against the inputs and the `reads`), checked, not yet reserved."""
     from .atomic import Outputs
     from .writing import check_output_format
 
@@ -290,8 +291,9 @@ def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *
         require_matplotlib()
     infos = [probe_input(p) for p in inputs]
     targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
-    Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model))).check()
-    return paths, infos, targets
+    outputs = Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model)))
+    outputs.check()
+    return paths, infos, outputs
 
 
 def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, model) -> None:
@@ -314,13 +316,12 @@ def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs
     a picture of each output is written beside it; `timing` (jobs.Timing) adds its beat grid.
     `reads` are the other files the command reads (--like clips, a batch's jobs file): like the
     inputs, no output may name one of them, even with --overwrite."""
-    from .atomic import Outputs
     from .audio import amplitude_to_db
 
-    paths, infos, targets = check_before_work(verb, common, inputs, reads, plot=plot)
+    paths, infos, outputs = check_before_work(verb, common, inputs, reads, plot=plot)
     settings = settings_for(common)
-    with Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model))) as outputs:
-        outputs.reserve()
+    with outputs:
+        outputs.reserve()  # checks again: a name may have appeared since
         model, resolved, device = load_model(common, say)
         settings = settings.for_model(model)
         model, text = prompted(model, resolved, common)

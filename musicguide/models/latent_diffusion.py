@@ -120,6 +120,29 @@ class LatentModel(nn.Module):
         if latents.ndim != 3 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(latents.shape)}")
 
+    def _time_and_timing(self, x: Tensor, t: Tensor | float, seconds_start: float | Tensor,
+                         seconds_total: float | Tensor | None) -> tuple[Tensor, Callable[[str], Tensor]]:
+        """`denoise`'s inputs checked: t as float32 [B], and embedding(cond_id) -> [B, cond_dim], the
+        number conditioner's embedding of seconds_start or seconds_total (the window's own length
+        unless given)."""
+        batch = x.shape[0]
+        self._check_latents(x)
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+        t = t.expand(batch) if t.ndim == 0 else t
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a float or a tensor of shape [{batch}], got {list(t.shape)}")
+        if seconds_total is None:
+            seconds_total = x.shape[-1] * self.downsampling_ratio / self.sample_rate
+        timing = {"seconds_start": seconds_start, "seconds_total": seconds_total}
+
+        def embedding(cond_id: str) -> Tensor:
+            if cond_id not in timing:
+                raise ValueError(f"this model is conditioned on {cond_id!r}, which musicguide does not provide")
+            values = torch.as_tensor(timing[cond_id], dtype=torch.float32, device=x.device)
+            return self.conditioner.conditioners[cond_id](values.expand(batch) if values.ndim == 0 else values)
+
+        return t, embedding
+
 
 class LatentDiffusion(LatentModel):
     """Stable Audio Open: its `vae` is the Oobleck VAE, whose latents are scaled by
@@ -171,24 +194,9 @@ class LatentDiffusion(LatentModel):
         `text_tokens` [B, N, cond_dim] are a text encoder's output (T5 for Stable Audio Open); they
         are placed where the config's text conditioner goes, next to the timing tokens.
         """
-        batch, dtype = x.shape[0], self.dtype
-        if x.ndim != 3 or x.shape[1] != self.latent_channels:
-            raise ValueError(f"expected latents [batch, {self.latent_channels}, frames], got {list(x.shape)}")
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
-        t = t.expand(batch) if t.ndim == 0 else t
-        if t.shape != (batch,):
-            raise ValueError(f"t must be a float or a tensor of shape [{batch}], got {list(t.shape)}")
-        if seconds_total is None:
-            seconds_total = x.shape[-1] * self.downsampling_ratio / self.sample_rate
-        timing = {"seconds_start": seconds_start, "seconds_total": seconds_total}
+        dtype = self.dtype
+        t, embedding = self._time_and_timing(x, t, seconds_start, seconds_total)
         diffusion = self.config.diffusion
-
-        def embedding(cond_id: str) -> Tensor:
-            if cond_id not in timing:
-                raise ValueError(f"this model is conditioned on {cond_id!r}, which musicguide does not provide")
-            values = torch.as_tensor(timing[cond_id], dtype=torch.float32, device=x.device)
-            return self.conditioner.conditioners[cond_id](values.expand(batch) if values.ndim == 0 else values)
-
         global_cond = None
         if diffusion.global_cond_ids:
             global_cond = torch.cat([embedding(i) for i in diffusion.global_cond_ids], dim=-1)

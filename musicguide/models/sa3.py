@@ -184,17 +184,8 @@ class SA3Model(LatentModel):
         if text_tokens is not None:
             raise ValueError("Stable Audio 3's text conditioning (T5Gemma) is not built; run without a prompt")
         batch, dtype = x.shape[0], self.dtype
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(batch) if not torch.is_tensor(t) or t.ndim == 0 \
-            else t.to(x.device, torch.float32)
-        if seconds_total is None:
-            seconds_total = x.shape[-1] * self.downsampling_ratio / self.sample_rate
-        values = {"seconds_start": seconds_start, "seconds_total": seconds_total}
-        embeds = {}
-        for cond_id, conditioner in self.conditioner.conditioners.items():
-            value = torch.as_tensor(values[cond_id], device=x.device, dtype=torch.float32).expand(batch)
-            embeds[cond_id] = conditioner(value).unsqueeze(1)  # [B, 1, cond_dim], as the reference's
-        global_cond = (torch.cat([embeds[i] for i in self.config.global_ids], dim=-1).squeeze(1)
-                       if self.config.global_ids else None)
+        t, embedding = self._time_and_timing(x, t, seconds_start, seconds_total)
+        global_cond = torch.cat([embedding(i) for i in self.config.global_ids], dim=-1) if self.config.global_ids else None
         # the null text conditioning: the whole cross-attention input zero, which adds nothing (see above)
         concat = None
         if self.config.input_concat_ids:
