@@ -10,16 +10,21 @@ A run decodes the corpus (scripts/build_corpus.py's folder; its manifest gives t
 split) in a pool of processes, evaluates the model it starts from (--init, by default the
 committed musicguide/weights/demo) on clips of the held-out tracks, fine-tunes that model's VAE
 for --vae-minutes and then its DiT on the new VAE's latents until --deadline-minutes leaves just
-enough time to evaluate the result the same way, and writes to --out (at most 8 files, each at
-most 16 MiB, as the GPU machine returns them):
+enough time to evaluate the result the same way, and writes to --out at most 5 files, each at
+most 16 MiB (the GPU machine returns 8; its own logs take the rest):
 
-    summary.txt, evaluation.json    every target before and after, and the verdict
-    train_log.json                  both stages' logs, and the runs the weights have had so far
-    vae.safetensors, dit-N.safetensors, model_config.json
-                                    the new fp16 weights in parts: only if the evaluation improved
-                                    (or with --write always)
+    summary.txt                     every target before and after, the verdict, throughput and the
+                                    time split of a training step, and every other file with its
+                                    size and sha256
+    train_log.json                  both stages' logs, the runs the weights have had so far, and the
+                                    evaluation (before, after, verdict); paths relative to the run
+    model_config.json, model-1-of-2.safetensors, model-2-of-2.safetensors
+                                    the new fp16 weights in as few parts as 16 MiB allows: only if
+                                    the evaluation improved (or with --write always)
 
-`musicguide.models.folder.merge_parts` puts the parts back into musicguide/weights/demo (docs/training.md).
+    python bench/train_demo.py --merge FILES_AT --out musicguide/weights/demo
+
+checks every file against the sums in its summary.txt and merges the parts into a model folder.
 
 The evaluation (the targets of issue 11, on the held-out clips, with the commands' own code):
 VAE round-trip MR over each clip's 2 s gap against the linear crossfade's MR there (target: at
@@ -71,8 +76,10 @@ from musicguide.evaluate import (  # noqa: E402
 from musicguide.evaluate.baselines import copy_fill, silence_fill  # noqa: E402
 from musicguide.evaluate.metrics import frame_rate_comb_db, onset_strength  # noqa: E402
 from musicguide.models import ModelConfig, build_model, load_model_folder  # noqa: E402
-from musicguide.models.folder import VAE_PREFIXES, save_model_folder, save_weights, split_weights  # noqa: E402
+from musicguide.errors import UserError  # noqa: E402
+from musicguide.models.folder import VAE_PREFIXES, merge_parts, save_model_folder, save_weights, split_weights  # noqa: E402
 from musicguide.models.presets import SAMPLE_RATE, vae_variant  # noqa: E402
+from musicguide.runner import sha256  # noqa: E402
 from musicguide.splice import fade_samples  # noqa: E402
 from musicguide.train import (  # noqa: E402
     CONFIG_FILE,
@@ -94,6 +101,9 @@ from musicguide.train import (  # noqa: E402
 )
 
 MAX_FILE_BYTES = 16 << 20  # what the GPU machine returns per file
+# It returns 8 files; the run's own stdout/stderr logs and a margin take the other 3.
+MAX_FILES = 5
+SUMMARY_FILE = "summary.txt"
 DEFAULT_INIT = REPO / "musicguide" / "weights" / "demo"
 STAGE_OVERHEAD_MIN = 0.5  # per stage, outside its training budget: encoding, final validation, export
 SMOKE_OVERHEAD_MIN = 0.15  # the same for the smoke run's seconds of audio
@@ -380,6 +390,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="only measure --init on the targets (what ships, e.g. on a CPU); no training")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--merge", type=Path, metavar="FILES_AT", default=None,
+                        help="check a run's returned files against its summary.txt and merge its weights into --out")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny preset from scratch on part of the corpus, a few steps: checks the script on a CPU")
     args = parser.parse_args(argv)
@@ -427,12 +439,25 @@ def smoke_subset(data: Path, into: Path) -> Path:
 def loss_line(name: str, result: TrainResult | None, log_dir: Path) -> str:
     if result is None:
         return f"{name}: did not run or did not finish (see the console)"
-    history = json.loads((log_dir / LOG_FILE).read_text())["history"]
+    log = json.loads((log_dir / LOG_FILE).read_text())
+    history = log["history"]
     first, last = (f"{history[0]['loss']:.4f} (step {history[0]['step']})", f"{history[-1]['loss']:.4f}") if history \
         else ("-", "-")
     return (f"{name}: {result.step} steps in {result.seconds:.0f} s (stopped: {result.stopped}), "
             f"{result.step / max(result.seconds, 1e-9):.2f} steps/s, {result.examples_per_s:.1f} examples/s; "
-            f"training loss {first} -> {last}; validation loss {result.val_loss}")
+            f"training loss {first} -> {last}; validation loss {result.val_loss}\n"
+            f"  {profile_line(log.get('step_profile'))}")
+
+
+def profile_line(profile: dict | None) -> str:
+    """Where a training step's time goes (the loop's profiled steps, device synchronised)."""
+    if not profile:
+        return "one step: not profiled (the stage ended before its profiled steps)"
+    step = profile["step_s"]
+    shares = ", ".join(f"{phase} {profile[phase + '_s'] * 1000:.1f} ms ({profile[phase + '_s'] / step:.0%})"
+                       for phase in ("data", "forward", "backward", "optimizer"))
+    return (f"one step ({profile['steps']} profiled): {step * 1000:.1f} ms = {shares}; "
+            f"{profile['examples_per_s']:.1f} examples/s")
 
 
 def stage_configs(args: argparse.Namespace, vae_minutes: float,
@@ -462,10 +487,80 @@ def run_history(init: Path | None, this_run: dict) -> list[dict]:
     return earlier + [this_run]
 
 
-def write_weights(out: Path, model_dir: Path) -> list[str]:
+def write_weights(out: Path, model_dir: Path) -> list[Path]:
+    """The model as it would ship (fp16) in as few parts as MAX_FILE_BYTES allows, with its config."""
     parts = split_weights(model_dir, out, MAX_FILE_BYTES)
     (out / CONFIG_FILE).write_text((model_dir / CONFIG_FILE).read_text())
-    return [f"{p.name}: {p.stat().st_size / 2**20:.2f} MiB" for p in parts]
+    return [out / CONFIG_FILE, *parts]
+
+
+def stage_log(folder: Path) -> dict:
+    """A stage's log, its paths (relative to its own folder there) made absolute again, so that
+    `portable` names them from this run's point of view (WORK/vae, musicguide/weights/demo)."""
+    log = json.loads((folder / LOG_FILE).read_text())
+    for key in ("init", "vae_dir"):
+        if log.get(key):
+            log[key] = str((folder / log[key]).resolve())
+    if "result" in log:
+        log["result"]["out_dir"] = str(folder.resolve())
+    return log
+
+
+def portable(text: str, roots: dict[str, Path]) -> str:
+    """`text` with this machine's folders named by what they are (`roots`: a label for each, e.g.
+    WORK for the work folder; the repository becomes relative to itself), so that a log or summary
+    that travels or is committed names no folder of the machine that wrote it. Longer roots first:
+    the work folder may lie in the temp folder, --out in the repository."""
+    named = {**{label: Path(folder).resolve() for label, folder in roots.items()},
+             "TMP": Path(tempfile.gettempdir()).resolve()}
+    for label, folder in sorted(named.items(), key=lambda item: -len(str(item[1]))):
+        if label == ".":
+            text = text.replace(f"{folder}/", "").replace(str(folder), ".")
+        else:
+            text = text.replace(str(folder), label)
+    return text
+
+
+def file_lines(files: list[Path]) -> list[str]:
+    """summary.txt's list of what the run wrote: name, size and sha256 (`merge_run` checks them)."""
+    lines = [f"files ({len(files) + 1} with {SUMMARY_FILE}; name, bytes, sha256):"]
+    lines += [f"  {f.name}  {f.stat().st_size}  {sha256(f)}" for f in files]
+    if len(files) + 1 > MAX_FILES:
+        lines.append(f"warning: {len(files) + 1} files, more than the {MAX_FILES} a GPU call can be sure to return")
+    return lines
+
+
+def listed_files(summary: str) -> dict[str, tuple[int, str]]:
+    """The files a summary.txt lists: name -> (bytes, sha256)."""
+    listed = {}
+    for line in summary.splitlines():
+        parts = line.split()
+        if line.startswith("  ") and len(parts) == 3 and parts[1].isdigit() and len(parts[2]) == 64:
+            listed[parts[0]] = (int(parts[1]), parts[2])
+    return listed
+
+
+def merge_run(files_at: Path, into: Path) -> Path:
+    """A run's returned files as a model folder in `into`: every file that its summary.txt lists is
+    checked against its size and sha256 first (a part left behind or cut short stops the merge,
+    naming it), then the weight parts are merged and the train log copied."""
+    summary = files_at / SUMMARY_FILE
+    if not summary.is_file():
+        raise UserError(f"{summary} does not exist: is {files_at} the folder a run's files came back to?")
+    listed = listed_files(summary.read_text())
+    parts = sorted(name for name in listed if name.endswith(".safetensors"))
+    if not parts:
+        raise UserError(f"{summary} lists no weights: the run kept none (see its verdict)")
+    for name, (size, digest) in listed.items():
+        path = files_at / name
+        if not path.is_file():
+            raise UserError(f"{name} is listed in {summary} but did not come back")
+        if path.stat().st_size != size or sha256(path) != digest:
+            raise UserError(f"{name} does not match the size and sha256 in {summary}: it came back damaged")
+    merge_parts([files_at / name for name in parts], files_at / CONFIG_FILE, into)
+    if "train_log.json" in listed:
+        (into / "train_log.json").write_text((files_at / "train_log.json").read_text())
+    return into
 
 
 def vae_start(args: argparse.Namespace, work: Path) -> tuple[Path | None, ModelConfig | None]:
@@ -551,17 +646,16 @@ def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], setting
                          "min_gain": args.min_gain,
                          "tolerance": args.tolerance}
     lines += score_lines(before, after) + [f"verdict: {why}"]
-    logs = {stage: json.loads((d / LOG_FILE).read_text()) for stage, d in (("vae", vae_dir), ("dit", dit_dir))
-            if (d / LOG_FILE).is_file()}
+    logs = {stage: stage_log(d) for stage, d in (("vae", vae_dir), ("dit", dit_dir)) if (d / LOG_FILE).is_file()}
     this_run = {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **{stage: log["result"] for stage, log in logs.items()}, "evaluation": after, "kept": better}
     logs["runs"] = run_history(args.init, this_run)
-    (args.out / "train_log.json").write_text(json.dumps(logs, indent=1) + "\n")
+    weights: list[Path] = []
     if better or args.write == "always":
-        lines += write_weights(args.out, dit_dir)
+        weights = write_weights(args.out, dit_dir)
     else:
         lines.append("weights not written: keep the committed ones")
-    return lines, report
+    return lines, report, logs, weights
 
 
 def measure_vaes(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
@@ -588,21 +682,20 @@ def measure_vaes(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], se
                         "parameters": sum(p.numel() for n, p in model.pretransform.named_parameters()),
                         "steps": result.step, "seconds": result.seconds, "examples_per_s": result.examples_per_s,
                         "val_loss": result.val_loss}
-        logs[spec] = json.loads((folder / LOG_FILE).read_text())
+        logs[spec] = stage_log(folder)
         lines.append(f"VAE {spec}: {2 * ratio / latent_dim:.0f}x compression, {tokens} DiT tokens per window, "
                      f"{result.step} steps in {result.seconds:.0f} s; MR ratio {scores['vae_mr_ratio']:.3f} "
                      f"(MR {scores['vae_mr']:.3f} vs crossfade {scores['crossfade_mr']:.3f}); "
-                     f"validation loss {result.val_loss}")
+                     f"validation loss {result.val_loss}\n  {profile_line(logs[spec].get('step_profile'))}")
         say(lines[-1])
-    (args.out / "train_log.json").write_text(json.dumps(logs, indent=1) + "\n")
-    return lines, report
+    return lines, report, logs, []
 
 
 def evaluate_only(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], settings: EvalSettings, device: str,
                   work: Path) -> tuple[list[str], dict]:
     """The targets' values for the --init model, as the GPU run's "before" measures them."""
     scores = evaluate_folder(args.init, clips, settings, device)
-    return score_lines(None, scores, column="now"), {"before": scores}
+    return score_lines(None, scores, column="now"), {"before": scores}, {}, []
 
 
 def describe_machine(device: str) -> str:
@@ -615,14 +708,21 @@ def main(argv: list[str] | None = None) -> int:
     global STARTED
     STARTED = time.monotonic()  # the deadline counts from here
     args = arguments(argv)
+    if args.merge:
+        say(f"merged into {merge_run(args.merge, args.out)}")
+        return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
         torch.set_num_threads(1)  # a tiny model is all per-op overhead: a second thread only adds waiting
     work = args.work or Path(tempfile.mkdtemp(prefix="musicguide-train-"))
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = [f"preset {args.preset} on {describe_machine(device)}, starting from {args.init or 'scratch'}"]
+    roots = {"WORK": work, "OUT": args.out, ".": REPO}
+    summary = [portable(f"preset {args.preset} on {describe_machine(device)}, starting from "
+                        f"{args.init or 'scratch'}", roots)]
     say(summary[0])
     report: dict = {}
+    logs: dict = {}
+    written: list[Path] = []
     failed = False
     try:
         data = smoke_subset(args.data, work / "smoke-corpus") if args.smoke else args.data
@@ -635,16 +735,18 @@ def main(argv: list[str] | None = None) -> int:
                                 args.eval_steps, args.generations)
         clips = held_out_clips(data, corpus, settings)
         task = measure_vaes if args.measure_vae else evaluate_only if args.evaluate_only else improve
-        lines, report = task(args, corpus, clips, settings, device, work)
+        lines, report, logs, written = task(args, corpus, clips, settings, device, work)
         summary += lines
     except Exception:
         failed = True
         summary.append("failed:\n" + traceback.format_exc())
         say(summary[-1])
     finally:
+        log = args.out / LOG_FILE
+        log.write_text(portable(json.dumps({**logs, "evaluation": report}, indent=1), roots) + "\n")
         summary.append(f"total {time.monotonic() - STARTED:.0f} s")
-        (args.out / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
-        (args.out / "summary.txt").write_text("\n".join(summary) + "\n")
+        summary += file_lines([log, *written])
+        (args.out / SUMMARY_FILE).write_text(portable("\n".join(summary), roots) + "\n")
         say("summary:\n" + "\n".join(summary))
     return 1 if failed else 0
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli as run_cli_full
 from musicguide.errors import UserError
+from musicguide.runner import sha256
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
 from musicguide.models.folder import merge_parts, split_weights
 from musicguide.models.presets import PRESETS, preset_config, vae_variant
@@ -328,11 +331,15 @@ def test_train_dit_resumes(dit_dir, vae_dir, data_dir, tmp_path):
         train_dit(data_dir, vae_dir, vae_dir, tiny_dit_config(), device="cpu", resume=True)
 
 
-def test_weights_split_into_parts_and_merge_back(dit_dir, tmp_path):
+def test_weights_split_into_as_few_parts_as_the_limit_allows_and_merge_back(dit_dir, tmp_path):
     parts = split_weights(dit_dir, tmp_path / "parts", max_bytes=200_000)
-    names = [p.name for p in parts]
-    assert names[0] == "vae-1.safetensors" and "dit-2.safetensors" in names
+    count = len(parts)
+    assert [p.name for p in parts] == [f"model-{i}-of-{count}.safetensors" for i in range(1, count + 1)]
     assert all(p.stat().st_size <= 200_000 for p in parts)
+    total = sum(p.stat().st_size for p in parts)
+    assert count <= math.ceil(total / 200_000) + 1  # greedy packing: at most one part more than the minimum
+    whole = split_weights(dit_dir, tmp_path / "whole")
+    assert [p.name for p in whole] == ["model.safetensors"]
     merged = merge_parts(parts, dit_dir / "model_config.json", tmp_path / "merged")
     original, rebuilt = load_model_folder(dit_dir).state_dict(), load_model_folder(merged).state_dict()
     assert all(torch.equal(original[k], rebuilt[k]) for k in original)
@@ -579,20 +586,65 @@ def smoke_out(train_demo, corpus_dir, tmp_path_factory) -> Path:
     return out
 
 
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def absolute_paths(text: str) -> list[str]:
+    """Every absolute path in a log or summary (at least two levels: /tmp/x, not the '/s' of 'examples/s')."""
+    return ABSOLUTE_PATH.findall(text)
+
+
+def test_absolute_paths_are_found_where_they_are_and_only_there():
+    assert absolute_paths('{"out_dir": "/tmp/musicguide-train-x/vae"}') == ["/tmp/musicguide-train-x/vae"]
+    assert absolute_paths("File /work/main/bench/train_demo.py, line 3") == ["/work/main/bench/train_demo.py"]
+    assert absolute_paths('12.5 examples/s, 1/2 of it, "WORK/vae", "musicguide/weights/demo", ~/x/y') == []
+
+
 @pytest.mark.slow
-def test_demo_script_smoke_run_trains_evaluates_and_leaves_a_mergeable_model(smoke_out, tmp_path):
+def test_demo_script_smoke_run_trains_evaluates_and_leaves_a_mergeable_model(train_demo, smoke_out, tmp_path):
     out = smoke_out / "out"
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["dit.safetensors", "evaluation.json", "model_config.json", "summary.txt", "train_log.json",
-                     "vae.safetensors"]
+    assert files == ["model.safetensors", "model_config.json", "summary.txt", "train_log.json"]
+    assert len(files) <= train_demo.MAX_FILES
     summary = (out / "summary.txt").read_text()
     assert "VAE:" in summary and "DiT:" in summary and "verdict: no starting model" in summary
-    after = json.loads((out / "evaluation.json").read_text())["after"]
-    assert set(after) >= set(train_demo_targets()) and all(math.isfinite(after[k]) for k in train_demo_targets())
+    listed = train_demo.listed_files(summary)
+    assert set(listed) == set(files) - {"summary.txt"}
+    assert all(listed[name] == ((out / name).stat().st_size, sha256(out / name)) for name in listed)
     log = json.loads((out / "train_log.json").read_text())
+    after = log["evaluation"]["after"]
+    assert set(after) >= set(train_demo_targets()) and all(math.isfinite(after[k]) for k in train_demo_targets())
     assert log["dit"]["result"]["stopped"] == "time" and len(log["runs"]) == 1
-    merged = merge_parts([out / "vae.safetensors", out / "dit.safetensors"], out / "model_config.json", tmp_path / "m")
+    assert log["runs"][0]["dit"]["out_dir"] == "WORK/dit" and log["dit"]["vae_dir"] == "WORK/vae"
+    for name in ("summary.txt", "train_log.json"):
+        text = (out / name).read_text()
+        assert absolute_paths(text) == [] and str(smoke_out) not in text, name
+    merged = train_demo.merge_run(out, tmp_path / "m")
     assert load_model_folder(merged).config.sample_size == preset_config("tiny").sample_size
+    assert (merged / "train_log.json").read_text() == (out / "train_log.json").read_text()
+
+
+@pytest.mark.slow
+def test_merging_a_run_checks_every_file_against_its_summary(train_demo, smoke_out, tmp_path):
+    back = tmp_path / "files_at"
+    back.mkdir()
+    for path in (smoke_out / "out").iterdir():
+        (back / path.name).write_bytes(path.read_bytes())
+    weights = back / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    with pytest.raises(UserError, match="model.safetensors does not match"):
+        train_demo.merge_run(back, tmp_path / "m")
+    weights.unlink()
+    with pytest.raises(UserError, match="model.safetensors is listed .* but did not come back"):
+        train_demo.merge_run(back, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_training_logs_that_are_committed_name_no_folder_of_a_machine():
+    logs = sorted((REPO / "musicguide" / "weights").rglob("train_log.json"))
+    assert logs
+    for log in logs:
+        assert absolute_paths(log.read_text()) == [], log
 
 
 @pytest.mark.slow
@@ -603,8 +655,27 @@ def test_demo_script_keeps_new_weights_only_if_they_evaluate_better(train_demo, 
                             "--dit-minutes", "0.02", "--eval-clips", "2", "--eval-steps", "3", "--generations", "2",
                             "--device", "cpu"])
     assert code == 0, (out / "summary.txt").read_text()
-    report = json.loads((out / "evaluation.json").read_text())
-    assert set(report) == {"before", "after", "verdict"}
-    assert report["verdict"]["better"] == (out / "model_config.json").is_file() == (out / "vae.safetensors").is_file()
     log = json.loads((out / "train_log.json").read_text())
+    report = log["evaluation"]
+    assert set(report) == {"before", "after", "verdict"}
+    assert report["verdict"]["better"] == (out / "model_config.json").is_file() == (out / "model.safetensors").is_file()
     assert len(log["runs"]) == 2 and log["runs"][-1]["kept"] == report["verdict"]["better"]
+    for name in ("summary.txt", "train_log.json"):
+        assert absolute_paths((out / name).read_text()) == [], name
+
+
+@pytest.mark.slow
+def test_the_gpu_command_runs_with_only_the_gpu_machines_packages(corpus_dir, tmp_path):
+    """The smoke run under ../shared/tools/gpu-preflight.py: imports of what the GPU image lacks fail
+    there, except the wheels docs/training.md says to carry, so no change can break the GPU call unseen."""
+    tools = REPO.parent / "shared" / "tools"
+    preflight, packages = tools / "gpu-preflight.py", tools / "gpu-image-packages.txt"
+    if not (preflight.is_file() and packages.is_file()):
+        pytest.skip(f"{preflight} and {packages.name} are not beside the repository: the GPU preflight cannot run")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(preflight), str(packages), "--", sys.executable, "bench/train_demo.py",
+                             "--smoke", "--data", str(corpus_dir), "--out", str(out), "--work", str(tmp_path / "work"),
+                             "--vae-minutes", "0.03", "--dit-minutes", "0.03", "--device", "cpu"],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "verdict:" in (out / "summary.txt").read_text()

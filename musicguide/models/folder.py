@@ -1,7 +1,7 @@
 """Model folders: `model_config.json` + `model.safetensors`, the layout of Stable Audio Open's Hub repos.
 
-`split_weights` cuts a folder's weights into VAE and DiT parts small enough to commit or ship, and
-`merge_parts` makes a folder from such parts again.
+`split_weights` cuts a folder's weights into as few parts as a file-size limit allows (to commit
+or ship them), and `merge_parts` makes a folder from such parts again.
 
 Loading is strict, because a checkpoint that half-matches its config gives noise rather than an
 error: every key the model has must be in the file with the right shape, and the file may hold no
@@ -138,18 +138,18 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -
 
 def split_weights(model_dir: str | os.PathLike, out_dir: str | os.PathLike, max_bytes: int = 16 << 20,
                   dtype: torch.dtype = torch.float16) -> list[Path]:
-    """Cut a model folder's weights into `vae.safetensors` and `dit.safetensors` (or `dit-1`, `dit-2`,
-    ... when a part would exceed `max_bytes`), in `dtype`. `merge_parts` puts them back together."""
+    """Cut a model folder's weights, in `dtype`, into as few files as `max_bytes` allows: one
+    `model.safetensors` when it fits (then `out_dir` with a model_config.json is a model folder),
+    else `model-1-of-N.safetensors` ... `model-N-of-N.safetensors`. `merge_parts` puts them back."""
     state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
     state = {k: _cast(v, dtype).contiguous() for k, v in state.items()}
-    out, written = Path(out_dir), []
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, prefixes in (("vae", VAE_PREFIXES), ("dit", DIT_PREFIXES)):
-        chunks = _chunks({k: v for k, v in state.items() if k.startswith(prefixes)}, max_bytes)
-        for i, chunk in enumerate(chunks, start=1):
-            path = out / (f"{name}.safetensors" if len(chunks) == 1 else f"{name}-{i}.safetensors")
-            save_weights(chunk, path)
-            written.append(path)
+    chunks = _chunks(state, max_bytes)
+    written = [out / (WEIGHTS_FILE if len(chunks) == 1 else f"model-{i}-of-{len(chunks)}.safetensors")
+               for i in range(1, len(chunks) + 1)]
+    for chunk, path in zip(chunks, written):
+        save_weights(chunk, path)
     return written
 
 

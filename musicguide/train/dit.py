@@ -17,7 +17,7 @@ from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder, s
 from musicguide.models.folder import DIT_PREFIXES, VAE_PREFIXES
 from musicguide.models.presets import SAMPLE_RATE, preset_config
 from musicguide.train.data import Corpus, TrackBank
-from musicguide.train.loop import _train
+from musicguide.train.loop import StepBatch, _train, relative_to_run
 from musicguide.train.losses import sample_timesteps, v_loss
 from musicguide.train.settings import DiTTrainConfig, ProgressCallback, TrainResult
 from musicguide.train.shard import Shard
@@ -169,35 +169,36 @@ def train_dit(data: str | os.PathLike | Corpus, vae_dir: str | os.PathLike, out_
                       timing=[corpus.track_timing(entries[t][0]) for t in shard.tracks])
     val_bank = stage.bank([z / scale for z in val_latents], rate, window, timing=corpus.timing(held_out=True))
     run = stage.run(model, config, progress, {
-        **stage.data_log(corpus, config, model.config), "latent_scale": scale, "vae_dir": str(vae_dir),
-        "init": None if init is None else str(init),
+        **stage.data_log(corpus, config, model.config), "latent_scale": scale,
+        "vae_dir": relative_to_run(vae_dir, stage.out_dir), "init": relative_to_run(init, stage.out_dir),
         "latent_frames": sum(-(-round(corpus.durations[i] * SAMPLE_RATE) // model.downsampling_ratio) for i, _ in entries)},
         ema_decay=config.ema_decay)
-    step_loss = _steps(stage.objective(model, v_loss, config), bank, shard, window, config, model)
+    step_batch = _steps(stage.objective(model, v_loss, config), bank, shard, window, config, model)
 
     def export() -> None:
         with run.averaged():
             save_model_folder(model, stage.out_dir, dtype=export_dtype)
 
-    return _train(run, step_loss, _validation(model, val_bank, window, config), export)
+    return _train(run, step_batch, _validation(model, val_bank, window, config), export)
 
 
 def _steps(objective: torch.nn.Module, bank: TrackBank, shard: Shard, window: int, config: DiTTrainConfig,
-           model: LatentDiffusion) -> Callable[[int], tuple[Tensor, dict[str, Tensor]]]:
+           model: LatentDiffusion) -> StepBatch:
     """This process's part of each step's batch: its slots' crops (all of one length, shorter on a
-    share of the steps), their timesteps and their noise."""
+    share of the steps), their timesteps and their noise; the loss on them when called."""
     device, patch, cpu = bank.data.device, model.config.diffusion.dit.patch_size, torch.device("cpu")
 
-    def step_loss(step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def step_batch(step: int) -> Callable[[], tuple[Tensor, dict[str, Tensor]]]:
         draws, length = shard.random(config.seed, step, device), window
         if torch.rand((), generator=draws.cpu) < config.short_crops:  # 1/4 .. 7/8 of the window: few shapes
             length = window * int(torch.randint(2, 8, (), generator=draws.cpu)) // 8
         length = max(patch, length // patch * patch)
         crops = bank.crops_at(*shard.locate(draws.uniform()), length)
         t = draws.each(lambda batch, g: sample_timesteps(batch, config.timestep_sampler, cpu, g)).to(device)
-        return objective(crops.x, t, draws.normal(bank.data.shape[0], length), crops), {}
+        noise = draws.normal(bank.data.shape[0], length)
+        return lambda: (objective(crops.x, t, noise, crops), {})
 
-    return step_loss
+    return step_batch
 
 
 def _validation(model: LatentDiffusion, bank: TrackBank | None, window: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,13 @@ from musicguide.train.settings import (
     TrainResult,
 )
 
-StepLoss = Callable[[int], "tuple[Tensor, dict[str, Tensor]]"]
+# A stage's step: `batch(step)` gathers this process's part of the step's batch and returns the
+# forward pass on it (loss, parts), so that the loop can time the data apart from the model.
+StepBatch = Callable[[int], Callable[[], "tuple[Tensor, dict[str, Tensor]]"]]
+# Steps of each call (counted from its first, which pays for lazy set-up) whose time is split into
+# data, forward, backward and optimizer, with the device synchronised between them.
+PROFILED_STEPS = range(1, 6)
+PHASES = ("data", "forward", "backward", "optimizer")
 Validate = Callable[[], "dict[str, float]"]
 
 
@@ -120,6 +127,8 @@ class _Run:
     progress: float = 0.0
     bad_steps: int = 0
     log: dict = field(default_factory=dict)
+    first_step: int = 0  # of this call: a resumed run starts past 0
+    phase_seconds: dict[str, list[float]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
 
     def __post_init__(self):
         self.named_params = {n: p for n, p in self.model.named_parameters() if n.startswith(self.prefixes)}
@@ -164,6 +173,17 @@ class _Window:
                 self.parts[k] = self.parts.get(k, 0.0) + v
 
 
+def relative_to_run(path: str | os.PathLike | None, out_dir: Path) -> str | None:
+    """A path as the stage's log records it: relative to the run's own folder, where the log lies,
+    so that a log moved to another machine or committed names no folder of this one."""
+    if path is None:
+        return None
+    try:
+        return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        return Path(path).name
+
+
 def write_log(run: _Run) -> None:
     if run.world.is_main:
         write_atomically(run.out_dir / LOG_FILE, lambda p: p.write_text(json.dumps(run.log, indent=1) + "\n"))
@@ -200,15 +220,21 @@ def _agree(run: _Run, clock: _Clock, loss: Tensor, parts: dict[str, Tensor], gra
     return dict(zip(["loss", *parts, "grad_norm"], values[:-1]))
 
 
-def _step(run: _Run, step_loss: StepLoss, clock: _Clock) -> dict[str, float] | None:
+def _step(run: _Run, step_batch: StepBatch, clock: _Clock) -> dict[str, float] | None:
     """One optimiser step; the step's losses, or None when it was skipped as non-finite."""
+    profiled = run.step - run.first_step in PROFILED_STEPS
+    marks = [_mark(run.device, profiled)]
     run.progress = clock.progress(run.step)
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(run.config, run.step, run.progress)
+    forward = step_batch(run.step)
+    marks.append(_mark(run.device, profiled))
     with run.autocast():
-        loss, parts = step_loss(run.step)
+        loss, parts = forward()
+    marks.append(_mark(run.device, profiled))
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    marks.append(_mark(run.device, profiled))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.config.grad_clip)
     values = _agree(run, clock, loss, parts, grad_norm)
     if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
@@ -220,11 +246,34 @@ def _step(run: _Run, step_loss: StepLoss, clock: _Clock) -> dict[str, float] | N
     run.optimizer.step()
     if run.ema:
         run.ema.update(run.step)
+    marks.append(_mark(run.device, profiled))
+    if profiled:
+        for phase, start, end in zip(PHASES, marks, marks[1:]):
+            run.phase_seconds[phase].append(end - start)
     run.step += 1
     return values
 
 
-def _train(run: _Run, step_loss: StepLoss, validate: Validate, export: Callable[[], None]) -> TrainResult:
+def _mark(device: torch.device, profiled: bool) -> float:
+    """Now, after the device has finished its queued work on a profiled step (CUDA runs ahead of
+    Python, so without it the time of one phase lands in the next); no sync on the other steps."""
+    if profiled and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def step_profile(run: _Run) -> dict | None:
+    """The profiled steps' mean seconds per phase and the examples per second they make."""
+    count = len(run.phase_seconds["data"])
+    if count == 0:
+        return None
+    means = {f"{phase}_s": sum(times) / count for phase, times in run.phase_seconds.items()}
+    step_s = sum(means.values())
+    return {"steps": count, **{k: round(v, 6) for k, v in means.items()}, "step_s": round(step_s, 6),
+            "examples_per_s": round(run.examples_per_step / max(step_s, 1e-9), 2)}
+
+
+def _train(run: _Run, step_batch: StepBatch, validate: Validate, export: Callable[[], None]) -> TrainResult:
     """Step until `steps` or the time budget; validate, log and checkpoint on the way. Whatever
     stops the run (the end, the budget, Ctrl-C, an error), what was trained is saved and exported."""
     config, clock = run.config, _Clock(run.config, run.progress)
@@ -233,12 +282,13 @@ def _train(run: _Run, step_loss: StepLoss, validate: Validate, export: Callable[
     torch.manual_seed(config.seed + run.step)  # anything left to the global RNG does not replay old draws
     run.model.train()
     first_step, stopped, window = run.step, "steps", _Window()
+    run.first_step = first_step
     try:
         while run.step < config.steps:
             if clock.out_of_time():
                 stopped = "time"
                 break
-            values = _step(run, step_loss, clock)
+            values = _step(run, step_batch, clock)
             if values is None:
                 continue
             window.add(values)
@@ -283,7 +333,9 @@ def _finish(run: _Run, clock: _Clock, stopped: str, first_step: int, export: Cal
     train_loss = run.log["history"][-1]["loss"] if run.log["history"] else None
     result = TrainResult(run.stage, run.out_dir, run.step, stopped, train_loss, val_loss, seconds,
                          (run.step - first_step) * run.examples_per_step / max(seconds, 1e-9))
-    run.log["result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    run.log["result"] = {k: (relative_to_run(v, run.out_dir) if isinstance(v, Path) else v)
+                         for k, v in asdict(result).items()}
+    run.log["step_profile"] = step_profile(run)
     if run.world.is_main:
         save_checkpoint(run)
         export()

@@ -19,7 +19,7 @@ from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, WEIGHTS_FILE, sa
 from musicguide.models.presets import SAMPLE_RATE, preset_config
 from musicguide.models.vae import WNConv1d, _weight_normalised
 from musicguide.train.data import Corpus, TrackBank
-from musicguide.train.loop import _train
+from musicguide.train.loop import StepBatch, _train, relative_to_run
 from musicguide.train.losses import stft_loss, vae_loss
 from musicguide.train.settings import VAE_WEIGHTS_FILE, ProgressCallback, TrainResult, VAETrainConfig
 from musicguide.train.shard import Shard
@@ -152,33 +152,34 @@ def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, conf
     _, val_tracks = corpus.split(held_out=True)
     val_bank = stage.bank(val_tracks, SAMPLE_RATE, segment, torch.float16) if stage.world.is_main else None
     run = stage.run(model, config, progress, {**stage.data_log(corpus, config, model_config),
-                                              "init": None if init is None else str(init)})
-    step_loss = _steps(stage.objective(model, vae_loss, config), bank, shard, config, model)
+                                              "init": relative_to_run(init, stage.out_dir)})
+    step_batch = _steps(stage.objective(model, vae_loss, config), bank, shard, config, model)
 
     def export() -> None:
         write_atomically(stage.out_dir / CONFIG_FILE, model.config.to_json)
         save_weights({k: v.detach().float().cpu().contiguous() for k, v in run.trained_state().items()},
                      stage.out_dir / VAE_WEIGHTS_FILE)
 
-    return _train(run, step_loss, _validation(model, val_bank, config), export)
+    return _train(run, step_batch, _validation(model, val_bank, config), export)
 
 
 def _steps(objective: torch.nn.Module, bank: TrackBank, shard: Shard, config: VAETrainConfig,
-           model: LatentDiffusion) -> Callable[[int], tuple[Tensor, dict[str, Tensor]]]:
+           model: LatentDiffusion) -> StepBatch:
     """This process's part of each step's batch: its slots' segments, flipped at random, and their
-    posterior noise."""
+    posterior noise; the loss on them when called."""
     device, frames = bank.data.device, config.segment_samples // model.downsampling_ratio
 
-    def step_loss(step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def step_batch(step: int) -> Callable[[], tuple[Tensor, dict[str, Tensor]]]:
         draws = shard.random(config.seed, step, device)
         audio = bank.crops_at(*shard.locate(draws.uniform()), config.segment_samples).x
         # Polarity and channel order carry no musical meaning: flip both at random.
         sign = draws.coin().to(device)[:, None, None] * 2.0 - 1.0
         swap = draws.coin().to(device)[:, None, None]
         audio = torch.where(swap, audio.flip(1), audio) * sign
-        return objective(audio, config, draws.normal(model.latent_channels, frames))
+        noise = draws.normal(model.latent_channels, frames)
+        return lambda: objective(audio, config, noise)
 
-    return step_loss
+    return step_batch
 
 
 def _validation(model: LatentDiffusion, bank: TrackBank | None, config: VAETrainConfig) -> Callable[[], dict[str, float]]:
