@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,7 +77,7 @@ from musicguide.evaluate.baselines import copy_fill, silence_fill  # noqa: E402
 from musicguide.evaluate.metrics import frame_rate_comb_db, onset_strength  # noqa: E402
 from musicguide.models import ModelConfig, build_model, load_model_folder  # noqa: E402
 from musicguide.errors import UserError  # noqa: E402
-from musicguide.models.folder import VAE_PREFIXES, merge_parts, save_model_folder, save_weights, split_weights  # noqa: E402
+from musicguide.models.folder import VAE_PREFIXES, WEIGHTS_FILE, merge_parts, save_model_folder, save_weights, split_weights  # noqa: E402
 from musicguide.models.presets import SAMPLE_RATE, vae_variant  # noqa: E402
 from musicguide.runner import sha256  # noqa: E402
 from musicguide.splice import fade_samples  # noqa: E402
@@ -104,6 +104,7 @@ MAX_FILE_BYTES = 16 << 20  # what the GPU machine returns per file
 # It returns 8 files; the run's own stdout/stderr logs and a margin take the other 3.
 MAX_FILES = 5
 SUMMARY_FILE = "summary.txt"
+STORED_EVALUATION = "evaluation.json"  # beside a model folder's weights: their evaluation, to reuse
 DEFAULT_INIT = REPO / "musicguide" / "weights" / "demo"
 STAGE_OVERHEAD_MIN = 0.5  # per stage, outside its training budget: encoding, final validation, export
 SMOKE_OVERHEAD_MIN = 0.15  # the same for the smoke run's seconds of audio
@@ -309,6 +310,36 @@ def evaluate_folder(folder: Path, clips: list[Clip], settings: EvalSettings, dev
         scores.update(part())
         say(f"  {name}: {time.monotonic() - begun:.0f} s")
     return {**scores, "clips": len(clips), "seconds": round(time.monotonic() - started, 1)}
+
+
+def evaluation_key(settings: EvalSettings, device: str) -> dict:
+    """What an evaluation's numbers depend on besides the weights: the clips, steps and generations,
+    the targets measured, whether the README's clip was there, and the kind of device."""
+    return {"protocol": asdict(settings.protocol), "clips": settings.clips, "steps": settings.steps,
+            "generations": settings.generations, "targets": sorted(TARGETS),
+            "readme_edit": README_EDIT[0].is_file(), "device": torch.device(device).type}
+
+
+def stored_evaluation(folder: Path, settings: EvalSettings, device: str) -> dict | None:
+    """The evaluation stored beside `folder`'s weights (STORED_EVALUATION) for these very weights
+    (their sha256) and these settings, or None: measuring them again would spend minutes of a short
+    GPU lease on numbers already known."""
+    path, weights = folder / STORED_EVALUATION, folder / WEIGHTS_FILE
+    if not (path.is_file() and weights.is_file()):
+        return None
+    records = json.loads(path.read_text()).get("evaluations", [])
+    digest, key = sha256(weights), evaluation_key(settings, device)
+    return next((r["scores"] for r in records if r["weights_sha256"] == digest and r["settings"] == key), None)
+
+
+def store_evaluation(folder: Path, scores: dict, key: dict) -> None:
+    """Keep `scores` beside `folder`'s weights, keyed by their sha256 and the settings (replacing an
+    older record with the same key; records for other weights are dropped, they are stale)."""
+    path, digest = folder / STORED_EVALUATION, sha256(folder / WEIGHTS_FILE)
+    records = json.loads(path.read_text()).get("evaluations", []) if path.is_file() else []
+    records = [r for r in records if r["weights_sha256"] == digest and r["settings"] != key]
+    records.append({"weights_sha256": digest, "settings": key, "scores": scores})
+    path.write_text(json.dumps({"evaluations": records}, indent=1) + "\n")
 
 
 def shortfalls(scores: dict) -> dict[str, float]:
@@ -559,7 +590,11 @@ def merge_run(files_at: Path, into: Path) -> Path:
             raise UserError(f"{name} does not match the size and sha256 in {summary}: it came back damaged")
     merge_parts([files_at / name for name in parts], files_at / CONFIG_FILE, into)
     if "train_log.json" in listed:
-        (into / "train_log.json").write_text((files_at / "train_log.json").read_text())
+        log = (files_at / "train_log.json").read_text()
+        (into / "train_log.json").write_text(log)
+        evaluation = json.loads(log).get("evaluation", {})
+        if evaluation.get("after") and evaluation.get("settings"):  # the next run starting here reuses it
+            store_evaluation(into, evaluation["after"], evaluation["settings"])
     return into
 
 
@@ -605,11 +640,16 @@ def improve(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], setting
             work: Path) -> tuple[list[str], dict]:
     """Evaluate the starting model, fine-tune VAE then DiT, evaluate again, keep what is better.
     With --decoder-only: the decoder alone, and no DiT stage (the latents do not change)."""
-    lines, report = [], {}
-    before = evaluate_folder(args.init, clips, settings, device) if args.init else None
-    report["before"] = before
+    lines, report = [], {"settings": evaluation_key(settings, device)}
+    before = stored_evaluation(args.init, settings, device) if args.init else None
     if before:
+        lines.append(f"starting model's evaluation reused from its {STORED_EVALUATION} (same weights and settings; "
+                     f"measuring it took {before['seconds']} s)")
+        say(lines[-1])
+    elif args.init:
+        before = evaluate_folder(args.init, clips, settings, device)
         say(f"starting model evaluated in {before['seconds']} s")
+    report["before"] = before
     # The second evaluation takes as long as the first (a bit more for safety).
     reserve = before["seconds"] / 60 * 1.3 if before else 0.5
     vae_dir, dit_dir = work / "vae", work / "dit"
@@ -695,7 +735,7 @@ def evaluate_only(args: argparse.Namespace, corpus: Corpus, clips: list[Clip], s
                   work: Path) -> tuple[list[str], dict]:
     """The targets' values for the --init model, as the GPU run's "before" measures them."""
     scores = evaluate_folder(args.init, clips, settings, device)
-    return score_lines(None, scores, column="now"), {"before": scores}, {}, []
+    return score_lines(None, scores, column="now"), {"settings": evaluation_key(settings, device), "before": scores}, {}, []
 
 
 def describe_machine(device: str) -> str:

@@ -622,6 +622,26 @@ def test_demo_script_smoke_run_trains_evaluates_and_leaves_a_mergeable_model(tra
     merged = train_demo.merge_run(out, tmp_path / "m")
     assert load_model_folder(merged).config.sample_size == preset_config("tiny").sample_size
     assert (merged / "train_log.json").read_text() == (out / "train_log.json").read_text()
+    # the run's evaluation of these weights is stored beside them, for the next run to reuse
+    smoke_settings = train_demo.EvalSettings(train_demo.TINY_PROTOCOL, 4, 5, 2)
+    assert train_demo.stored_evaluation(merged, smoke_settings, "cpu") == after
+
+
+def test_a_stored_evaluation_is_reused_only_for_the_same_weights_and_settings(train_demo, dit_dir, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("model_config.json", "model.safetensors"):
+        (folder / name).write_bytes((dit_dir / name).read_bytes())
+    settings = train_demo.EvalSettings(train_demo.TINY_PROTOCOL, 4, 5, 2)
+    scores = {"vae_mr_ratio": 1.2, "seconds": 3.0}
+    assert train_demo.stored_evaluation(folder, settings, "cpu") is None
+    train_demo.store_evaluation(folder, scores, train_demo.evaluation_key(settings, "cpu"))
+    assert train_demo.stored_evaluation(folder, settings, "cpu") == scores
+    assert train_demo.stored_evaluation(folder, train_demo.EvalSettings(train_demo.TINY_PROTOCOL, 4, 6, 2), "cpu") is None
+    assert train_demo.stored_evaluation(folder, settings, "cuda") is None
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")  # other weights: the stored numbers are not theirs
+    assert train_demo.stored_evaluation(folder, settings, "cpu") is None
 
 
 @pytest.mark.slow
@@ -657,7 +677,7 @@ def test_demo_script_keeps_new_weights_only_if_they_evaluate_better(train_demo, 
     assert code == 0, (out / "summary.txt").read_text()
     log = json.loads((out / "train_log.json").read_text())
     report = log["evaluation"]
-    assert set(report) == {"before", "after", "verdict"}
+    assert set(report) == {"settings", "before", "after", "verdict"}
     assert report["verdict"]["better"] == (out / "model_config.json").is_file() == (out / "model.safetensors").is_file()
     assert len(log["runs"]) == 2 and log["runs"][-1]["kept"] == report["verdict"]["better"]
     for name in ("summary.txt", "train_log.json"):
@@ -679,3 +699,18 @@ def test_the_gpu_command_runs_with_only_the_gpu_machines_packages(corpus_dir, tm
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "verdict:" in (out / "summary.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_from_weights_with_a_stored_evaluation_does_not_measure_them_again(train_demo, smoke_out, corpus_dir,
+                                                                                  tmp_path):
+    merged = train_demo.merge_run(smoke_out / "out", tmp_path / "from")
+    stored = json.loads((smoke_out / "out" / "train_log.json").read_text())["evaluation"]["after"]
+    out = tmp_path / "out"
+    code = train_demo.main(["--preset", "tiny", "--init", str(merged), "--data", str(corpus_dir), "--out", str(out),
+                            "--work", str(tmp_path / "work"), "--vae-minutes", "0.02", "--dit-minutes", "0.02",
+                            "--eval-clips", "4", "--eval-steps", "5", "--generations", "2", "--device", "cpu"])
+    summary = (out / "summary.txt").read_text()
+    assert code == 0, summary
+    assert "starting model's evaluation reused from its evaluation.json" in summary
+    assert json.loads((out / "train_log.json").read_text())["evaluation"]["before"] == stored
