@@ -84,7 +84,7 @@ def main() -> None:
     for value in [float(v) for v in args.values.split(",")]:
         style = value if args.term == "style" else restyling.DEFAULT_STYLE_GUIDANCE
         keep = value if args.term == "keep" else restyling.DEFAULT_KEEP
-        xi_context = value if args.term == "context" else edit.DEFAULT_GUIDANCE["latent"]
+        xi_context = value if args.term == "context" else restyling.DEFAULT_CONTEXT_GUIDANCE
         settings = edit.SamplerSettings(steps=args.steps, guidance=style, loss_space="audio", seed=0)
         started = time.perf_counter()
         runs = [restyle_once(model, net, song, args.tag, settings, keep, xi_context, context) for _, song in songs]

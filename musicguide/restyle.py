@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import tasks
-from .edit import (DEFAULT_GUIDANCE, Callback, EditResult, SamplerSettings, Start, _check_region, _result, _splice_all,
+from .edit import (Callback, EditResult, SamplerSettings, Start, _check_region, _result, _splice_all,
                    context_floor, plan_window, sample_window)
 from .errors import UserError
 from .losses import latent_loss
@@ -19,9 +19,11 @@ from .splice import cut_window
 from .timespec import whole_frames
 
 # Restyle's terms: the style loss through decoder and tagger (its gradient is tiny), the latent L1
-# on the context frames (the same term as an infill's, so the same ξ), and --keep's log-mel
+# on the context frames (the same term as an infill's; its ξ was chosen by restyle's own sweep in
+# docs/guidance.md, and stayed when the edits' latent ξ moved to 0.003), and --keep's log-mel
 # envelope distance (summed over mel bands and ~128 ms frames).
 DEFAULT_STYLE_GUIDANCE = 100.0
+DEFAULT_CONTEXT_GUIDANCE = 3e-2
 DEFAULT_KEEP = 1.0
 
 
@@ -47,7 +49,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     tasks.check_strength(strength)
     if not keep >= 0 or not math.isfinite(keep):
         raise UserError(f"--keep must be a finite number >= 0, got {keep}")
-    xi_context = DEFAULT_GUIDANCE["latent"] if context_guidance is None else context_guidance
+    xi_context = DEFAULT_CONTEXT_GUIDANCE if context_guidance is None else context_guidance
     sr, hop = model.sample_rate, model.downsampling_ratio
     length = songs.shape[-1]
     window = plan_window(length, start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
