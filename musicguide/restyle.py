@@ -20,7 +20,7 @@ from .timespec import whole_frames
 
 # Restyle's terms: the style loss through decoder and tagger (its gradient is tiny), the latent L1
 # on the context frames (the same term as an infill's; its ξ was chosen by restyle's own sweep in
-# docs/guidance.md, and stayed when the edits' latent ξ moved to 0.003), and --keep's log-mel
+# docs/guidance.md, and stayed when the edits' latent ξ moved to 0.005), and --keep's log-mel
 # envelope distance (summed over mel bands and ~128 ms frames).
 DEFAULT_STYLE_GUIDANCE = 100.0
 DEFAULT_CONTEXT_GUIDANCE = 3e-2
