@@ -2,6 +2,7 @@
 
     python bench/cli_speed.py                                        # GPU: SAO 1.0 and SAO Small shapes
     python bench/cli_speed.py --shapes demo --steps 8 --device cpu   # a CPU smoke run of the same path
+    python bench/cli_speed.py --shapes sao-small-shape --out "$OUT"  # one shape per call, for a short GPU lease
 
 For each shape it builds a model folder with random weights (the published configs: SAO 1.0 at
 full depth, SAO Small's rectified-flow config at depth 20), then:
@@ -14,7 +15,9 @@ full depth, SAO Small's rectified-flow config at depth 20), then:
 * the cost of a guided step against an unguided one (the same infill with --guidance 0);
 * peak GPU memory of the infill with --loss-space audio (decoder-space guidance).
 
-Prints a Markdown table (docs/models.md keeps the measured one). Targets on one H100/H200 at
+Prints a Markdown table (docs/models.md keeps the measured one) and, with --out (default: $OUT
+when set, as on the GPU machine), writes it to OUT/cli_speed.md row by row, so that a run cut off
+by its time limit still returns the shapes it finished. Targets on one H100/H200 at
 --precision auto: SAO Small shape at 8 steps under 1 s; SAO 1.0 shape at 100 steps under 6 s; a
 guided step at most 3.5x an unguided one; loading at most 2x reading the file; peak memory with
 decoder-space guidance at most 26 GiB.
@@ -23,6 +26,7 @@ decoder-space guidance at most 26 GiB.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -129,19 +133,32 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--steps", type=int, default=None, help="default: 100 for SAO 1.0, 8 for SAO Small")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
+                        help="also write the table to OUT/cli_speed.md, a row as each shape finishes")
     args = parser.parse_args()
+    table = args.out / "cli_speed.md" if args.out else None
+    if table:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.write_text("")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        if table:
+            with table.open("a") as f:
+                f.write(line + "\n")
+
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; a 4 s infill in a 3-minute song")
+    say(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; a 4 s infill in a 3-minute song\n")
     header = ["shape", "steps", "infill", "unguided", "guided/unguided step", "infill, audio loss", "load",
               "read file", "load/read", "peak GPU memory (audio loss)"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    say("| " + " | ".join(header) + " |")
+    say("|" + "---|" * len(header))
     with tempfile.TemporaryDirectory() as folder:
         wav = song(Path(folder))
         for name in args.shapes:
             steps = args.steps or DEFAULT_STEPS.get(name, 8)
             row = measure(name, Path(folder), wav, args.device, args.precision, steps, args.repeats)
-            print("| " + " | ".join(row) + " |", flush=True)
+            say("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
