@@ -34,9 +34,37 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the system.
+
+    By default glibc serves every temporary of 32 MiB or more with fresh `mmap` memory and unmaps
+    it when freed, so each VAE encode or decode of a window pays about a million page faults, two
+    thirds of its time on a CPU (../shared/docs/startup-profile.md). With mmap off and trimming
+    only past 2 GiB, the README's one-step edit goes from 10.0 to 6.2 s on the 2-core CPU, for about
+    a quarter more peak RSS (bench/edit_steps.py). The same as
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=..., which must be set
+    before the process starts. Anything but glibc (musl, macOS) is left as it is, and so is glibc
+    with MUSICGUIDE_SYSTEM_MALLOC=1 (for a machine short of memory, and for the bench's baseline)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("MUSICGUIDE_SYSTEM_MALLOC") == "1":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_now)
+    _keep_freed_memory()
     from musicguide.cli import main as run
 
     for signum in (signal.SIGINT, signal.SIGTERM):

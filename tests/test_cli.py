@@ -230,3 +230,41 @@ def test_answers_that_need_no_model_do_not_import_torch(args):
     spec.loader.exec_module(startup)
     done = subprocess.run([sys.executable, "-c", startup.PROBE, "musicguide", *args], capture_output=True, text=True)
     assert done.stderr.strip().splitlines()[-1] == "False", done.stderr[-2000:]
+
+
+def test_loading_the_demo_model_does_not_import_torch_dynamo():
+    """Issue 22: arithmetic on `meta` tensors (the rotary frequencies of a model built to be loaded)
+    imported torch._dynamo, about a second of every edit's start-up."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom musicguide.registry import load_model\nload_model('demo')\n"
+             "print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr[-2000:]
+
+
+def test_the_entry_point_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    """Issue 22: glibc is asked (mallopt) to reuse freed memory rather than unmap it; the switch
+    MUSICGUIDE_SYSTEM_MALLOC=1 leaves the allocator alone."""
+    import ctypes
+    import sys
+
+    import musicguide.__main__ as entry
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("MUSICGUIDE_SYSTEM_MALLOC", raising=False)
+    entry._keep_freed_memory()
+    assert calls == [(-4, 0), (-1, 2**31 - 1)]
+    calls.clear()
+    monkeypatch.setenv("MUSICGUIDE_SYSTEM_MALLOC", "1")
+    entry._keep_freed_memory()
+    assert calls == []

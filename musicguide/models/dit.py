@@ -52,6 +52,14 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.gamma, self.beta, self.eps)
 
 
+def inverse_frequencies(dim: int, base: float) -> Tensor:
+    """Rotary frequencies base^(-2i/dim), computed on the CPU and then moved to the default device:
+    arithmetic on `meta` tensors (a model built to be loaded) imports torch._dynamo, about a second
+    of every command's start-up; a copy to `meta` does not."""
+    frequencies = 1.0 / base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
+    return frequencies.to(torch.empty(0).device)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position angles for the first `dim` channels of each head (the rest are left alone).
 
@@ -59,7 +67,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, 2).float() / dim))
+        self.register_buffer("inv_freq", inverse_frequencies(dim, base))
 
     def forward(self, seq_len: int) -> Tensor:
         """Angles [seq_len, dim]: each frequency twice, matching the half-split rotation below."""

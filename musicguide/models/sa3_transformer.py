@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musicguide.models.dit import inverse_frequencies
+
 NORMS = ("layer_norm", "rms_norm", "dyt")
 QK_NORMS = ("none", "l2", "ln", "rms", "dyt")
 
@@ -112,7 +114,7 @@ class Rotary(nn.Module):
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)))
+        self.register_buffer("inv_freq", inverse_frequencies(dim, base))
 
     def forward(self, length: int) -> Tensor:
         angles = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)[:, None] * self.inv_freq
