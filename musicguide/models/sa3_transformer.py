@@ -258,7 +258,9 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, options.ff_mult, options.ff_bias, sinusoidal)
         self.ff_scale = LayerScale(dim) if options.layer_scale else nn.Identity()
         if adaln:
-            self.to_scale_shift_gate = nn.Parameter(torch.randn(6 * dim) / dim**0.5)
+            # on the CPU, then to the default device: no arithmetic on `meta` (dit.inverse_frequencies)
+            initial = torch.randn(6 * dim, device="cpu") / dim**0.5
+            self.to_scale_shift_gate = nn.Parameter(initial.to(torch.empty(0).device))
         self.rope = Rotary(dim_heads // 2) if options.add_rope else None
 
     def forward(self, x: Tensor, *, context: Tensor | None = None, angles: Tensor | None = None,

@@ -107,7 +107,9 @@ class ResamplingBlock(nn.Module):
                         if in_channels != out_channels else nn.Identity())
         self.transformers = nn.ModuleList(TransformerBlock(dim, config.dim_heads, block_options(config),
                                                            sinusoidal=depth - i < sinusoidal_blocks) for i in range(depth))
-        self.new_tokens = nn.Parameter(1e-5 * torch.randn(1, 1 if encoder else stride, dim))
+        # on the CPU, then to the default device: no arithmetic on `meta` (dit.inverse_frequencies)
+        initial = 1e-5 * torch.randn(1, 1 if encoder else stride, dim, device="cpu")
+        self.new_tokens = nn.Parameter(initial.to(torch.empty(0).device))
         # tokens per group: the inputs, then the new ones
         self.inputs, self.outputs = (stride, 1) if encoder else (1, stride)
         self.window = (None if config.sliding_window is None
