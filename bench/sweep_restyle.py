@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicguide import restyle as restyling
-from musicguide import edit, losses  # noqa: E402
+from musicguide import defaults, edit, losses  # noqa: E402
 from musicguide.audio import load_audio, rms_db  # noqa: E402
 from musicguide.musicnn import load_musicnn  # noqa: E402
 from musicguide.registry import load_model  # noqa: E402
@@ -82,9 +82,9 @@ def main() -> None:
           "seam level jump dB | flagged | s/run |")
     print("|---|---|---|---|---|---|---|---|")
     for value in [float(v) for v in args.values.split(",")]:
-        style = value if args.term == "style" else restyling.DEFAULT_STYLE_GUIDANCE
-        keep = value if args.term == "keep" else restyling.DEFAULT_KEEP
-        xi_context = value if args.term == "context" else restyling.DEFAULT_CONTEXT_GUIDANCE
+        style = value if args.term == "style" else defaults.DEFAULT_STYLE_GUIDANCE
+        keep = value if args.term == "keep" else defaults.DEFAULT_KEEP
+        xi_context = value if args.term == "context" else defaults.DEFAULT_CONTEXT_GUIDANCE
         settings = edit.SamplerSettings(steps=args.steps, guidance=style, loss_space="audio", seed=0)
         started = time.perf_counter()
         runs = [restyle_once(model, net, song, args.tag, settings, keep, xi_context, context) for _, song in songs]

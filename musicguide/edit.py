@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import tasks
+from .defaults import DEFAULT_STRENGTH
 from .errors import UserError
 from .levels import LevelShift, working_level
 from .losses import audio_loss, latent_loss
@@ -343,7 +344,7 @@ def _result(songs: Tensor, windows: list[Window], seams: list[int], reference: T
     return EditResult(list(songs), windows, reports, loss)
 
 
-def regenerate(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, strength: float = tasks.DEFAULT_STRENGTH,
+def regenerate(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, strength: float = DEFAULT_STRENGTH,
                **kwargs) -> EditResult:
     return infill(model, song, start, end, settings, strength=strength, **kwargs)
 
@@ -383,7 +384,7 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
 
 
 def transition(model, first: Tensor, second: Tensor, overlap: int, settings: SamplerSettings, *,
-               strength: float = tasks.DEFAULT_STRENGTH, **kwargs) -> EditResult:
+               strength: float = DEFAULT_STRENGTH, **kwargs) -> EditResult:
     """Join two tracks: their constant-power crossfade over `overlap` samples is the target, and
     regenerating the overlap turns the crossfade into a transition."""
     if not 0 < overlap <= min(first.shape[-1], second.shape[-1]):
@@ -421,7 +422,7 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
 MIN_LOOP_SECONDS = 0.5
 
 
-def loop(model, region: Tensor, regenerate: int, settings: SamplerSettings, *, strength: float = tasks.DEFAULT_STRENGTH,
+def loop(model, region: Tensor, regenerate: int, settings: SamplerSettings, *, strength: float = DEFAULT_STRENGTH,
          variations: int = 1, context: int | None = None, reference: Tensor | None = None,
          callback: Callback | None = None) -> EditResult:
     """A seamless loop of `region` [channels, L]: its last `regenerate` samples are regenerated so

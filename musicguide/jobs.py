@@ -300,18 +300,25 @@ class Timing:
     beats_per_bar: int | None = None
     snap: bool = False
     song: Path | None = None
+    audio: object = None  # or the song as an `audio.SongArray`
     _grid: object = field(default=None, repr=False)
 
     def grid(self):
         if self._grid is None:
-            from .audio import load_audio
+            from .audio import _to_channels, load_audio, resample
             from .beat_tracking import track_beats
             from .timespec import parse_time
 
-            if self.song is None:
+            if self.audio is not None:  # mono at 44.1 kHz, as load_audio gives it from a file
+                import torch
+
+                mono, _ = _to_channels(self.audio.audio.numpy().T, 1)
+                audio = resample(torch.from_numpy(mono.T.copy()), self.audio.sample_rate, 44100)
+            elif self.song is None:
                 raise UserError("bar and beat times need a song")
-            probe_input(self.song)
-            audio, _ = load_audio(self.song, sample_rate=44100, channels=1)
+            else:
+                probe_input(self.song)
+                audio, _ = load_audio(self.song, sample_rate=44100, channels=1)
             downbeat = None if self.downbeat is None else parse_time(self.downbeat, "--downbeat")
             self._grid = track_beats(audio, 44100, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
         return self._grid

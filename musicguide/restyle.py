@@ -18,18 +18,12 @@ from .losses import latent_loss
 from .splice import cut_window
 from .timespec import whole_frames
 
-# Restyle's terms: the style loss through decoder and tagger (its gradient is tiny), the latent L1
-# on the context frames (the same term as an infill's; its ξ was chosen by restyle's own sweep in
-# docs/guidance.md, and stayed when the edits' latent ξ moved to 0.005), and --keep's log-mel
-# envelope distance (summed over mel bands and ~128 ms frames).
-DEFAULT_STYLE_GUIDANCE = 100.0
-DEFAULT_CONTEXT_GUIDANCE = 3e-2
-DEFAULT_KEEP = 1.0
+from .defaults import DEFAULT_CONTEXT_GUIDANCE, DEFAULT_KEEP, RESTYLE_STRENGTH, check_strength
 
 
 def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *,
             style_loss: Callable[[Tensor], Tensor], structure: Callable[[Tensor], Tensor] | None = None,
-            keep: float = DEFAULT_KEEP, context_guidance: float | None = None, strength: float = 0.6,
+            keep: float = DEFAULT_KEEP, context_guidance: float | None = None, strength: float = RESTYLE_STRENGTH,
             match_level: bool = True, variations: int = 1, context: int | None = None, offset: int = 0,
             song_length: int | None = None, callback: Callback | None = None) -> EditResult:
     """Steer song[:, start:end] toward a style (paper's Table 2, embedding/classifier guidance).
@@ -46,7 +40,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
     songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
     _check_region(songs[0], start, end, model.sample_rate)
-    tasks.check_strength(strength)
+    check_strength(strength)
     if not keep >= 0 or not math.isfinite(keep):
         raise UserError(f"--keep must be a finite number >= 0, got {keep}")
     xi_context = DEFAULT_CONTEXT_GUIDANCE if context_guidance is None else context_guidance

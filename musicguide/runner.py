@@ -9,17 +9,14 @@ length, and nothing appears on disk unless every output of the run is complete.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import secrets
-import time
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import __version__
 from .errors import UserError
 from .timespec import check_seconds
 
@@ -174,7 +171,7 @@ def pick_dtype(precision: str, device):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-# While a batch runs, each (model, device, precision) is loaded once and kept here.
+# While a batch runs, each (model, device, precision) is loaded once, as an `api.Editor`, and kept here.
 _HELD: dict | None = None
 
 
@@ -190,40 +187,28 @@ def models_held() -> Iterator[None]:
 
 
 def load_model(common: Common, say: Callable[[str], None]):
+    """The `api.Editor` holding the model that `common` names (loaded once while models are held)."""
     key = (common.model, common.device, common.precision)
     if _HELD is not None and key in _HELD:
         return _HELD[key]
-    loaded = _load_model(common, say)
+    editor = _load_model(common, say)
     if _HELD is not None:
-        _HELD[key] = loaded
-    return loaded
+        _HELD[key] = editor
+    return editor
 
 
 def _load_model(common: Common, say: Callable[[str], None]):
-    import torch
+    from .api import Editor
 
-    from .registry import load_model as load
-
-    device = pick_device(common.device)
-    dtype = pick_dtype(common.precision, device)
-    if device.type == "cuda":
-        # --seed promises bit-for-bit results on the same device: cuDNN must not pick kernels by timing
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    if common.quiet:
-        from huggingface_hub.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    model, resolved = load(common.model, device=device, dtype=dtype)
-    model.eval().requires_grad_(False)
-    if resolved.kind == "builtin":
-        say(f"[yellow]model {resolved.name}: {resolved.description}[/yellow]")
-    return model, resolved, device
+    editor = Editor.from_pretrained(common.model, device=common.device, precision=common.precision, quiet=common.quiet)
+    if editor.resolved.kind == "builtin":
+        say(f"[yellow]model {editor.resolved.name}: {editor.resolved.description}[/yellow]")
+    return editor
 
 
-def prompted(model, resolved, common: Common) -> tuple[object, dict]:
+def prompted(model, resolved, common: Common, cache: dict | None = None) -> tuple[object, dict]:
     """With --prompt, the model whose `denoise` runs classifier-free guidance on the prompt's
-    tokens (encoded once; held across a batch), and what the sidecar records of it."""
+    tokens (encoded once per `cache`), and what the sidecar records of it."""
     if common.prompt is None:
         return model, {}
     if getattr(model, "family", None) == "sa3":
@@ -231,14 +216,14 @@ def prompted(model, resolved, common: Common) -> tuple[object, dict]:
                         "not built); edit without a prompt")
     from .text import Prompted, encode_prompts, text_encoder_entry, text_conditioner
 
-    key = ("text", common.model, common.prompt, common.negative_prompt)
-    tokens = _HELD.get(key) if _HELD is not None else None
+    key = (common.prompt, common.negative_prompt)
+    tokens = cache.get(key) if cache is not None else None
     if tokens is None:
         # MUSICGUIDE_TEXT_ENCODER: a local T5 folder instead of the pinned Hub download (offline use)
         tokens = encode_prompts(model, common.prompt, common.negative_prompt, model_folder=resolved.folder,
                                 encoder_folder=os.environ.get("MUSICGUIDE_TEXT_ENCODER"))
-        if _HELD is not None:
-            _HELD[key] = tokens
+        if cache is not None:
+            cache[key] = tokens
     scale = DEFAULT_CFG if common.cfg is None else common.cfg
     entry = text_encoder_entry(text_conditioner(model.config).t5_model_name)
     record = {"text": {"prompt": common.prompt, "negative_prompt": common.negative_prompt, "cfg_scale": scale,
@@ -260,14 +245,6 @@ class Run:
 
     verb: str
     outputs: list[dict] = field(default_factory=list)
-
-
-@contextmanager
-def opened(paths: list[Path], sample_rate: int, channels: int) -> Iterator[list]:
-    from .audio import SongFile
-
-    with ExitStack() as stack:
-        yield [stack.enter_context(SongFile(p, sample_rate, channels)) for p in paths]
 
 
 def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *, plot: bool = False):
@@ -299,7 +276,7 @@ def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *
 def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, model) -> None:
     """Before sampling: room for the outputs at their largest (every input's length plus the
     seconds a continuation or a generation adds, at 4 bytes a sample), so that a full disk is
-    found now, not after the work. `write_outputs` checks the exact size again."""
+    found now, not after the work. Writing checks the exact size again."""
     from .atomic import check_free_space
 
     added = edit_settings.get("seconds", 0.0)
@@ -307,111 +284,51 @@ def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, 
     check_free_space(paths[0].parent, len(paths) * samples * model.audio_channels * 4 + 2**20)
 
 
-def run_edit(verb: str, common: Common, inputs: list[Path], edit: Callable, runs, edit_settings: dict, *,
-             progress, say: Callable[[str], None], plot: bool = False, timing=None, reads: tuple = ()) -> Run:
-    """Check, reserve the outputs, load, run `edit(model, sources, settings, begin) -> Edited`,
-    write and publish. `runs` is how many sampling runs the edit takes (a number, or a function
-    of the model and the sources); `progress(total, label)` is a context manager yielding the
-    step callback, and the edit enters `begin()` (that context) around its sampling. With `plot`,
-    a picture of each output is written beside it; `timing` (jobs.Timing) adds its beat grid.
-    `reads` are the other files the command reads (--like clips, a batch's jobs file): like the
-    inputs, no output may name one of them, even with --overwrite."""
+# The options of `Common` that an edit takes (the rest say where and how to write, and what to print).
+EDIT_OPTIONS = ("steps", "guidance", "sampler", "eta", "seed", "variations", "loss_space", "consistency", "context",
+                "prompt", "negative_prompt", "cfg")
+
+
+def edit_options(common: Common, timing=None) -> dict:
+    """The keyword arguments of an `api.Editor` method for these command-line options."""
+    options = {key: getattr(common, key) for key in EDIT_OPTIONS}
+    options["seed"] = settings_for(common).seed  # drawn here when not given, so that it is reported
+    if timing is not None:
+        options.update(bpm=timing.bpm, downbeat=timing.downbeat, beats_per_bar=timing.beats_per_bar, snap=timing.snap)
+    return options
+
+
+def run_edit(verb: str, common: Common, inputs: list[Path], call: Callable, *, progress, say: Callable[[str], None],
+             plot: bool = False, timing=None, reads: tuple = ()) -> Run:
+    """Check, reserve the outputs, load the model (an `api.Editor`), run `call(editor, **options)`
+    (an Editor method with the command's own arguments bound), write each variation and its
+    sidecar into the reserved files, and publish them together. `progress(total, label)` is a
+    context manager yielding the sampler's step callback. With `plot`, a picture of each output
+    is written beside it. `reads` are the other files the command reads (--like clips, a batch's
+    jobs file): like the inputs, no output may name one of them, even with --overwrite."""
     from .audio import amplitude_to_db
 
-    paths, infos, outputs = check_before_work(verb, common, inputs, reads, plot=plot)
-    settings = settings_for(common)
+    paths, _, outputs = check_before_work(verb, common, inputs, reads, plot=plot)
     with outputs:
         outputs.reserve()  # checks again: a name may have appeared since
-        model, resolved, device = load_model(common, say)
-        settings = settings.for_model(model)
-        model, text = prompted(model, resolved, common)
-        with opened(inputs, model.sample_rate, model.audio_channels) as sources:
-            for info, source in zip(infos, sources):
-                for note in source.info.conversions:
-                    say(f"[dim]{Path(info.path).name}: {note}[/dim]")
-            started = time.perf_counter()
-            total_runs = runs(model, sources) if callable(runs) else runs
-            label = f"{verb} ({settings.sampler}, seed {settings.seed})"
-
-            def begin():  # the edit checks its inputs first, and enters this when sampling starts
-                check_free_space_for(paths, sources, edit_settings, model)
-                return progress(total_runs * settings.steps, label)
-
-            edited = edit(model, sources, settings, begin)
-            elapsed = time.perf_counter() - started
-            context = {"verb": verb, "common": common, "settings": settings, "model": model, "resolved": resolved,
-                       "device": device, "sources": sources, "edit_settings": edit_settings, "elapsed": elapsed,
-                       "plot": plot, "beats": {} if timing is None else timing.sidecar(), "text": text}
-            run = write_outputs(outputs, paths, edited, context)
-            for source in sources:  # every sample has been read by now (the output streams the song)
+        editor = load_model(common, say)
+        result = call(editor, **edit_options(common, timing), progress=progress,
+                      before_sampling=lambda sources, edit_settings, model: check_free_space_for(
+                          paths, sources, edit_settings, model))
+        with result:
+            for item in result.sidecar.inputs:
+                for note in item["conversions"]:
+                    say(f"[dim]{Path(item['path']).name}: {note}[/dim]")
+            run = Run(verb)
+            sample_format = common.sample_format
+            for path, variation in zip(paths, result.variations):
+                saved = variation.write_into(outputs, path, sample_format=sample_format, plot=plot)
+                run.outputs.append({"path": str(path), "sidecar": str(sidecar_path(path)),
+                                    "seconds": variation.sidecar.seconds, "saved": saved, "seams": variation.seams})
+            for source in result.sources:  # every sample has been read by now (the output streams the song)
                 if source.peak > HOT_PEAK:
                     say(f"[yellow]warning: {source.path.name} has samples up to {amplitude_to_db(source.peak):+.1f} "
                         "dBFS, far beyond full scale; they were edited at the model's working level and written "
                         "back at the file's own (is the file scaled right?)[/yellow]")
         outputs.publish()
     return run
-
-
-def write_outputs(outputs, paths: list[Path], edited: Edited, context: dict) -> Run:
-    """Every output and its sidecar into their reserved temporary files (nothing published yet)."""
-    from .atomic import check_free_space
-    from .writing import DEFAULT_SUBTYPE, PCM_BITS, _piece_length, output_subtype, write_song
-
-    common, model, sources = context["common"], context["model"], context["sources"]
-    inputs = [source.info for source in sources]
-    run = Run(context["verb"])
-    subtypes = [output_subtype(inputs, p) if common.sample_format == "auto" else common.sample_format for p in paths]
-    lengths = [sum(_piece_length(piece) for piece in pieces) for pieces in edited.pieces]
-    bytes_per_sample = [PCM_BITS.get(s, 32) // 8 for s in subtypes]
-    check_free_space(paths[0].parent, sum(n * model.audio_channels * b for n, b in zip(lengths, bytes_per_sample)) + 2**20)
-    for i, (path, pieces, subtype) in enumerate(zip(paths, edited.pieces, subtypes)):
-        saved: list = []
-        outputs.write(path, lambda temporary: saved.append(
-            write_song(temporary, pieces, model.sample_rate, subtype or DEFAULT_SUBTYPE, named=path)))
-        sidecar = {**_sidecar(context, i, saved[0], lengths[i], edited.result, outputs.temporary(path)),
-                   **(edited.extra[i] if edited.extra else {})}
-        if context["plot"]:
-            outputs.write(path.with_suffix(".png"), lambda temporary: _picture(temporary, edited, i, model.sample_rate, path))
-        outputs.write(sidecar_path(path), lambda temporary: temporary.write_text(json.dumps(sidecar, indent=2) + "\n"))
-        run.outputs.append({"path": str(path), "sidecar": str(sidecar_path(path)), "seconds": lengths[i] / model.sample_rate,
-                            "saved": saved[0], "seams": edited.result.seams[i]})
-    return run
-
-
-def _picture(temporary: Path, edited: Edited, i: int, sample_rate: int, path: Path) -> None:
-    """The edit's picture: the excerpt the model saw, before and after, on the song's time axis."""
-    from .plot import draw_edit, save_png
-
-    before, after, start = edited.views[i]
-    result = edited.result
-    region = (min(w.edit_start for w in result.windows) / sample_rate - start,
-              max(w.edit_end for w in result.windows) / sample_rate - start) if result.windows else None
-    seams = [replace(s, seconds=s.seconds - start) for s in result.seams[i]]
-    figure = draw_edit(before, after, sample_rate, region=region, seams=seams, time_origin=start, title=path.name)
-    save_png(figure, temporary)
-
-
-def _sidecar(context: dict, i: int, saved, length: int, result, written: Path) -> dict:
-    common, settings, model, resolved = context["common"], context["settings"], context["model"], context["resolved"]
-    sr = model.sample_rate
-    return {
-        "musicguide": __version__,
-        "command": context["verb"],
-        "inputs": [{**s.info.to_dict(), "path": str(s.path.resolve()), "sha256": sha256(s.path)} for s in context["sources"]],
-        "model": {"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
-                  "folder": None if resolved.folder is None else str(resolved.folder), "objective": model.objective},
-        "settings": {**settings.to_dict(), **context["edit_settings"], "variation": i + 1,
-                     "variations": common.variations, "device": str(context["device"]), "context_s": common.context,
-                     "precision": common.precision, "dtype": str(model.dtype).removeprefix("torch.")},
-        "seed": settings.seed,
-        "windows": [w.to_dict(sr) for w in result.windows],
-        "seams": [s.to_dict() for s in result.seams[i]],
-        "guidance_loss_final": result.guidance_loss,
-        **({"level_gain_db": result.level_gain_db[i]} if result.level_gain_db else {}),
-        **context["beats"],
-        **context["text"],
-        # the audio this sidecar describes: a script can check that the pair belongs together
-        "output": {**saved.to_dict(), "sha256": sha256(written)},
-        "seconds": length / sr,
-        "elapsed_s": round(context["elapsed"], 3),
-    }

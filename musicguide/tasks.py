@@ -12,19 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import UserError
 from .operators import TimeMask
 from .splice import crossfade
 
-# The paper's regeneration strength: the free region starts as 85 % noise, 15 % original.
-DEFAULT_STRENGTH = 0.85
-
-
-def check_strength(strength: float, what: str = "--strength") -> float:
-    """How much noise a start holds: 0 < k ≤ 1 (the one check; the CLI calls it before any work)."""
-    if not 0 < strength <= 1:
-        raise UserError(f"{what} must be in (0, 1], got {strength}")
-    return strength
+from .defaults import DEFAULT_STRENGTH, check_strength
 
 
 @dataclass(frozen=True)

@@ -84,11 +84,22 @@ def platform() -> dict:
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+# Reductions split their sums by thread: the record is made, and compared, with this many.
+THREADS = 2
+
+
 def run_case(name: str, folder: Path, run) -> list[dict]:
     """Run one case with `run(argv) -> (status, stderr)` in `folder`; its outputs described."""
+    import torch
+
     files = inputs(folder)
     out = folder / f"{name}.wav"
-    code, err = run(command_line(name, files, out))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        code, err = run(command_line(name, files, out))
+    finally:
+        torch.set_num_threads(threads)
     if code != 0:
         raise AssertionError(f"{name}: exit {code}: {err}")
     variations = 2 if "--variations" in CASES[name] else 1

@@ -184,13 +184,17 @@ def test_decoder_only_training_leaves_the_encoder_and_so_the_latents_alone(tmp_p
     config = VAETrainConfig.for_preset("tiny", steps=4, batch_size=2, segment_samples=8192, warmup_steps=1,
                                        val_every=4, log_every=2, checkpoint_every=4, val_examples=2,
                                        train_encoder=False, stft_sizes=LONG_STFT_SIZES[1:])
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train_vae(tmp_path, tmp_path / "first", VAETrainConfig.for_preset("tiny", steps=2, batch_size=2,
-                                                                     segment_samples=8192, val_every=2,
-                                                                     log_every=1, checkpoint_every=2,
-                                                                     val_examples=2),
-              device="cpu", holdout=["song_1.wav"])
-    train_vae(tmp_path, tmp_path / "second", config, device="cpu", holdout=["song_1.wav"], init=tmp_path / "first")
+    try:
+        train_vae(tmp_path, tmp_path / "first", VAETrainConfig.for_preset("tiny", steps=2, batch_size=2,
+                                                                         segment_samples=8192, val_every=2,
+                                                                         log_every=1, checkpoint_every=2,
+                                                                         val_examples=2),
+                  device="cpu", holdout=["song_1.wav"])
+        train_vae(tmp_path, tmp_path / "second", config, device="cpu", holdout=["song_1.wav"], init=tmp_path / "first")
+    finally:
+        torch.set_num_threads(threads)
     from safetensors.torch import load_file
     before, after = load_file(tmp_path / "first" / "vae.safetensors"), load_file(tmp_path / "second" / "vae.safetensors")
     encoder = [k for k in before if ".encoder." in k]

@@ -31,8 +31,19 @@ def test_every_command_writes_what_it_wrote_before(name, tmp_path, monkeypatch, 
 
     got = golden.run_case(name, tmp_path, run)
     want = RECORD["cases"][name]
-    assert [g["sidecar"] for g in got] == [w["sidecar"] for w in want]
+    differences = [d for g, w in zip(got, want) for d in _differences(g["sidecar"], w["sidecar"])]
+    assert len(got) == len(want) and not differences, differences[:10]
     assert [(g["shape"], g["samples_sha256"]) for g in got] == [(w["shape"], w["samples_sha256"]) for w in want]
+
+
+def _differences(got, want, where: str = "") -> list[str]:
+    """Where two JSON values differ, as paths with both values."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        return [d for key in sorted(set(got) | set(want))
+                for d in _differences(got.get(key, "<missing>"), want.get(key, "<missing>"), f"{where}.{key}")]
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        return [d for i, (g, w) in enumerate(zip(got, want)) for d in _differences(g, w, f"{where}[{i}]")]
+    return [] if got == want else [f"{where}: {got!r} != {want!r}"]
 
 
 def test_the_record_covers_every_edit_command():

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
 
-from .. import jobs, runner
+from .. import runner
 from ..errors import UserError
 from ..jobs import Timing
-from ..timespec import check_duration
 from ..runner import Common
+from ..defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, GENERATE_SECONDS, RESTYLE_STRENGTH, TRANSITION_SECONDS,
+                        check_strength)
+from ..timespec import check_duration
 from .app import STATE, err, out
 from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
 
@@ -44,17 +45,18 @@ def _progress(quiet: bool, total: int, label: str) -> Iterator:
     err.print(f"{label}: {done.completed:.0f}/{total} steps in {done.elapsed:.1f} s")
 
 
-def _run(verb: str, common: Common, inputs: list[Path], edit, runs, edit_settings: dict, timing: Timing | None = None,
+def _run(verb: str, common: Common, inputs: list[Path], call, timing: Timing | None = None,
          reads: list[Path] = ()) -> None:
+    """Run `call(editor, **options)`, an `api.Editor` method with the command's own arguments
+    bound, through the runner (outputs reserved, written and published together), and report."""
     quiet = common.quiet or common.as_json
 
     def say(text: str) -> None:
         if not quiet:
             err.print(text)
 
-    run = runner.run_edit(verb, common, inputs, edit, runs, edit_settings,
-                          progress=lambda total, label: _progress(quiet, total, label), say=say, plot=common.plot,
-                          timing=timing, reads=(*reads, *STATE["reads"]))
+    run = runner.run_edit(verb, common, inputs, call, progress=lambda total, label: _progress(quiet, total, label),
+                          say=say, plot=common.plot, timing=timing, reads=(*reads, *STATE["reads"]))
     if STATE["runs"] is not None:  # a batch job: the batch reports
         STATE["runs"].append(run)
         return
@@ -83,26 +85,6 @@ def _report(output: dict) -> None:
                       f"spectrum {seam.spectral_distance_db.value:.1f} dB); listen there[/yellow]")
 
 
-def _region(start: str, end: str, timing: Timing, song: Path) -> tuple[float, float]:
-    timing.song = song
-    a, b = timing.seconds(start, "--start"), timing.seconds(end, "--end")
-    if a >= b:
-        raise UserError(f"--start ({start}) must be before --end ({end})"
-                        + (f": with --snap both are at the beat at {a:.3f} s" if timing.snap else ""))
-    return a, b
-
-
-# A bar's end from the beat grid may fall a little past the song's last sample (the grid is
-# extrapolated at the tempo); within this, `loop --bars` ends at the last sample instead of refusing.
-BAR_END_TOLERANCE_S = 0.05
-
-
-def _strength(value: float) -> float:
-    from ..tasks import check_strength
-
-    return check_strength(value)
-
-
 # ---- commands ------------------------------------------------------------------------------------
 
 
@@ -115,8 +97,7 @@ def infill(
     timing: Timing,
 ) -> None:
     """Replace a stretch of the song with new music that fits what comes before and after."""
-    a, b = _region(start, end, timing, song)
-    _run("infill", common, [song], jobs.region_edit(common, a, b, None), 1, {"start_s": a, "end_s": b}, timing)
+    _run("infill", common, [song], lambda editor, **options: editor.infill(song, start, end, **options), timing)
 
 
 @edit_command(beats=True)
@@ -126,12 +107,12 @@ def regenerate(
     end: Annotated[str, typer.Option(help="End of the section.")],
     common: Common,
     timing: Timing,
-    strength: Annotated[float, typer.Option(help="How much noise replaces the original (0 < k ≤ 1; 1 = infill).")] = 0.85,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the original (0 < k ≤ 1; 1 = infill).")] = DEFAULT_STRENGTH,
 ) -> None:
     """Redo a section as a variation of itself: it starts from a mix of noise and the original."""
-    a, b = _region(start, end, timing, song)
-    _run("regenerate", common, [song], jobs.region_edit(common, a, b, _strength(strength)), 1,
-         {"start_s": a, "end_s": b, "strength": strength}, timing)
+    check_strength(strength)
+    _run("regenerate", common, [song],
+         lambda editor, **options: editor.regenerate(song, start, end, strength=strength, **options), timing)
 
 
 @edit_command(beats=True)
@@ -143,37 +124,12 @@ def loop(
     end: Annotated[Optional[str], typer.Option(help="Where it ends (or give --bars).")] = None,
     bars: Annotated[Optional[float], typer.Option(help="The loop's length in bars, from --start.")] = None,
     length: Annotated[Optional[float], typer.Option(help="Seconds at the loop's end to regenerate (default: a bar with --bars, else min(2 s, a quarter of the loop)).")] = None,
-    strength: Annotated[float, typer.Option(help="How much noise replaces the original end (0 < k ≤ 1).")] = 0.85,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the original end (0 < k ≤ 1).")] = DEFAULT_STRENGTH,
 ) -> None:
     """Write a seamless loop of a region: its end is regenerated so that it flows back into its start."""
-    from ..edit import MIN_LOOP_SECONDS
-
-    if (end is None) == (bars is None):
-        raise UserError("loop needs --end or --bars (one of them)")
-    if bars is not None and not 0 < bars <= 1000:
-        raise UserError(f"--bars must be a positive number of bars up to 1000, got {bars:g}")
-    timing.song = song
-    a = timing.seconds(start, "--start")
-    if bars is not None:
-        b = timing.grid().bars_after(a, bars)
-        duration = runner.probe_input(song).duration
-        if duration < b <= duration + BAR_END_TOLERANCE_S:
-            b = duration  # the last bar, whose end the grid puts a few ms past the last sample
-        if b > duration:
-            raise UserError(f"--bars {bars:g} from --start {start} ends at {b:.3f} s, past the end of the song "
-                            f"({duration:.3f} s)")
-        if length is None:
-            length = min(timing.grid().bars_after(a, 1) - a, (b - a) / 2)
-    else:
-        b = timing.seconds(end, "--end")
-    if a >= b:
-        raise UserError(f"--start ({start}) must be before the loop's end ({b:.3f} s)")
-    if b - a < MIN_LOOP_SECONDS:
-        raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
-    if length is not None:
-        check_duration(length, "--length")
-    _run("loop", common, [song], jobs.loop_edit(common, a, b, length, _strength(strength)), 1,
-         {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing)
+    check_strength(strength)
+    _run("loop", common, [song], lambda editor, **options: editor.loop(
+        song, start, end, bars=bars, length=length, strength=strength, **options), timing)
 
 
 @edit_command("continue")
@@ -183,11 +139,8 @@ def continue_(
     common: Common,
 ) -> None:
     """Add music after the end of the song, in overlapping chunks when it is longer than the model's window."""
-    from .. import edit
-
     check_duration(seconds, "--seconds")
-    _run("continue", common, [song], jobs.continue_edit(common, seconds),
-         lambda model, sources: edit.continuation_chunks(model, seconds), {"seconds": seconds})
+    _run("continue", common, [song], lambda editor, **options: editor.continue_(song, seconds, **options))
 
 
 @edit_command()
@@ -195,24 +148,24 @@ def transition(
     first: Annotated[Path, typer.Argument(help="The track that plays first.")],
     second: Annotated[Path, typer.Argument(help="The track that follows.")],
     common: Common,
-    length: Annotated[float, typer.Option(help="Seconds of overlap the transition spans.")] = 8.0,
-    strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = 0.85,
+    length: Annotated[float, typer.Option(help="Seconds of overlap the transition spans.")] = TRANSITION_SECONDS,
+    strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = DEFAULT_STRENGTH,
 ) -> None:
     """Write a musical transition from one track into the next (their crossfade, regenerated)."""
     check_duration(length, "--length")
-    _run("transition", common, [first, second], jobs.transition_edit(common, length, _strength(strength)), 1,
-         {"length_s": length, "strength": strength})
+    check_strength(strength)
+    _run("transition", common, [first, second], lambda editor, **options: editor.transition(
+        first, second, length=length, strength=strength, **options))
 
 
 @edit_command(fixed={"guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None})
 def generate(
     common: Common,
-    seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = 10.0,
+    seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = GENERATE_SECONDS,
 ) -> None:
     """New music from the model alone (no input, no guidance)."""
     check_duration(seconds, "--seconds")
-    _run("generate", common, [], jobs.generate_edit(common, seconds), 1, {"seconds": seconds})
-
+    _run("generate", common, [], lambda editor, **options: editor.generate(seconds, **options))
 
 
 @edit_command(fixed={"loss_space": "audio"}, beats=True, guidance=STYLE_GUIDANCE)
@@ -223,8 +176,8 @@ def restyle(
     like: Annotated[Optional[list[Path]], typer.Option(help="Reference clip(s) whose style to move toward (embedding guidance).")] = None,
     toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
     away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
-    strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = 0.6,
-    keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = 1.0,
+    strength: Annotated[float, typer.Option(help="How far to noise the input first (SDEdit t, 0 < k ≤ 1): higher = freer.")] = RESTYLE_STRENGTH,
+    keep: Annotated[float, typer.Option(help="Step size of the input's log-mel envelope term (keeps rhythm and dynamics; 0: off).")] = DEFAULT_KEEP,
     match_level: Annotated[bool, typer.Option(help="Give the restyled region the input's RMS level (one gain, at most ±12 dB).")] = True,
     start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the whole song, in windows).")] = None,
     end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
@@ -234,16 +187,7 @@ def restyle(
     like, toward, away_from = like or [], toward or [], away_from or []
     if not (like or toward or away_from):
         raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
-    if not keep >= 0 or not math.isfinite(keep):
-        raise UserError(f"--keep must be a finite number >= 0, got {keep}")
-    timing.song = song
-    a = 0.0 if start is None else timing.seconds(start, "--start")
-    b = None if end is None else timing.seconds(end, "--end")
-    if b is not None and a >= b:
-        raise UserError(f"--start ({start}) must be before --end ({end})")
-    style = jobs.Style(like=like, toward=toward, away_from=away_from, tagger=tagger.value, strength=_strength(strength),
-                         keep=keep, match_level=match_level)
-    extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
-             "keep": keep, "start": start, "end": end, "tagger": tagger.value, "match_level": match_level}
-    _run("restyle", common, [song], jobs.restyle_edit(common, style, a, b),
-         lambda model, sources: jobs.restyle_chunk_count(model, sources, a, b), extra, timing, reads=like)
+    check_strength(strength)
+    _run("restyle", common, [song], lambda editor, **options: editor.restyle(
+        song, like=like, toward=toward, away_from=away_from, strength=strength, keep=keep, match_level=match_level,
+        start=start, end=end, tagger=tagger.value, **options), timing, reads=like)

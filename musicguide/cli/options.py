@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..defaults import DEFAULT_STYLE_GUIDANCE
 from ..jobs import Timing
 from .. import runner
 from ..runner import Common
@@ -133,4 +134,4 @@ class Tagger(str, Enum):
 
 TaggerOpt = Annotated[Tagger, typer.Option(help="musicnn tagger: MSD (genres, moods, eras) or MTT (instruments, tempo, mood).")]
 STYLE_GUIDANCE = (float, typer.Option(help="Step size ξ of the style term. Its gradient through decoder and tagger is "
-                                           "small, so it is far larger than an edit's; the context keeps the edits' ξ."), 100.0)
+                                           "small, so it is far larger than an edit's; the context keeps the edits' ξ."), DEFAULT_STYLE_GUIDANCE)
