@@ -237,7 +237,7 @@ class Editor:
 
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
             a, b = _region(start, end, timing)
-            return self._run("infill", common, sources, jobs.region_edit(common, a, b, None), 1,
+            return self._run("infill", common, sources, jobs.region_edit(common, a, b, None),
                              {"start_s": a, "end_s": b}, timing, options, hand_over)
 
     def regenerate(self, audio, start, end, *, strength: float = DEFAULT_STRENGTH, sample_rate: int | None = None,
@@ -247,18 +247,17 @@ class Editor:
 
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
             a, b = _region(start, end, timing)
-            return self._run("regenerate", common, sources, jobs.region_edit(common, a, b, check_strength(strength)), 1,
+            return self._run("regenerate", common, sources, jobs.region_edit(common, a, b, check_strength(strength)),
                              {"start_s": a, "end_s": b, "strength": strength}, timing, options, hand_over)
 
     def continue_(self, audio, seconds: float, *, sample_rate: int | None = None, **options) -> Result:
         """Add `seconds` of music after the end, in chunks of half the model's window when longer."""
-        from . import edit, jobs
+        from . import jobs
         from .timespec import check_duration
 
         check_duration(seconds, "--seconds")
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
-            return self._run("continue", common, sources, jobs.continue_edit(common, seconds),
-                             lambda model, songs: edit.continuation_chunks(model, seconds), {"seconds": seconds},
+            return self._run("continue", common, sources, jobs.continue_edit(common, seconds), {"seconds": seconds},
                              timing, options, hand_over)
 
     def transition(self, first, second, *, length: float = TRANSITION_SECONDS, strength: float = DEFAULT_STRENGTH, sample_rate: int | None = None,
@@ -270,7 +269,7 @@ class Editor:
         check_duration(length, "--length")
         with self._opened([first, second], sample_rate, options) as (common, sources, timing, hand_over):
             return self._run("transition", common, sources, jobs.transition_edit(common, length, check_strength(strength)),
-                             1, {"length_s": length, "strength": strength}, timing, options, hand_over)
+                             {"length_s": length, "strength": strength}, timing, options, hand_over)
 
     def generate(self, seconds: float = GENERATE_SECONDS, **options) -> Result:
         """New music from the model alone (no input, no guidance)."""
@@ -280,7 +279,7 @@ class Editor:
         check_duration(seconds, "--seconds")
         options = {**options, "guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None}
         with self._opened([], None, options) as (common, sources, timing, hand_over):
-            return self._run("generate", common, sources, jobs.generate_edit(common, seconds), 1, {"seconds": seconds},
+            return self._run("generate", common, sources, jobs.generate_edit(common, seconds), {"seconds": seconds},
                              timing, options, hand_over)
 
     def loop(self, audio, start, end=None, *, bars: float | None = None, length: float | None = None,
@@ -316,7 +315,7 @@ class Editor:
                 raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
             if length is not None:
                 check_duration(length, "--length")
-            return self._run("loop", common, sources, jobs.loop_edit(common, a, b, length, check_strength(strength)), 1,
+            return self._run("loop", common, sources, jobs.loop_edit(common, a, b, length, check_strength(strength)),
                              {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing, options, hand_over)
 
     def restyle(self, audio, *, like: list | tuple = (), toward: list | tuple = (), away_from: list | tuple = (),
@@ -345,8 +344,8 @@ class Editor:
                                strength=check_strength(strength), keep=keep, match_level=match_level)
             extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
                      "keep": keep, "start": start, "end": end, "tagger": tagger, "match_level": match_level}
-            return self._run("restyle", common, sources, jobs.restyle_edit(common, style, a, b),
-                             lambda model, songs: jobs.restyle_chunk_count(model, songs, a, b), extra, timing, options, hand_over)
+            return self._run("restyle", common, sources, jobs.restyle_edit(common, style, a, b), extra, timing, options,
+                             hand_over)
 
     # ---- how an edit runs ----------------------------------------------------------------------
 
@@ -387,8 +386,8 @@ class Editor:
         finally:
             stack.close()  # empty once the result has taken the songs over
 
-    def _run(self, verb: str, common, sources: list, edit: Callable, runs, edit_settings: dict, timing,
-             options: dict, hand_over: Callable) -> Result:
+    def _run(self, verb: str, common, sources: list, edit: Callable, edit_settings: dict, timing, options: dict,
+             hand_over: Callable) -> Result:
         """Run `edit(model, sources, settings, begin) -> jobs.Edited` with the progress the caller
         asked for; the result with one sidecar per variation."""
         from .runner import prompted, settings_for
@@ -396,15 +395,14 @@ class Editor:
         settings = settings_for(common).for_model(self.model)
         model, text = prompted(self.model, self.resolved, common, self._prompts)
         started = time.perf_counter()
-        total = (runs(model, sources) if callable(runs) else runs) * settings.steps
         label = f"{verb} ({settings.sampler}, seed {settings.seed})"
-        progress = options.get("progress") or (lambda total, label: _calling_back(options.get("callback"), total, label))
+        progress = options.get("progress") or (lambda label: _calling_back(options.get("callback"), label))
         before_sampling = options.get("before_sampling")
 
         def begin():  # the edit checks its inputs first, and enters this when sampling starts
             if before_sampling is not None:
                 before_sampling(sources, edit_settings, model)
-            return progress(total, label)
+            return progress(label)
 
         edited = edit(model, sources, settings, begin)
         elapsed = time.perf_counter() - started
@@ -467,8 +465,9 @@ def _region(start, end, timing) -> tuple[float, float]:
 
 
 @contextmanager
-def _calling_back(callback: ProgressCallback | None, total: int, label: str) -> Iterator:
-    """The sampler's step callback that calls `callback(done, total, info)`."""
+def _calling_back(callback: ProgressCallback | None, label: str) -> Iterator:
+    """The sampler's step callback that calls `callback(done, total, info)`; the total is the
+    edit's own plan (its runs times their steps), carried by every step."""
     if callback is None:
         yield None
         return
@@ -477,7 +476,8 @@ def _calling_back(callback: ProgressCallback | None, total: int, label: str) -> 
     def step(s) -> None:
         nonlocal done
         done += 1
-        callback(done, total, {"label": label, "step": s.i, "steps": s.steps, "t": s.t, "loss": s.loss})
+        callback(done, s.runs * s.steps, {"label": label, "step": s.i, "steps": s.steps, "run": s.run, "runs": s.runs,
+                                           "t": s.t, "loss": s.loss})
 
     yield step
 

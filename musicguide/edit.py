@@ -349,10 +349,12 @@ def regenerate(model, song: Tensor, start: int, end: int, settings: SamplerSetti
     return infill(model, song, start, end, settings, strength=strength, **kwargs)
 
 
-def continuation_chunks(model, seconds: float) -> int:
-    """How many sampling runs `continue_song` makes: each adds at most half the model's window."""
-    half = model.max_frames * model.downsampling_ratio // 2
-    return max(1, whole_frames(round(seconds * model.sample_rate), half))
+def run_callback(callback: Callback | None, run: int, runs: int) -> Callback | None:
+    """The callback of sampling run `run` of `runs`: its steps say which run they belong to, so
+    that a progress total comes from the edit's own plan."""
+    if callback is None:
+        return None
+    return lambda step: callback(replace(step, run=run, runs=runs))
 
 
 def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings, *, variations: int = 1,
@@ -366,6 +368,7 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
     final_length = song.shape[-1] + total_new
     songs = song[None].expand(variations, -1, -1)
     windows, seams, loss = [], [], None
+    runs = whole_frames(total_new, max_length // 2)  # each run adds at most half a window
     while songs.shape[-1] < final_length:
         have = songs.shape[-1]
         new = min(final_length - have, max_length // 2)
@@ -376,7 +379,7 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
         window = Window(at=have - ctx, length=length, edit_start=have, edit_end=have + new, free=(ctx // hop, length // hop))
         chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
         decoded, loss, window = sample_window(model, songs, window, chunk, seconds_total=(offset + final_length) / sr,
-                                      offset=offset, callback=callback)
+                                      offset=offset, callback=run_callback(callback, len(windows), runs))
         songs, chunk_seams = _splice_all(songs, decoded, window, sr)
         windows.append(window)
         seams += chunk_seams

@@ -192,15 +192,6 @@ class Style:
     match_level: bool
 
 
-def restyle_chunk_count(model, sources, start_s: float, end_s: float | None) -> int:
-    """How many sampling runs a restyle takes (for the progress bar)."""
-    from .restyle import restyle_chunks
-
-    sr = model.sample_rate
-    end = sources[0].length if end_s is None else min(seconds_to_samples(end_s, sr), sources[0].length)
-    return max(1, len(restyle_chunks(model, max(end - seconds_to_samples(start_s, sr), 1))) - 1)
-
-
 def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | None) -> Callable:
     from . import losses
     from . import restyle as restyling

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import tasks
 from .edit import (Callback, EditResult, SamplerSettings, Start, _check_region, _result, _splice_all,
-                   context_floor, plan_window, sample_window)
+                   context_floor, plan_window, run_callback, sample_window)
 from .errors import UserError
 from .losses import latent_loss
 from .splice import cut_window
@@ -100,7 +100,7 @@ def restyle_song(model, song: Tensor, start: int, end: int, settings: SamplerSet
     windows, positions, gains, loss = [], set(), [], None
     for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
         part = restyle(model, songs, a, b, replace(settings, seed=settings.seed + k), variations=variations,
-                       callback=callback, **kwargs)
+                       callback=run_callback(callback, k, len(cuts) - 1), **kwargs)
         songs = torch.stack(part.songs)
         windows += part.windows
         # a window's end seam lies inside the next window's new audio, unless it is the last window

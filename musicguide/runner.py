@@ -302,7 +302,7 @@ def run_edit(verb: str, common: Common, inputs: list[Path], call: Callable, *, p
              plot: bool = False, timing=None, reads: tuple = ()) -> Run:
     """Check, reserve the outputs, load the model (an `api.Editor`), run `call(editor, **options)`
     (an Editor method with the command's own arguments bound), write each variation and its
-    sidecar into the reserved files, and publish them together. `progress(total, label)` is a
+    sidecar into the reserved files, and publish them together. `progress(label)` is a
     context manager yielding the sampler's step callback. With `plot`, a picture of each output
     is written beside it. `reads` are the other files the command reads (--like clips, a batch's
     jobs file): like the inputs, no output may name one of them, even with --overwrite."""

@@ -55,7 +55,8 @@ class PasteKnown:
 
 @dataclass
 class Step:
-    """What a callback sees after each step."""
+    """What a callback sees after each step: step `i` of `steps`, in sampling run `run` of the
+    `runs` that the edit makes (a long continuation or restyle samples one window after another)."""
 
     i: int
     steps: int
@@ -63,6 +64,8 @@ class Step:
     x: Tensor
     x0: Tensor
     loss: float | None
+    run: int = 0
+    runs: int = 1
 
 
 @dataclass

@@ -28,15 +28,28 @@ def read_ints(path: Path) -> np.ndarray:
     return data
 
 
-def check_sidecar(path: Path, command: str) -> dict:
+def check_sidecar(path: Path, command: str, inputs: list[Path], **edit_settings) -> dict:
+    """The sidecar says what was asked (FAST's options, the command's own, the inputs) and what was
+    written (this file, its digest, its length)."""
+    from musicguide.edit import DEFAULT_GUIDANCE
+    from musicguide.runner import sha256
+
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["command"] == command
-    for key in ("inputs", "model", "settings", "seed", "windows", "seams", "output", "musicguide"):
-        assert key in meta
-    assert meta["model"]["name"] == "tiny-random"
-    assert meta["seed"] == 7 and meta["settings"]["seed"] == 7
-    for key in ("sampler", "steps", "guidance", "eta", "loss_space", "distance", "consistency", "device"):
-        assert key in meta["settings"]
+    assert meta["model"] == {"name": "tiny-random", "kind": "builtin", "repo": None, "revision": None, "folder": None,
+                             "objective": "v"}
+    assert meta["seed"] == 7
+    expected = {"sampler": "ddim", "steps": 3, "guidance": DEFAULT_GUIDANCE["latent"], "eta": 0.0,
+                "loss_space": "latent", "distance": "l1", "consistency": True, "seed": 7, "variation": 1,
+                "variations": 1, "device": "cpu", "context_s": 2.0, "precision": "auto", "dtype": "float32",
+                **edit_settings}
+    assert meta["settings"] == expected
+    assert [(i["path"], i["sha256"], i["frames"]) for i in meta["inputs"]] == \
+        [(str(p.resolve()), sha256(p), sf.info(p).frames) for p in inputs]
+    written = sf.info(path)
+    assert meta["output"]["path"] == str(path) and meta["output"]["sha256"] == sha256(path)
+    assert meta["output"]["subtype"] == written.subtype and meta["seconds"] == written.frames / SR
+    assert all(w["edit_start_s"] < w["edit_end_s"] for w in meta["windows"])
     return meta
 
 
@@ -49,8 +62,8 @@ def test_infill_keeps_everything_outside_the_gap(song_wav, tmp_path, monkeypatch
     a, b = 2 * SR - FADE, round(3.5 * SR) + FADE
     assert np.array_equal(edited[:a], original[:a]) and np.array_equal(edited[b:], original[b:])
     assert not np.array_equal(edited[2 * SR : round(3.5 * SR)], original[2 * SR : round(3.5 * SR)])
-    meta = check_sidecar(out, "infill")
-    assert meta["settings"]["start_s"] == 2 and meta["settings"]["end_s"] == 3.5
+    meta = check_sidecar(out, "infill", [song_wav], start_s=2.0, end_s=3.5)
+    assert [w["edit_start_s"] for w in meta["windows"]] == [2.0] and meta["windows"][0]["edit_end_s"] == 3.5
     assert len(meta["seams"]) == 2 and meta["output"]["subtype"] == "PCM_16"
     assert meta["inputs"][0]["sha256"] and meta["inputs"][0]["frames"] == original.shape[0]
 
@@ -72,7 +85,7 @@ def test_regenerate(song_wav, tmp_path, monkeypatch, capsys):
     assert edited.shape == original.shape
     assert np.array_equal(edited[: SR - FADE], original[: SR - FADE])
     assert np.array_equal(edited[2 * SR + FADE :], original[2 * SR + FADE :])
-    assert check_sidecar(out, "regenerate")["settings"]["strength"] == 0.5
+    check_sidecar(out, "regenerate", [song_wav], start_s=1.0, end_s=2.0, strength=0.5)
 
 
 def test_continue_across_chunks(song_wav, tmp_path, monkeypatch, capsys):
@@ -83,7 +96,7 @@ def test_continue_across_chunks(song_wav, tmp_path, monkeypatch, capsys):
     original, edited = read_ints(song_wav), read_ints(out)
     assert edited.shape == (original.shape[0] + 8 * SR, 2)
     assert np.array_equal(edited[: original.shape[0] - FADE], original[: original.shape[0] - FADE])
-    meta = check_sidecar(out, "continue")
+    meta = check_sidecar(out, "continue", [song_wav], seconds=8.0)
     assert len(meta["windows"]) == 2 and len(meta["seams"]) == 2
     assert meta["seconds"] == pytest.approx(6 + 8)
 
@@ -101,7 +114,7 @@ def test_transition(tmp_path, monkeypatch, capsys):
     keep_a = ia.shape[0] - overlap - FADE
     assert np.array_equal(io[:keep_a], ia[:keep_a])
     assert np.array_equal(io[ia.shape[0] + FADE :], ib[overlap + FADE :])
-    assert len(check_sidecar(out, "transition")["inputs"]) == 2
+    check_sidecar(out, "transition", [a, b], length_s=1.5, strength=0.85)
 
 
 def test_generate_length(tmp_path, monkeypatch, capsys):
@@ -138,6 +151,10 @@ def test_progress_and_message_without_quiet(song_wav, tmp_path, monkeypatch, cap
     assert code == 0, stderr
     assert str(out) in stdout.replace("\n", "")
     assert "3/3" in stderr  # the progress bar reached the last step
+    # a continuation in two runs: one bar, whose total is both runs' steps
+    code, _, stderr = run_cli(["continue", song_wav, "--seconds", "8", "-o", tmp_path / "c.wav", *args], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert "6/6 steps" in stderr and "3/3" not in stderr
 
 
 def long_song(tmp_path: Path) -> Path:

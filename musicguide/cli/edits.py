@@ -24,9 +24,10 @@ from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
 
 
 @contextmanager
-def _progress(quiet: bool, total: int, label: str) -> Iterator:
-    """A rich progress bar over sampling steps; yields the sampler callback. The bar is transient
-    and a summary line stays, so that an error ends on one line, not on a half-full bar."""
+def _progress(quiet: bool, label: str) -> Iterator:
+    """A rich progress bar over sampling steps; yields the sampler callback. Its total is the
+    edit's own plan, which every step carries (runs × steps). The bar is transient and a summary
+    line stays, so that an error ends on one line, not on a half-full bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     if quiet:
         yield None
@@ -34,15 +35,15 @@ def _progress(quiet: bool, total: int, label: str) -> Iterator:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(label, total=total, loss="")
+        task = progress.add_task(label, total=None, loss="")
 
         def callback(step) -> None:
             loss = "" if step.loss is None else f"d={step.loss:.4g}"
-            progress.update(task, advance=1, loss=loss)
+            progress.update(task, advance=1, loss=loss, total=step.runs * step.steps)
 
         yield callback
         done = progress.tasks[0]
-    err.print(f"{label}: {done.completed:.0f}/{total} steps in {done.elapsed:.1f} s")
+    err.print(f"{label}: {done.completed:.0f}/{done.total or 0:.0f} steps in {done.elapsed:.1f} s")
 
 
 def _run(verb: str, common: Common, inputs: list[Path], call, timing: Timing | None = None,
@@ -55,7 +56,7 @@ def _run(verb: str, common: Common, inputs: list[Path], call, timing: Timing | N
         if not quiet:
             err.print(text)
 
-    run = runner.run_edit(verb, common, inputs, call, progress=lambda total, label: _progress(quiet, total, label),
+    run = runner.run_edit(verb, common, inputs, call, progress=lambda label: _progress(quiet, label),
                           say=say, plot=common.plot, timing=timing, reads=(*reads, *STATE["reads"]))
     if STATE["runs"] is not None:  # a batch job: the batch reports
         STATE["runs"].append(run)
