@@ -8,10 +8,10 @@ For each shape it builds a model folder with random weights (the published confi
 full depth, SAO Small's rectified-flow config at depth 20), then:
 
 * load: `musicguide`'s model loading of that folder, against the time to read the file from disk;
-* infill: `musicguide infill song.wav --start 88 --end 92 …` run in process with the model already
-  loaded (`runner.models_held`, as `musicguide batch` does): reading and streaming the song,
-  encoding, sampling, decoding, splicing, writing the WAV and sidecar — best of --repeats after a
-  warm-up;
+* infill: what `musicguide infill song.wav --start 88 --end 92 …` runs once the model is loaded,
+  with the model held by one `Editor` (as `musicguide batch` does): `editor.infill(...).save(...)`,
+  reading and streaming the song, encoding, sampling, decoding, splicing, writing the WAV and
+  sidecar — best of --repeats after a warm-up;
 * the cost of a guided step against an unguided one (the same infill with --guidance 0);
 * peak GPU memory of the infill with --loss-space audio (decoder-space guidance).
 
@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from musicguide import cli, runner  # noqa: E402
+from musicguide import Editor, runner  # noqa: E402
 from musicguide.models import ModelConfig, build_model  # noqa: E402
 from musicguide.models.folder import WEIGHTS_FILE, save_model_folder  # noqa: E402
 
@@ -92,12 +92,9 @@ def read_file(path: Path) -> None:
             pass
 
 
-def infill(model: Path, wav: Path, out: Path, device: str, precision: str, steps: int, *extra: str) -> None:
-    code = cli.app(["infill", str(wav), "--start", "88", "--end", "92", "-o", str(out), "--overwrite", "--quiet",
-                    "--model", str(model), "--device", device, "--precision", precision, "--steps", str(steps),
-                    "--seed", "0", *extra], standalone_mode=False)
-    if code not in (None, 0):
-        raise SystemExit(f"infill failed with {code}")
+def infill(editor: Editor, wav: Path, out: Path, steps: int, **options) -> None:
+    with editor.infill(wav, 88, 92, steps=steps, seed=0, **options) as result:
+        result.save(out, overwrite=True)
 
 
 def measure(name: str, folder: Path, wav: Path, device: str, precision: str, steps: int, repeats: int) -> list[str]:
@@ -107,20 +104,20 @@ def measure(name: str, folder: Path, wav: Path, device: str, precision: str, ste
     common = runner.Common(model=str(model), device=device, precision=precision, quiet=True)
     load = timed(lambda: runner.load_model(common, lambda text: None), device)
     out = folder / "out.wav"
-    with runner.models_held():
-        def run(steps_: int, *extra: str) -> float:
-            infill(model, wav, out, device, precision, steps_, *extra)  # warm-up (and the one model load)
-            return min(timed(lambda: infill(model, wav, out, device, precision, steps_, *extra), device)
-                       for _ in range(repeats))
+    editor = Editor.from_pretrained(model, device=device, precision=precision, quiet=True)
 
-        guided, unguided = run(steps), run(steps, "--guidance", "0")
-        # per step: the fixed costs (read, encode, decode, write) cancel against a 1-step run
-        per_guided = (guided - run(1)) / max(steps - 1, 1)
-        per_unguided = (unguided - run(1, "--guidance", "0")) / max(steps - 1, 1)
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        audio_loss = run(steps, "--loss-space", "audio")
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.startswith("cuda") else "–"
+    def run(steps_: int, **options) -> float:
+        infill(editor, wav, out, steps_, **options)  # warm-up
+        return min(timed(lambda: infill(editor, wav, out, steps_, **options), device) for _ in range(repeats))
+
+    guided, unguided = run(steps), run(steps, guidance=0.0)
+    # per step: the fixed costs (read, encode, decode, write) cancel against a 1-step run
+    per_guided = (guided - run(1)) / max(steps - 1, 1)
+    per_unguided = (unguided - run(1, guidance=0.0)) / max(steps - 1, 1)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    audio_loss = run(steps, loss_space="audio")
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.startswith("cuda") else "–"
     step_ratio = per_guided / max(per_unguided, 1e-9)
     return [name, str(steps), f"{guided:.2f} s", f"{unguided:.2f} s", f"{step_ratio:.2f}x", f"{audio_loss:.2f} s",
             f"{load:.2f} s", f"{read:.2f} s", f"{load / read:.2f}x" if read == read else "–", peak]

@@ -54,18 +54,14 @@ import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads({threads})
-from musicguide import cli, runner
+from musicguide import Editor
 started = time.perf_counter()
-with runner.models_held():
-    runner.load_model(runner.Common(model={folder!r}, device="cpu"), lambda text: None)
-    loaded = time.perf_counter()
-    sys.argv = ["musicguide", "infill", {song!r}, "--start", "{a}", "--end", "{b}", "--steps", "{steps}", "--seed", "1",
-                "--model", {folder!r}, "--device", "cpu", "-q", "-o", {out!r}, "--overwrite"]
-    try:
-        cli.main()
-    except SystemExit as done:
-        assert done.code in (0, None), done.code
-    edited = time.perf_counter()
+editor = Editor.from_pretrained({folder!r}, device="cpu")
+loaded = time.perf_counter()
+# what `musicguide infill SONG --start A --end B --steps N --seed 1 -o OUT` runs once the model is loaded
+with editor.infill({song!r}, {a}, {b}, steps={steps}, seed=1) as result:
+    result.save({out!r}, overwrite=True)
+edited = time.perf_counter()
 print(json.dumps({{"load_s": loaded - started, "edit_s": edited - loaded,
                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """

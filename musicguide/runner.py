@@ -12,10 +12,10 @@ import hashlib
 import math
 import os
 import secrets
-from contextlib import contextmanager
+
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .errors import UserError
 from .timespec import check_seconds
@@ -171,33 +171,8 @@ def pick_dtype(precision: str, device):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-# While a batch runs, each (model, device, precision) is loaded once, as an `api.Editor`, and kept here.
-_HELD: dict | None = None
-
-
-@contextmanager
-def models_held() -> Iterator[None]:
-    """Keep every model that `load_model` loads until the block ends (`musicguide batch`)."""
-    global _HELD
-    _HELD = {}
-    try:
-        yield
-    finally:
-        _HELD = None
-
-
 def load_model(common: Common, say: Callable[[str], None]):
-    """The `api.Editor` holding the model that `common` names (loaded once while models are held)."""
-    key = (common.model, common.device, common.precision)
-    if _HELD is not None and key in _HELD:
-        return _HELD[key]
-    editor = _load_model(common, say)
-    if _HELD is not None:
-        _HELD[key] = editor
-    return editor
-
-
-def _load_model(common: Common, say: Callable[[str], None]):
+    """The `api.Editor` holding the model, device and precision that `common` names."""
     from .api import Editor
 
     editor = Editor.from_pretrained(common.model, device=common.device, precision=common.precision, quiet=common.quiet)
@@ -299,19 +274,20 @@ def edit_options(common: Common, timing=None) -> dict:
 
 
 def run_edit(verb: str, common: Common, inputs: list[Path], call: Callable, *, progress, say: Callable[[str], None],
-             plot: bool = False, timing=None, reads: tuple = ()) -> Run:
+             plot: bool = False, timing=None, reads: tuple = (), editor=None) -> Run:
     """Check, reserve the outputs, load the model (an `api.Editor`), run `call(editor, **options)`
     (an Editor method with the command's own arguments bound), write each variation and its
     sidecar into the reserved files, and publish them together. `progress(label)` is a
     context manager yielding the sampler's step callback. With `plot`, a picture of each output
     is written beside it. `reads` are the other files the command reads (--like clips, a batch's
-    jobs file): like the inputs, no output may name one of them, even with --overwrite."""
+    jobs file): like the inputs, no output may name one of them, even with --overwrite. `editor`:
+    the model already loaded (a batch holds one for all its jobs)."""
     from .audio import amplitude_to_db
 
     paths, _, outputs = check_before_work(verb, common, inputs, reads, plot=plot)
     with outputs:
         outputs.reserve()  # checks again: a name may have appeared since
-        editor = load_model(common, say)
+        editor = editor or load_model(common, say)
         result = call(editor, **edit_options(common, timing), progress=progress,
                       before_sampling=lambda sources, edit_settings, model: check_free_space_for(
                           paths, sources, edit_settings, model))

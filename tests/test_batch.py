@@ -40,8 +40,8 @@ def test_batch_equals_the_single_commands_and_lists_failures(song_wav, tmp_path,
     batch_out, single_out = tmp_path / "batch", tmp_path / "single"
     batch_out.mkdir(), single_out.mkdir()
     loads = []
-    real = runner._load_model
-    monkeypatch.setattr(runner, "_load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
     jobs = write_jobs(tmp_path / "jobs.jsonl", edit_jobs(song_wav, batch_out))
     code, stdout, stderr = run_cli(["batch", jobs, *OWN, "--json"], monkeypatch, capsys)
     assert code == 1, stderr

@@ -10,6 +10,6 @@ package registers every command.
 """
 
 from . import edits, tools  # noqa: F401  (registers the commands, in this order)
-from .app import STATE, app, main
+from .app import app, main
 
-__all__ = ["STATE", "app", "main"]
+__all__ = ["app", "main"]

@@ -1,4 +1,4 @@
-"""The app, its consoles and state, and `main`: everything that ends a run becomes one line and an
+"""The app, its consoles, and `main`: everything that ends a run becomes one line and an
 exit status (see docs/guarantees.md)."""
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ app.add_typer(train_app, name="train")
 # script reading `wrote …` or a bar of `beats` gets it whole; a terminal wraps it itself
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
-# "runs": a batch's collected runs (None alone); "reads": files the whole process reads (a batch's jobs file)
-STATE = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")), "json": False, "runs": None, "reads": ()}
 DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
 
 
@@ -47,8 +45,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=_version)] = False,
 ) -> None:
-    if debug:
-        STATE["debug"] = True
+    """(--debug is read by `main`, before parsing, so that a parser error shows its traceback too.)"""
 
 
 # ---- errors: one line, one status -----------------------------------------------------------------
@@ -57,27 +54,28 @@ def _root(
 def main() -> None:
     """Runs the app and turns everything that ends it into one line and an exit status. torch is
     not imported here: `--help`, `--version` and parser errors answer before any command loads it."""
-    # --json is known before parsing: a parser error prints its JSON object too
-    STATE.update(debug=bool(os.environ.get("MUSICGUIDE_DEBUG")), json=wants_json(sys.argv[1:]), reads=())
+    # --json and --debug are known before parsing: a parser error prints its JSON object too
+    argv = sys.argv[1:]
+    how = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")) or _root_flag(argv, "--debug"), "as_json": wants_json(argv)}
     try:
         code = app(standalone_mode=False)
     except UserError as error:
-        _fail(str(error), 2, error)
+        _fail(str(error), 2, error, **how)
     except click.exceptions.ClickException as error:
-        _fail(_parser_message(error), 2, error)
+        _fail(_parser_message(error), 2, error, **{**how, "debug": False})  # a typing mistake has no traceback worth showing
     except typer.Abort as error:
-        _fail("aborted", 1, error)
+        _fail("aborted", 1, error, **how)
     except MemoryError as error:
-        _fail(_out_of_memory("CPU"), 2, error)
+        _fail(_out_of_memory("CPU"), 2, error, **how)
     except Interrupted as error:
         from ..atomic import PUBLISHED
 
         what = "the outputs were already complete" if PUBLISHED else "no output was written"
-        _fail(f"interrupted by {error.name}; {what}", error.exit_code, error)
+        _fail(f"interrupted by {error.name}; {what}", error.exit_code, error, **how)
     except Exception as error:  # a bug, not bad input: keep it short unless asked
         if _is_cuda_out_of_memory(error):
-            _fail(_out_of_memory("GPU"), 2, error)
-        _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", 1, error)
+            _fail(_out_of_memory("GPU"), 2, error, **how)
+        _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", 1, error, **how)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -106,10 +104,20 @@ def _parser_message(error: click.exceptions.ClickException) -> str:
     return error.format_message() + see
 
 
-def _fail(message: str, code: int, cause: BaseException) -> None:
-    if STATE["debug"]:
+def _root_flag(argv: list[str], flag: str) -> bool:
+    """Whether `flag` is given before the command's name (the root's own options)."""
+    for argument in argv:
+        if not argument.startswith("-"):
+            return False
+        if argument == flag:
+            return True
+    return False
+
+
+def _fail(message: str, code: int, cause: BaseException, *, debug: bool, as_json: bool) -> None:
+    if debug:
         traceback.print_exception(cause)
-    if STATE["json"]:
+    if as_json:
         print(json_error(message, code))
     err.print(f"error: {message}", markup=False, soft_wrap=True)
     sys.exit(code)

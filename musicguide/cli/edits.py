@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 
 from .. import runner
 from ..errors import UserError
-from ..jobs import Timing
 from ..runner import Common
 from ..defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, GENERATE_SECONDS, RESTYLE_STRENGTH, TRANSITION_SECONDS,
                         check_strength)
 from ..timespec import check_duration
-from .app import STATE, err, out
+from .app import err, out
 from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
 
 
@@ -46,21 +45,22 @@ def _progress(quiet: bool, label: str) -> Iterator:
     err.print(f"{label}: {done.completed:.0f}/{done.total or 0:.0f} steps in {done.elapsed:.1f} s")
 
 
-def _run(verb: str, common: Common, inputs: list[Path], call, timing: Timing | None = None,
-         reads: list[Path] = ()) -> None:
-    """Run `call(editor, **options)`, an `api.Editor` method with the command's own arguments
-    bound, through the runner (outputs reserved, written and published together), and report."""
+def execute(plan, editor=None) -> runner.Run:
+    """Run a checked edit (`options.EditPlan`) through the runner: outputs reserved, the model
+    loaded (or `editor`, one an `api.Editor` already holds), written and published together."""
+    common = plan.common
     quiet = common.quiet or common.as_json
 
     def say(text: str) -> None:
         if not quiet:
             err.print(text)
 
-    run = runner.run_edit(verb, common, inputs, call, progress=lambda label: _progress(quiet, label),
-                          say=say, plot=common.plot, timing=timing, reads=(*reads, *STATE["reads"]))
-    if STATE["runs"] is not None:  # a batch job: the batch reports
-        STATE["runs"].append(run)
-        return
+    return runner.run_edit(plan.verb, common, plan.inputs, plan.call, progress=lambda label: _progress(quiet, label),
+                           say=say, plot=common.plot, timing=plan.timing, reads=plan.reads, editor=editor)
+
+
+def report(verb: str, common: Common, run: runner.Run) -> None:
+    """What a command prints when it is done: one JSON object with --json, else a line per file."""
     if common.as_json:
         print(json.dumps({"ok": True, "command": verb, "outputs": [
             {"path": o["path"], "sidecar": o["sidecar"], "seconds": o["seconds"],
@@ -94,11 +94,9 @@ def infill(
     song: Annotated[Path, typer.Argument(help="The song (any format libsndfile reads).")],
     start: Annotated[str, typer.Option(help="Start of the gap: seconds (30.5), m:ss(.ms), or a bar (b9, b9.3).")],
     end: Annotated[str, typer.Option(help="End of the gap.")],
-    common: Common,
-    timing: Timing,
-) -> None:
+) -> Callable:
     """Replace a stretch of the song with new music that fits what comes before and after."""
-    _run("infill", common, [song], lambda editor, **options: editor.infill(song, start, end, **options), timing)
+    return lambda editor, **options: editor.infill(song, start, end, **options)
 
 
 @edit_command(beats=True)
@@ -106,74 +104,63 @@ def regenerate(
     song: Annotated[Path, typer.Argument(help="The song.")],
     start: Annotated[str, typer.Option(help="Start of the section: seconds, m:ss(.ms), or a bar (b9, b9.3).")],
     end: Annotated[str, typer.Option(help="End of the section.")],
-    common: Common,
-    timing: Timing,
     strength: Annotated[float, typer.Option(help="How much noise replaces the original (0 < k ≤ 1; 1 = infill).")] = DEFAULT_STRENGTH,
-) -> None:
+) -> Callable:
     """Redo a section as a variation of itself: it starts from a mix of noise and the original."""
     check_strength(strength)
-    _run("regenerate", common, [song],
-         lambda editor, **options: editor.regenerate(song, start, end, strength=strength, **options), timing)
+    return lambda editor, **options: editor.regenerate(song, start, end, strength=strength, **options)
 
 
 @edit_command(beats=True)
 def loop(
     song: Annotated[Path, typer.Argument(help="The song.")],
     start: Annotated[str, typer.Option(help="Where the loop begins: seconds, m:ss(.ms), or a bar (b9).")],
-    common: Common,
-    timing: Timing,
     end: Annotated[Optional[str], typer.Option(help="Where it ends (or give --bars).")] = None,
     bars: Annotated[Optional[float], typer.Option(help="The loop's length in bars, from --start.")] = None,
     length: Annotated[Optional[float], typer.Option(help="Seconds at the loop's end to regenerate (default: a bar with --bars, else min(2 s, a quarter of the loop)).")] = None,
     strength: Annotated[float, typer.Option(help="How much noise replaces the original end (0 < k ≤ 1).")] = DEFAULT_STRENGTH,
-) -> None:
+) -> Callable:
     """Write a seamless loop of a region: its end is regenerated so that it flows back into its start."""
     check_strength(strength)
-    _run("loop", common, [song], lambda editor, **options: editor.loop(
-        song, start, end, bars=bars, length=length, strength=strength, **options), timing)
+    return lambda editor, **options: editor.loop(song, start, end, bars=bars, length=length, strength=strength,
+                                                 **options)
 
 
 @edit_command("continue")
 def continue_(
     song: Annotated[Path, typer.Argument(help="The song to continue.")],
     seconds: Annotated[float, typer.Option(help="How many seconds to add.")],
-    common: Common,
-) -> None:
+) -> Callable:
     """Add music after the end of the song, in overlapping chunks when it is longer than the model's window."""
     check_duration(seconds, "--seconds")
-    _run("continue", common, [song], lambda editor, **options: editor.continue_(song, seconds, **options))
+    return lambda editor, **options: editor.continue_(song, seconds, **options)
 
 
 @edit_command()
 def transition(
     first: Annotated[Path, typer.Argument(help="The track that plays first.")],
     second: Annotated[Path, typer.Argument(help="The track that follows.")],
-    common: Common,
     length: Annotated[float, typer.Option(help="Seconds of overlap the transition spans.")] = TRANSITION_SECONDS,
     strength: Annotated[float, typer.Option(help="How much noise replaces the plain crossfade (0 < k ≤ 1).")] = DEFAULT_STRENGTH,
-) -> None:
+) -> Callable:
     """Write a musical transition from one track into the next (their crossfade, regenerated)."""
     check_duration(length, "--length")
     check_strength(strength)
-    _run("transition", common, [first, second], lambda editor, **options: editor.transition(
-        first, second, length=length, strength=strength, **options))
+    return lambda editor, **options: editor.transition(first, second, length=length, strength=strength, **options)
 
 
 @edit_command(fixed={"guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None})
 def generate(
-    common: Common,
     seconds: Annotated[float, typer.Option(help="Length in seconds (at most the model's window).")] = GENERATE_SECONDS,
-) -> None:
+) -> Callable:
     """New music from the model alone (no input, no guidance)."""
     check_duration(seconds, "--seconds")
-    _run("generate", common, [], lambda editor, **options: editor.generate(seconds, **options))
+    return lambda editor, **options: editor.generate(seconds, **options)
 
 
 @edit_command(fixed={"loss_space": "audio"}, beats=True, guidance=STYLE_GUIDANCE)
 def restyle(
     song: Annotated[Path, typer.Argument(help="The song.")],
-    common: Common,
-    timing: Timing,
     like: Annotated[Optional[list[Path]], typer.Option(help="Reference clip(s) whose style to move toward (embedding guidance).")] = None,
     toward: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push up, e.g. jazz (classifier guidance).")] = None,
     away_from: Annotated[Optional[list[str]], typer.Option(help="Tag(s) to push down.")] = None,
@@ -183,12 +170,12 @@ def restyle(
     start: Annotated[Optional[str], typer.Option(help="Restyle only from here (default: the whole song, in windows).")] = None,
     end: Annotated[Optional[str], typer.Option(help="… up to here (default: the end).")] = None,
     tagger: TaggerOpt = Tagger.msd,
-) -> None:
+) -> Callable:
     """Steer a song toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
     like, toward, away_from = like or [], toward or [], away_from or []
     if not (like or toward or away_from):
         raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
     check_strength(strength)
-    _run("restyle", common, [song], lambda editor, **options: editor.restyle(
+    return lambda editor, **options: editor.restyle(
         song, like=like, toward=toward, away_from=away_from, strength=strength, keep=keep, match_level=match_level,
-        start=start, end=end, tagger=tagger.value, **options), timing, reads=like)
+        start=start, end=end, tagger=tagger.value, **options)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -13,7 +14,7 @@ from ..defaults import DEFAULT_STYLE_GUIDANCE
 from ..jobs import Timing
 from .. import runner
 from ..runner import Common
-from .app import DEFAULT_MODEL, STATE, app
+from .app import DEFAULT_MODEL, app
 
 
 class Sampler(str, Enum):
@@ -83,35 +84,59 @@ BEAT_OPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class EditPlan:
+    """An edit command as parsed and checked: what `runner.run_edit` runs. `call(editor, **options)`
+    is the `api.Editor` method with the command's own arguments bound."""
+
+    verb: str
+    common: Common
+    inputs: list[Path]
+    call: Callable
+    timing: Timing | None
+    reads: tuple[Path, ...]
+
+
+# verb -> plan(reads=(), **parsed parameters) -> EditPlan: what the command would run, not run
+# (`musicguide batch` runs each job's plan with the one model it holds)
+EDIT_PLANNERS: dict[str, Callable[..., EditPlan]] = {}
+
+
 def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: bool = False, **replaced):
-    """Register an edit command whose function takes its own options plus `common: Common` (and,
-    with `beats`, `timing: Timing`); the shared options are added to its signature here. `fixed`
-    options are not offered and take the given values; `replaced` ones get another
-    (type, typer.Option, default)."""
+    """Register an edit command. Its function takes its own options and returns the call to make,
+    `lambda editor, **options: editor.METHOD(...)`; the shared options (and, with `beats`, the beat
+    options) are added to its signature here. `fixed` options are not offered and take the given
+    values; `replaced` ones get another (type, typer.Option, default)."""
     fixed = fixed or {}
     offered = {**SHARED_OPTIONS, **replaced, **(BEAT_OPTIONS if beats else {})}
 
     def decorate(function):
         verb = name or function.__name__
-        own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name not in ("common", "timing")]
+        own = list(inspect.signature(function, eval_str=True).parameters.values())
         shared = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
                   for key, (kind, option, default) in offered.items() if key not in fixed]
 
-        def command(**kwargs):
+        def plan(reads: tuple = (), **kwargs) -> EditPlan:
             values = {key: kwargs.pop(key) for key in SHARED_OPTIONS if key in kwargs}
             values = {key: value.value if isinstance(value, Enum) else value for key, value in values.items()}
-            STATE["json"] = values.get("as_json", False)
             common = Common(**values, **fixed)
             # refuse what can be refused before the command reads bar times (minutes of beat
             # tracking on a long song) or loads a model: the positional songs are the inputs, lists
             # of paths (--like) are read too
             inputs = [value for value in kwargs.values() if isinstance(value, Path)]
-            reads = [p for value in kwargs.values() if isinstance(value, list) for p in value if isinstance(p, Path)]
-            runner.check_before_work(verb, common, inputs, (*reads, *STATE["reads"]), plot=common.plot)
-            if beats:
-                kwargs["timing"] = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS})
-            return function(**kwargs, common=common)
+            reads = (*[p for value in kwargs.values() if isinstance(value, list) for p in value if isinstance(p, Path)],
+                     *reads)
+            runner.check_before_work(verb, common, inputs, reads, plot=common.plot)
+            timing = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS}) if beats else None
+            return EditPlan(verb, common, inputs, function(**kwargs), timing, reads)
 
+        def command(**kwargs):
+            from .edits import execute, report
+
+            edit = plan(**kwargs)
+            report(edit.verb, edit.common, execute(edit))
+
+        EDIT_PLANNERS[verb] = plan
         command.__signature__ = inspect.Signature(own + shared)
         command.__name__, command.__doc__ = function.__name__, function.__doc__
         return app.command(name)(command)

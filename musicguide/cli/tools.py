@@ -14,7 +14,7 @@ from .. import runner
 from ..errors import UserError
 from ..batch import BATCH_OPTIONS, read_jobs
 from ..jobs import Timing
-from .app import DEFAULT_MODEL, STATE, app, err, models_app, out, train_app
+from .app import DEFAULT_MODEL, app, err, models_app, out, train_app
 from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
 
 
@@ -32,7 +32,6 @@ def tags(
     from ..audio import check_not_silent, load_audio
     from ..musicnn import load_musicnn
 
-    STATE["json"] = as_json
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     runner.probe_input(song)
@@ -66,20 +65,17 @@ def batch(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from .. import distributed
 
-    STATE["json"] = as_json
-    STATE["reads"] = (jobs,)  # no job's output may replace the jobs file
     jobs_list = read_jobs(jobs, _given_options)
     here = distributed.start("cuda" if device == Device.cuda else "cpu")
     mine = jobs_list[here.rank :: here.size]
     own = ["--model", model, "--device", distributed.device_for(device.value, here), "--precision", precision.value,
            "--quiet"]  # right after the command's name: a job's `--` ends the options, and everything after it is a file
-    results = []
-    with runner.models_held(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                        TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-                                        disable=quiet or as_json or not here.is_main, transient=True) as bar:
+    results, held = [], Held()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, disable=quiet or as_json or not here.is_main, transient=True) as bar:
         task = bar.add_task("batch", total=len(mine))
         for job in mine:
-            results.append(_batch_job(job, own))
+            results.append(_batch_job(job, own, jobs, held))
             bar.update(task, advance=1)
     merged = sorted((r for part in distributed.gather(results, here) for r in part), key=lambda r: r["line"])
     distributed.stop()
@@ -109,24 +105,38 @@ def _given_options(args: tuple[str, ...]) -> set[str]:
     return names
 
 
-def _batch_job(job, own: list[str]) -> dict:
-    """One job in this process, as its command alone would run it; its error becomes one line."""
-    batch_json = STATE["json"]
-    STATE["runs"] = []
+class Held:
+    """The one `api.Editor` a batch holds: loaded by its first job, used by all (the model,
+    device and precision are the batch's options, never a job's)."""
+
+    editor = None
+
+
+def _batch_job(job, own: list[str], jobs: Path, held: Held) -> dict:
+    """One job, parsed by its command's own parser and run with the batch's editor, as its command
+    alone would run it; its error becomes one line."""
+    from .edits import execute
+    from .options import EDIT_PLANNERS
+
     result = {"line": job.line, "args": list(job.args), "ok": False}
     try:
-        app([job.args[0], *own, *job.args[1:]], standalone_mode=False)
+        group = typer.main.get_command(app)
+        root = click.Context(group, info_name="musicguide")
+        parsed = group.get_command(root, job.args[0]).make_context(job.args[0], [*own, *job.args[1:]], parent=root)
+        # no job's output may replace the jobs file
+        plan = EDIT_PLANNERS[job.args[0]](reads=(jobs,), **parsed.params)
+        if held.editor is None:
+            held.editor = runner.load_model(plan.common, lambda text: None)
+        run = execute(plan, held.editor)
         result.update(ok=True, outputs=[{"path": o["path"], "sidecar": o["sidecar"],
                                          "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
-                                        for run in STATE["runs"] for o in run.outputs])
+                                        for o in run.outputs])
     except UserError as error:
         result["error"] = str(error)
     except click.exceptions.ClickException as error:
         result["error"] = error.format_message()
     except (MemoryError, Exception) as error:  # noqa: BLE001 - one job's failure must not stop the rest
         result["error"] = f"{type(error).__name__}: {error}"
-    finally:
-        STATE.update(runs=None, json=batch_json)
     return result
 
 
@@ -151,7 +161,6 @@ def beats(
     """The song's beat grid as bar and beat times take it: tempo, meter, and every bar's beats (bars from 1)."""
     from ..beats import format_grid
 
-    STATE["json"] = as_json
     grid = Timing(bpm=bpm, downbeat=downbeat, beats_per_bar=beats_per_bar, song=song).grid()
     if as_json:
         print(json.dumps({"ok": True, "file": str(song), **grid.to_dict()}))
