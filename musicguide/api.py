@@ -225,6 +225,17 @@ class Editor:
         loaded.eval().requires_grad_(False)
         return cls(loaded, resolved, where, precision)
 
+    @classmethod
+    def from_model(cls, model, name: str = "in memory") -> "Editor":
+        """An editor for a model object you built or trained yourself (on its own device)."""
+        from .registry import ResolvedModel
+
+        resolved = ResolvedModel(name=name, kind="memory", folder=None, repo=None, revision=None,
+                                 description="a model object given to Editor.from_model")
+        precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(model.dtype).removeprefix("torch."),
+                                                                                  "auto")
+        return cls(model, resolved, model.device, precision)
+
     @property
     def sample_rate(self) -> int:
         return self.model.sample_rate

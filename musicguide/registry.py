@@ -35,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-Source = Literal["hub", "local", "builtin"]
+Source = Literal["hub", "local", "builtin", "memory"]  # memory: a model object handed to `Editor.from_model`
 
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 

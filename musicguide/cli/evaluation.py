@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from ..atomic import check_writable
 from ..errors import UserError
-from ..runner import MAX_SEED, MAX_STEPS, pick_device
+from ..runner import MAX_SEED, MAX_STEPS
 from ..evaluate.clips import TASKS, Protocol, check_tasks, read_track_list
 from ..evaluate.protocol import (INPAINTING_VARIANTS, MODEL_VARIANTS, PRIMARY_VARIANT, Progress, evaluate,
                                  model_variants, variants_for)
@@ -56,7 +54,7 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
                  variant_names: Sequence[str] | None = None, tasks: Sequence[str] = TASKS) -> EvalReport:
     """Load the model, evaluate, write OUT (Markdown) and OUT with .json; returns the report.
     `variant_names` picks some of MODEL_VARIANTS (the primary one is always run: the verdicts use it)."""
-    from ..registry import load_model
+    from ..api import Editor
 
     out_md, out_json = report_paths(out)
     for path in (out_md, out_json):
@@ -67,13 +65,13 @@ def run_evaluate(clips_dir: Path, model: str, out: Path, steps: int = 50, n_clip
     check_tasks(tasks)
     names = None if tracks is None else read_track_list(tracks)
     _check_variant_names(variant_names)
-    net, resolved = load_model(model, device=pick_device(device), dtype=torch.float32)
-    net.eval().requires_grad_(False)
+    editor = Editor.from_pretrained(model, device=device, precision="fp32", quiet=quiet)
+    net, resolved = editor.model, editor.resolved
     variants = _chosen_variants(variant_names, steps, seed, net)
     info = {"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
             "folder": None if resolved.folder is None else str(resolved.folder), "objective": net.objective,
             "device": str(net.device), "tracks": names}
-    report = evaluate(net, clips_dir, variants=variants, steps=steps, n_clips=n_clips, seed=seed, protocol=protocol,
+    report = evaluate(editor, clips_dir, variants=variants, steps=steps, n_clips=n_clips, seed=seed, protocol=protocol,
                       tracks=names, model_info=info, progress=None if quiet else progress, tasks=tasks)
     write_report(report, out_md, out_json, overwrite=overwrite)
     return report

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .. import edit
+from ..api import Editor, Result
 from ..edit import SamplerSettings
 from ..errors import UserError
 from ..splice import fade_samples
@@ -53,34 +53,48 @@ def model_variants(steps: int, seed: int, table: Mapping[str, dict] = MODEL_VARI
     return {name: SamplerSettings(**{"steps": steps, "seed": seed, **overrides}) for name, overrides in table.items()}
 
 
-def _run_model(model, case: Case, settings: SamplerSettings, protocol: Protocol) -> edit.EditResult:
-    context = None if protocol.context_seconds is None else round(protocol.context_seconds * model.sample_rate)
+def _run_model(editor: Editor, case: Case, settings: SamplerSettings, protocol: Protocol) -> Result:
+    """One case through the Python API, as a user's edit of that clip would run."""
+    sr = editor.sample_rate
+    options = {"sample_rate": sr, "context": protocol.context_seconds, "steps": settings.steps, "seed": settings.seed,
+               "sampler": settings.sampler, "guidance": settings.guidance, "eta": settings.eta,
+               "loss_space": settings.loss_space, "consistency": settings.consistency}
     if case.task == "infill":
-        return edit.infill(model, case.song, case.start, case.end, settings, context=context)
+        return editor.infill(case.song, case.start / sr, case.end / sr, **options)
     if case.task == "regeneration":
-        return edit.regenerate(model, case.song, case.start, case.end, settings, strength=protocol.strength, context=context)
+        return editor.regenerate(case.song, case.start / sr, case.end / sr, strength=protocol.strength, **options)
     if case.task == "continuation":
-        return edit.continue_song(model, case.song, (case.end - case.start) / model.sample_rate, settings, context=context)
+        return editor.continue_(case.song, (case.end - case.start) / sr, **options)
     first, second = case.pair
-    return edit.transition(model, first, second, case.end - case.start, settings, strength=protocol.strength, context=context)
+    return editor.transition(first, second, length=(case.end - case.start) / sr, strength=protocol.strength, **options)
 
 
 def model_method(model, settings: SamplerSettings, protocol: Protocol) -> Method:
+    """A report row's method: each case edited by `model` (an `Editor`, or a model object)."""
+    editor = as_editor(model)
+    if settings.distance != "l1":
+        raise ValueError("the evaluation's variants measure d with l1, as the edits do")
+
     def run(case: Case) -> Output:
-        result = _run_model(model, case, replace(settings, seed=settings.seed + case.index), protocol)
-        seams = result.seams[0]  # measured against case.song, as score_case would
-        return Output(result.songs[0][:, : case.length], [s.position for s in seams], seams)
+        result = _run_model(editor, case, replace(settings, seed=settings.seed + case.index), protocol)
+        seams = result.seams  # measured against case.song, as score_case would
+        return Output(result.audio[:, : case.length], [s.position for s in seams], seams)
 
     return run
+
+
+def as_editor(model) -> Editor:
+    return model if isinstance(model, Editor) else Editor.from_model(model)
 
 
 def method_table(model, variants: Mapping[str, SamplerSettings], protocol: Protocol, fade: int,
                  tasks: Sequence[str] = TASKS) -> dict[str, dict[str, Method]]:
     """Every row of the report that does one of `tasks`: name -> {task: method}, in the table's order."""
     rows = {name: {task: with_fade(fill, fade) for task, fill in fills.items()} for name, fills in BASELINES.items()}
+    editor = as_editor(model)
     for name, settings in variants.items():
-        rows[name] = dict.fromkeys(TASKS, model_method(model, settings, protocol))
-    rows[ROUND_TRIP] = dict.fromkeys(TASKS[:3], round_trip_method(model))
+        rows[name] = dict.fromkeys(TASKS, model_method(editor, settings, protocol))
+    rows[ROUND_TRIP] = dict.fromkeys(TASKS[:3], round_trip_method(editor.model))
     rows[ORIGINAL] = {task: with_fade(unedited, fade) for task in TASKS[:3]}
     rows = {name: {t: m for t, m in methods.items() if t in tasks} for name, methods in rows.items()}
     return {name: methods for name, methods in rows.items() if methods}
@@ -108,12 +122,14 @@ def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] 
              n_clips: int = 24, seed: int = 0, protocol: Protocol = Protocol(), tracks: Sequence[str] | None = None,
              model_info: dict | None = None, progress: Progress | None = None,
              tasks: Sequence[str] = TASKS) -> EvalReport:
-    """Run the protocol with `model` (on its own device) on clips cut from the files in `clips_dir`
+    """Run the protocol with `model` (an `Editor`, or a model object, on its own device) on clips cut from the files in `clips_dir`
     (only `tracks`, when given). `variants` defaults to MODEL_VARIANTS with `steps` and `seed`;
     clip k samples with seed + k. progress(done, total, what) is called after every output. `tasks`
     runs a subset of the protocol's tasks (a sweep of one setting needs only some)."""
     tasks = check_tasks(tasks)
     started = time.perf_counter()
+    editor = as_editor(model)
+    model = editor.model
     variants = dict(model_variants(steps, seed, variants_for(model)) if variants is None else variants)
     sr = model.sample_rate
     clips, skipped = cut_clips(audio_files(clips_dir, tracks), protocol, sr, model.audio_channels, n_clips)
@@ -123,7 +139,7 @@ def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] 
     cases = build_cases(clips, protocol, sr)
     embed = Embedder(model.device, sr)
     originals = embed([c.audio for c in clips])
-    table = method_table(model, variants, protocol, fade_samples(sr), tasks)
+    table = method_table(editor, variants, protocol, fade_samples(sr), tasks)
     total = sum(len(cases[task]) for methods in table.values() for task in methods)
     done = [0]
 
