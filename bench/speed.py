@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musicguide.losses import audio_loss, latent_loss  # noqa: E402
 from musicguide.models import ModelConfig, build_model  # noqa: E402
-from musicguide.operators import SampleMask, TimeMask  # noqa: E402
+from musicguide.operators import SampleMask  # noqa: E402
+from musicguide.tasks import free_range_mask  # noqa: E402
 from musicguide.registry import load_model  # noqa: E402
 from musicguide.sampling import predict  # noqa: E402
 
@@ -71,7 +72,7 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, seconds: float 
     with torch.no_grad():
         x = model.encode(audio)
     t = torch.tensor(0.5, dtype=torch.float64)
-    mask = TimeMask.both(frames, frames // 3, frames // 3)
+    mask = free_range_mask(frames, (frames // 3, frames - frames // 3))
     known = torch.zeros(frames * hop, dtype=torch.bool)
     known[: frames // 3 * hop] = True
     samples = SampleMask(known)

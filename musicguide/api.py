@@ -84,6 +84,11 @@ class Sidecar:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
+def sidecar_path(path: Path) -> Path:
+    """Where a saved result's sidecar goes: beside it, with .json."""
+    return path.with_suffix(".json")
+
+
 class Result:
     """One edited song: `.audio` [channels, samples] float32 at `.sample_rate`, its `.sidecar`,
     the `.seams` it flagged or measured, and the `.windows` the model saw. With `variations`,
@@ -122,9 +127,9 @@ class Result:
             import numpy as np
             import torch
 
-            from .writing import _piece_blocks
+            from .writing import piece_blocks
 
-            self._audio = torch.from_numpy(np.ascontiguousarray(np.concatenate(list(_piece_blocks(self.pieces))).T))
+            self._audio = torch.from_numpy(np.ascontiguousarray(np.concatenate(list(piece_blocks(self.pieces))).T))
         return self._audio
 
     @property
@@ -149,8 +154,6 @@ class Result:
         without `overwrite`, and no input is ever replaced. `sample_format`: PCM_16, PCM_24,
         FLOAT, or auto (the input's depth when unconverted, else 24-bit)."""
         from .atomic import Outputs
-        from .runner import sidecar_path
-
         path = Path(path)
         targets = [path, sidecar_path(path), *([path.with_suffix(".png")] if plot else [])]
         files = [Path(s.path) for s in self._inputs if getattr(s, "info", None) and s.info.format != "array"]
@@ -164,18 +167,18 @@ class Result:
         """Write into `outputs` (an `atomic.Outputs` that reserved `path`, its sidecar, and its
         picture with `plot`), not yet published; returns what was written (`writing.SavedAudio`)."""
         from .atomic import check_free_space
-        from .runner import sha256, sidecar_path
-        from .writing import DEFAULT_SUBTYPE, PCM_BITS, _piece_length, check_output_format, output_subtype, write_song
+        from .atomic import file_sha256
+        from .writing import DEFAULT_SUBTYPE, PCM_BITS, piece_length, check_output_format, output_subtype, write_song
 
         subtype = output_subtype([s.info for s in self._inputs], path) if sample_format == "auto" else sample_format
         check_output_format(path, subtype)
-        length = sum(_piece_length(piece) for piece in self.pieces)
+        length = sum(piece_length(piece) for piece in self.pieces)
         channels = self.pieces[0].shape[0] if hasattr(self.pieces[0], "shape") else self.pieces[0][0].channels
         check_free_space(path.parent, length * channels * PCM_BITS.get(subtype, 32) // 8 + 2**20)
         saved: list = []
         outputs.write(path, lambda temporary: saved.append(
             write_song(temporary, self.pieces, self.sample_rate, subtype or DEFAULT_SUBTYPE, named=path)))
-        self.sidecar = replace(self.sidecar, output={**saved[0].to_dict(), "sha256": sha256(outputs.temporary(path))})
+        self.sidecar = replace(self.sidecar, output={**saved[0].to_dict(), "sha256": file_sha256(outputs.temporary(path))})
         if plot:
             outputs.write(path.with_suffix(".png"), lambda temporary: self._picture(temporary, path))
         text = self.sidecar.to_json()
@@ -209,7 +212,7 @@ class Editor:
         import torch
 
         from .registry import load_model
-        from .runner import pick_device, pick_dtype
+        from .options import pick_device, pick_dtype
 
         where = pick_device(device)
         dtype = pick_dtype(precision, where)
@@ -367,7 +370,7 @@ class Editor:
         what closes them; without it they are closed when the block ends."""
         from .audio import SongArray, SongFile
         from .jobs import Timing
-        from .runner import Common, probe_input
+        from .options import Common, probe_input
 
         beat_keys = ("bpm", "downbeat", "beats_per_bar", "snap")
         timing = Timing(**{key: options[key] for key in beat_keys if key in options})
@@ -401,7 +404,7 @@ class Editor:
              hand_over: Callable) -> Result:
         """Run `edit(model, sources, settings, begin) -> jobs.Edited` with the progress the caller
         asked for; the result with one sidecar per variation."""
-        from .runner import prompted, settings_for
+        from .options import prompted, settings_for
 
         settings = settings_for(common).for_model(self.model)
         model, text = prompted(self.model, self.resolved, common, self._prompts)
@@ -422,10 +425,10 @@ class Editor:
         return Result(edited, sidecars, model.sample_rate, sources, hand_over())
 
     def _sidecar(self, verb, common, settings, sources, edited, i, edit_settings, elapsed, timing, text) -> Sidecar:
-        from .runner import sha256
+        from .atomic import file_sha256
 
         result, resolved, sr = edited.result, self.resolved, self.model.sample_rate
-        inputs = [{**s.info.to_dict(), "path": str(s.path.resolve()), "sha256": sha256(s.path)}
+        inputs = [{**s.info.to_dict(), "path": str(s.path.resolve()), "sha256": file_sha256(s.path)}
                   if s.info.format != "array" else {**s.info.to_dict(), "path": None, "sha256": s.digest}
                   for s in sources]
         return Sidecar(
@@ -455,9 +458,9 @@ BAR_END_TOLERANCE_S = 0.05
 
 
 def _length(piece) -> int:
-    from .writing import _piece_length
+    from .writing import piece_length
 
-    return _piece_length(piece)
+    return piece_length(piece)
 
 
 def _seconds(value, what: str, timing) -> float:

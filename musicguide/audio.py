@@ -91,7 +91,7 @@ def resample(audio: Tensor, from_rate: int, to_rate: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(resampled.T))
 
 
-def _to_channels(audio: np.ndarray, channels: int) -> tuple[np.ndarray, str | None]:
+def to_channels(audio: np.ndarray, channels: int) -> tuple[np.ndarray, str | None]:
     """Map [frames, k] to [frames, channels]; returns the data and a note when anything changed."""
     have = audio.shape[1]
     if have == channels:
@@ -123,7 +123,7 @@ BLOCK_FRAMES = 1 << 16  # frames per block when audio is streamed
 EXACT_SEEK_FORMATS = {"WAV", "WAVEX", "W64", "RF64", "AIFF", "FLAC", "CAF", "AU"}
 
 
-def _open_sound(file: Path) -> sf.SoundFile:
+def open_sound(file: Path) -> sf.SoundFile:
     """Open an input for reading, every failure a UserError naming the file."""
     try:
         if not file.exists():
@@ -137,7 +137,7 @@ def _open_sound(file: Path) -> sf.SoundFile:
         raise UserError(f"cannot read {file} as audio: {_libsndfile_reason(error)}") from error
 
 
-def _info(file: Path, sound: sf.SoundFile) -> AudioInfo:
+def sound_info(file: Path, sound: sf.SoundFile) -> AudioInfo:
     if sound.frames <= 0:
         raise UserError(f"{file} contains no audio (0 samples)")
     if not MIN_INPUT_RATE <= sound.samplerate <= MAX_INPUT_RATE:
@@ -157,7 +157,7 @@ def _converted_length(info: AudioInfo, sample_rate: int) -> int:
 def _conversion_notes(info: AudioInfo, sample_rate: int, channels: int) -> tuple[str, ...]:
     notes = []
     if info.channels != channels:
-        notes.append(_to_channels(np.zeros((1, info.channels), np.float32), channels)[1])
+        notes.append(to_channels(np.zeros((1, info.channels), np.float32), channels)[1])
     if info.sample_rate != sample_rate:
         notes.append(f"resampled {info.sample_rate} Hz -> {sample_rate} Hz (soxr VHQ)")
     return tuple(notes)
@@ -176,7 +176,7 @@ def _converted_blocks(file: Path, sound: sf.SoundFile, sample_rate: int, channel
         for block in sound.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
             if not np.isfinite(block).all():
                 raise UserError(f"{file} contains NaN or infinite samples")
-            block = _to_channels(block, channels)[0]
+            block = to_channels(block, channels)[0]
             yield block if resampler is None else resampler.resample_chunk(block)
     except sf.SoundFileError as error:
         raise UserError(f"cannot read {file} as audio: {_libsndfile_reason(error)}") from error
@@ -218,8 +218,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 44100, channels: int 
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
     file = Path(path)
-    with _open_sound(file) as sound:
-        info = _info(file, sound)
+    with open_sound(file) as sound:
+        info = sound_info(file, sound)
         frames = _converted_length(info, sample_rate)
         check_memory(2 * frames * channels * 4, f"reading {file} ({frames / sample_rate / 60:.0f} min at {sample_rate} Hz)")
         data = np.concatenate(list(_converted_blocks(file, sound, sample_rate, channels)))
@@ -241,9 +241,9 @@ class SongFile:
         self.channels = channels
         self._scratch: Path | None = None
         self.peak = 0.0  # the largest |sample| read so far (a float file may hold far more than 1)
-        sound = _open_sound(self.path)
+        sound = open_sound(self.path)
         try:
-            info = _info(self.path, sound)
+            info = sound_info(self.path, sound)
             self.info = replace(info, conversions=_conversion_notes(info, sample_rate, channels))
             self.length = _converted_length(info, sample_rate)
             if info.format in EXACT_SEEK_FORMATS and not self.info.conversions:
@@ -359,7 +359,7 @@ class SongArray:
         info = AudioInfo(path=name, sample_rate=int(source_rate), channels=data.shape[0], frames=data.shape[1],
                          format="array", subtype=str(data.dtype))
         self.info = replace(info, conversions=_conversion_notes(info, sample_rate, channels))
-        frames_first, _ = _to_channels(frames_first, channels)
+        frames_first, _ = to_channels(frames_first, channels)
         converted = torch.from_numpy(np.ascontiguousarray(frames_first.T))
         self.audio = resample(converted, int(source_rate), sample_rate)
         self.length = self.audio.shape[-1]

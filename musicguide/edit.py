@@ -302,13 +302,13 @@ def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, gene
                                       consistency=consistency, generator=generator, callback=callback, **extra)
 
 
-def _splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int) -> tuple[Tensor, list[int]]:
+def splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int) -> tuple[Tensor, list[int]]:
     spliced = [splice(song, audio, window.at, window.edit_start, window.edit_end, fade_samples(sample_rate))
                for song, audio in zip(songs, decoded)]
     return torch.stack([s.audio for s in spliced]), spliced[0].seams
 
 
-def _check_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
+def check_edit_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
     length = song.shape[-1]
     if start < 0:
         raise UserError("--start must not be negative")
@@ -326,7 +326,7 @@ def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings,
 
     `song` may be an excerpt, `offset` samples into a song of `song_length`: as long as it holds
     a model window on each side of the edit (or reaches the song's ends), the result is the same."""
-    _check_region(song, start, end, model.sample_rate)
+    check_edit_region(song, start, end, model.sample_rate)
     sr, hop = model.sample_rate, model.downsampling_ratio
     window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     songs = song[None].expand(variations, -1, -1)
@@ -334,11 +334,11 @@ def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings,
     start_from = Start() if strength is None else Start("mix", strength)
     decoded, loss, window = sample_window(model, songs, window, settings, start=start_from, seconds_total=total / sr,
                                   offset=offset, callback=callback)
-    edited, seams = _splice_all(songs, decoded, window, sr)
-    return _result(edited, [window], seams, song, sr, loss)
+    edited, seams = splice_all(songs, decoded, window, sr)
+    return edit_result(edited, [window], seams, song, sr, loss)
 
 
-def _result(songs: Tensor, windows: list[Window], seams: list[int], reference: Tensor, sample_rate: int,
+def edit_result(songs: Tensor, windows: list[Window], seams: list[int], reference: Tensor, sample_rate: int,
             loss: float | None) -> EditResult:
     reports = [seam_report(s, sample_rate, seams, reference=reference) if seams else [] for s in songs]
     return EditResult(list(songs), windows, reports, loss)
@@ -380,10 +380,10 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
         chunk = SamplerSettings(**{**settings.to_dict(), "seed": settings.seed + len(windows)})
         decoded, loss, window = sample_window(model, songs, window, chunk, seconds_total=(offset + final_length) / sr,
                                       offset=offset, callback=run_callback(callback, len(windows), runs))
-        songs, chunk_seams = _splice_all(songs, decoded, window, sr)
+        songs, chunk_seams = splice_all(songs, decoded, window, sr)
         windows.append(window)
         seams += chunk_seams
-    return _result(songs, windows, seams, song, sr, loss)
+    return edit_result(songs, windows, seams, song, sr, loss)
 
 
 def transition(model, first: Tensor, second: Tensor, overlap: int, settings: SamplerSettings, *,

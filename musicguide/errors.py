@@ -17,6 +17,11 @@ class UserError(Exception):
         return self.message if not self.hint else f"{self.message} ({self.hint})"
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (a parser's may span several)."""
+    return " ".join(str(error).split())
+
+
 class Interrupted(BaseException):
     """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so that no `except Exception`
     swallows it, but not a KeyboardInterrupt, which the CLI framework would turn into a silent exit."""

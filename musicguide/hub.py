@@ -4,12 +4,11 @@ can fix (no network, gated repo, missing file) as one line, translated from the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download
@@ -23,15 +22,22 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
-from musicguide.atomic import write_text_atomically
+from musicguide.atomic import file_sha256, write_text_atomically
 from musicguide.errors import UserError
 from musicguide.model_files import CONFIG_FILE
 
-if TYPE_CHECKING:
-    from musicguide.registry import CheckpointEntry
+
+
+class CheckpointEntry(Protocol):
+    """What a download reads of a registry entry (`registry.CheckpointEntry`)."""
+
+    name: str
+    repo: str | None
+    revision: str | None
+    files: tuple[str, ...]
+    sha256: dict[str, str]
 
 CACHE_ENV = "MUSICGUIDE_CACHE_DIR"
-_HASH_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 def verify_sha256(path: Path, expected: str, *, hint: str | None = None) -> None:
@@ -49,21 +55,13 @@ def verify_sha256(path: Path, expected: str, *, hint: str | None = None) -> None
     marker = _cache_dir() / "verified" / f"{expected}.json"
     if _read_marker(marker) == stamp:
         return
-    actual = _sha256_of(blob)
+    actual = file_sha256(blob)
     if actual != expected:
         raise UserError(
             f"sha256 mismatch for {path}: expected {expected}, got {actual}",
             hint=hint or f"the download is corrupt or was replaced; delete {blob} and run again to fetch it afresh",
         )
     _write_marker(marker, stamp)
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cache_dir() -> Path:

@@ -13,8 +13,20 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .runner import Common, Edited, probe_input
+from .options import Common, probe_input
 from .timespec import seconds_to_samples
+
+
+@dataclass
+class Edited:
+    """What an edit hands back to be written: the result, and each variation's output as pieces
+    (input ranges streamed from disk, generated tensors in between)."""
+
+    result: object  # edit.EditResult, with windows and seams in the output's coordinates
+    pieces: list[list]
+    # per variation, for --plot: (the audio before or None, the edited excerpt, where it starts in s)
+    views: list[tuple] = field(default_factory=list)
+    extra: list[dict] = field(default_factory=list)  # per variation, added to the sidecar
 
 
 def check_not_silent(audio, what: str) -> None:
@@ -296,14 +308,14 @@ class Timing:
 
     def grid(self):
         if self._grid is None:
-            from .audio import _to_channels, load_audio, resample
+            from .audio import to_channels, load_audio, resample
             from .beat_tracking import track_beats
             from .timespec import parse_time
 
             if self.audio is not None:  # mono at 44.1 kHz, as load_audio gives it from a file
                 import torch
 
-                mono, _ = _to_channels(self.audio.audio.numpy().T, 1)
+                mono, _ = to_channels(self.audio.audio.numpy().T, 1)
                 audio = resample(torch.from_numpy(mono.T.copy()), self.audio.sample_rate, 44100)
             elif self.song is None:
                 raise UserError("bar and beat times need a song")

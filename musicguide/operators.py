@@ -33,11 +33,6 @@ class TimeMask:
                 mask[a:b] = True
         return cls(mask)
 
-    @classmethod
-    def both(cls, frames: int, left: int, right: int) -> "TimeMask":
-        """[A_L; A_R]: the first `left` and the last `right` frames are known (infill, regenerate)."""
-        return cls.from_ranges(frames, [(0, left), (frames - right, frames)])
-
     @property
     def frames(self) -> int:
         return int(self.known.numel())

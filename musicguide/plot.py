@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Iterable, Protocol
 
 import numpy as np
 from torch import Tensor
 
-from musicguide.atomic import plain_reason, write_atomically
 from musicguide.errors import UserError
 
 FIGURE_INCHES = (12.0, 8.0)
@@ -55,17 +53,6 @@ def require_matplotlib() -> None:
         raise UserError(
             "--plot needs matplotlib, which is not installed", hint="install the 'plot' extra: pip install -e '.[plot]'"
         ) from None
-
-
-def plot_edit(path: str | os.PathLike, original: Tensor | None, edited: Tensor, sample_rate: int, **drawing):
-    """Draw the edit (`draw_edit`, with its keyword options), write it to `path` as a PNG,
-    atomically, and return the Figure."""
-    figure = draw_edit(original, edited, sample_rate, **drawing)
-    try:
-        write_atomically(path, lambda temporary: save_png(figure, temporary))
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {plain_reason(error, Path(path))}") from error
-    return figure
 
 
 def draw_edit(

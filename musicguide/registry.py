@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from musicguide.errors import UserError
+from musicguide.errors import UserError, one_line
 from musicguide.hub import download_hub_files, verify_sha256
 from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE
 
@@ -132,7 +132,7 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, Check
     # TOMLDecodeError is a ValueError; so is an integer longer than Python converts (4300 digits),
     # which tomllib lets through. RecursionError: arrays nested thousands deep.
     except (ValueError, RecursionError) as error:
-        raise UserError(f"model registry {registry_path} is not valid TOML: {_one_line(error)}") from None
+        raise UserError(f"model registry {registry_path} is not valid TOML: {one_line(error)}") from None
 
     models = document.get("models")
     if not isinstance(models, dict) or not models:
@@ -212,7 +212,7 @@ def _parse_repo(repo: str, fail: Callable[[str], UserError]) -> str:
     try:  # the Hub's own rules, so that a bad id fails here and not inside hf_hub_download
         validate_repo_id(repo)
     except HFValidationError as error:
-        raise fail(f"'repo' is not a valid Hugging Face repository id: {_one_line(error)}") from None
+        raise fail(f"'repo' is not a valid Hugging Face repository id: {one_line(error)}") from None
     return repo
 
 
@@ -256,10 +256,6 @@ def _clipped(value: Any) -> str:
         return f"an integer of {len(str(abs(value)))} digits"  # tomllib only makes ints str() can print
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = None) -> ResolvedModel:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import tasks
-from .edit import (Callback, EditResult, SamplerSettings, Start, _check_region, _result, _splice_all,
+from .edit import (Callback, EditResult, SamplerSettings, Start, check_edit_region, edit_result, splice_all,
                    context_floor, plan_window, run_callback, sample_window)
 from .errors import UserError
 from .losses import latent_loss
@@ -39,7 +39,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     level, and a VAE that loses level on its round trip (the demo's loses ~4 dB) would otherwise
     make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
     songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
-    _check_region(songs[0], start, end, model.sample_rate)
+    check_edit_region(songs[0], start, end, model.sample_rate)
     check_strength(strength)
     if not keep >= 0 or not math.isfinite(keep):
         raise UserError(f"--keep must be a finite number >= 0, got {keep}")
@@ -71,8 +71,8 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     gains = None
     if match_level:
         decoded, gains = _match_level(decoded, original, a, b)
-    edited, seams = _splice_all(songs, decoded, window, sr)
-    result = _result(edited, [window], seams, songs[0], sr, last_loss)
+    edited, seams = splice_all(songs, decoded, window, sr)
+    result = edit_result(edited, [window], seams, songs[0], sr, last_loss)
     result.level_gain_db = gains
     return result
 
@@ -108,7 +108,7 @@ def restyle_song(model, song: Tensor, start: int, end: int, settings: SamplerSet
         positions |= {seam.position for seam in part.seams[0] if last or seam.position < (a + b) // 2}
         gains.append(part.level_gain_db)
         loss = part.guidance_loss
-    result = _result(songs, windows, sorted(positions), song, model.sample_rate, loss)
+    result = edit_result(songs, windows, sorted(positions), song, model.sample_rate, loss)
     if all(gains):
         result.level_gain_db = [sum(g[i] for g in gains) / len(gains) for i in range(variations)]
     return result

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .schedules import Schedule, _bcast
+from .schedules import Schedule, broadcast
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Loss = Callable[[Tensor], Tensor]
@@ -46,11 +46,11 @@ class PasteKnown:
 
     def noise(self, x_t: Tensor, t: Tensor) -> Tensor:
         known = self.operator(x_t)
-        n = (known - _bcast(self.schedule.alpha(t), known) * self.y) / _bcast(self.schedule.sigma(t), known)
+        n = (known - broadcast(self.schedule.alpha(t), known) * self.y) / broadcast(self.schedule.sigma(t), known)
         return self.operator.transpose(n)
 
     def paste(self, x_s: Tensor, s: Tensor, mixed: Tensor) -> Tensor:
-        return self.operator.paste(x_s, _bcast(self.schedule.alpha(s), self.y) * self.y + self.operator(mixed))
+        return self.operator.paste(x_s, broadcast(self.schedule.alpha(s), self.y) * self.y + self.operator(mixed))
 
 
 @dataclass
@@ -127,17 +127,17 @@ def _sample(denoiser, schedule, x, ts, loss, guidance, consistency, generator, c
         keep = (s_s**2 - c**2).clamp(min=0).sqrt()
         x0, eps = p.x0, p.eps
         if p.grad is not None:
-            move = _bcast(_xi(guidance, t, s) * s_t, x) * p.grad  # ε̂ ← ε̂ − ξ σ_t g
+            move = broadcast(_xi(guidance, t, s) * s_t, x) * p.grad  # ε̂ ← ε̂ − ξ σ_t g
             if guide_x0:  # no ε̂ in the update: the same −ξ σ_s σ_t g, carried by x̂0
-                x0 = x0 - _bcast(s_s / a_s if a_s > 0 else 0.0, x) * move
+                x0 = x0 - broadcast(s_s / a_s if a_s > 0 else 0.0, x) * move
             else:
                 eps = eps - move
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if c > 0 and s > 0 else None
-        x = _bcast(a_s, x) * x0 + _bcast(keep, x) * eps
+        x = broadcast(a_s, x) * x0 + broadcast(keep, x) * eps
         if z is not None:
-            x = x + _bcast(c, x) * z
+            x = x + broadcast(c, x) * z
         if consistency is not None:
-            mixed = _bcast(keep, x) * known_noise + (_bcast(c, x) * z if z is not None else 0)
+            mixed = broadcast(keep, x) * known_noise + (broadcast(c, x) * z if z is not None else 0)
             x = consistency.paste(x, s, mixed)
         last = None if p.loss is None else float(p.loss)
         if callback is not None:
@@ -160,16 +160,16 @@ def guided_ddpm(denoiser: Denoiser, schedule: Schedule, x: Tensor, ts: Tensor, *
         # q(x_t | x_s) = N(a_ts x_s, v_ts I) with a_ts = a_t/a_s, v_ts = s_t² − a_ts² s_s²; its posterior:
         a_ts = a_t / a_s
         v_ts = s_t**2 - a_ts**2 * s_s**2
-        mean = _bcast(a_s * v_ts / s_t**2, x) * p.x0 + _bcast(a_ts * s_s**2 / s_t**2, x) * x
+        mean = broadcast(a_s * v_ts / s_t**2, x) * p.x0 + broadcast(a_ts * s_s**2 / s_t**2, x) * x
         std = _posterior_std(a_t, s_t, a_s, s_s)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = mean + _bcast(std, x) * z if s > 0 else mean
+        x = mean + broadcast(std, x) * z if s > 0 else mean
         if p.grad is not None:
-            x = x - _bcast(_xi(guidance, t, s), x) * p.grad
+            x = x - broadcast(_xi(guidance, t, s), x) * p.grad
         if consistency is not None:
             # the posterior mean's coefficient on x_t is a_ts s_s²/s_t², so the old noise n enters
             # with weight a_ts s_s² / s_t = sqrt(σ_s² − std²): the same mix as a DDIM step with c = std
-            mixed = _bcast(a_ts * s_s**2 / s_t, x) * known_noise + (_bcast(std, x) * z if s > 0 else 0)
+            mixed = broadcast(a_ts * s_s**2 / s_t, x) * known_noise + (broadcast(std, x) * z if s > 0 else 0)
             x = consistency.paste(x, s, mixed)
         last = None if p.loss is None else float(p.loss)
         if callback is not None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 
-def _bcast(t: Tensor | float, like: Tensor) -> Tensor:
+def broadcast(t: Tensor | float, like: Tensor) -> Tensor:
     """A per-batch (or scalar) time as a tensor that broadcasts against `like`."""
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
     return t.reshape(t.shape + (1,) * (like.ndim - t.ndim)) if t.ndim else t
@@ -35,16 +35,16 @@ class VCosine:
         return torch.sin(torch.as_tensor(t, dtype=torch.float64) * math.pi / 2)
 
     def x0_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
-        a, s = _bcast(self.alpha(t), x_t), _bcast(self.sigma(t), x_t)
+        a, s = broadcast(self.alpha(t), x_t), broadcast(self.sigma(t), x_t)
         return a * x_t - s * out
 
     def eps_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
-        a, s = _bcast(self.alpha(t), x_t), _bcast(self.sigma(t), x_t)
+        a, s = broadcast(self.alpha(t), x_t), broadcast(self.sigma(t), x_t)
         return s * x_t + a * out
 
     def model_target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
         """What the network is trained to output at time t (used by training)."""
-        a, s = _bcast(self.alpha(t), x0), _bcast(self.sigma(t), x0)
+        a, s = broadcast(self.alpha(t), x0), broadcast(self.sigma(t), x0)
         return a * eps - s * x0
 
 
@@ -89,10 +89,10 @@ class RectifiedFlow:
         return torch.as_tensor(t, dtype=torch.float64)
 
     def x0_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
-        return x_t - _bcast(self.sigma(t), x_t) * out
+        return x_t - broadcast(self.sigma(t), x_t) * out
 
     def eps_hat(self, x_t: Tensor, out: Tensor, t: Tensor | float) -> Tensor:
-        return x_t + _bcast(self.alpha(t), x_t) * out
+        return x_t + broadcast(self.alpha(t), x_t) * out
 
     def model_target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
         return eps - x0

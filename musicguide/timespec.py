@@ -93,10 +93,6 @@ def seconds_to_samples(seconds: float, sample_rate: int) -> int:
     return math.floor(seconds * sample_rate + 0.5)
 
 
-def samples_to_seconds(samples: int, sample_rate: int) -> float:
-    return samples / sample_rate
-
-
 def format_time(seconds: float) -> str:
     """'m:ss.mmm' for messages and file names; minutes keep counting past 59 (75:00.000)."""
     if not math.isfinite(seconds) or seconds < 0:
@@ -120,12 +116,6 @@ def samples_to_frames(start: int, end: int, hop: int) -> tuple[int, int]:
     """
     _check_range(start, end, hop)
     return start // hop, whole_frames(end, hop)
-
-
-def frames_to_samples(first_frame: int, end_frame: int, hop: int) -> tuple[int, int]:
-    """The sample range [first_frame * hop, end_frame * hop) that latent frames [f0, f1) decode to."""
-    _check_range(first_frame, end_frame, hop)
-    return first_frame * hop, end_frame * hop
 
 
 def _check_range(start: int, end: int, hop: int) -> None:

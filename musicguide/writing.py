@@ -18,7 +18,6 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from musicguide.atomic import check_writable, write_atomically
 from musicguide.audio import BLOCK_FRAMES, AudioInfo, amplitude_to_db
 from musicguide.errors import UserError
 
@@ -38,7 +37,7 @@ PCM_BITS = {"PCM_16": 16, "PCM_24": 24}
 
 @dataclass(frozen=True)
 class SavedAudio:
-    """What `save_audio` wrote; `clipped` lets the caller warn instead of us normalising quietly."""
+    """What `write_song` wrote; `clipped` lets the caller warn instead of us normalising quietly."""
 
     path: str
     sample_rate: int
@@ -126,11 +125,11 @@ def write_song(path: Path, pieces: list[Piece], sample_rate: int, subtype: str, 
             raise UserError(f"refusing to write NaN or infinite samples to {named}",
                             hint="the sampler diverged; try a smaller guidance step")
     channels = {piece.shape[0] if isinstance(piece, Tensor) else piece[0].channels for piece in pieces}
-    if len(channels) != 1 or sum(_piece_length(p) for p in pieces) == 0:
+    if len(channels) != 1 or sum(piece_length(p) for p in pieces) == 0:
         raise ValueError("expected non-empty pieces with one channel count")
     peak, clipped = 0.0, 0
     with sf.SoundFile(path, "w", sample_rate, channels.pop(), subtype=subtype, format=container) as out:
-        for block in _piece_blocks(pieces):
+        for block in piece_blocks(pieces):
             peak = max(peak, float(np.abs(block).max(initial=0.0)))
             if subtype in PCM_BITS:
                 block, count = _quantise(block, PCM_BITS[subtype])
@@ -139,11 +138,11 @@ def write_song(path: Path, pieces: list[Piece], sample_rate: int, subtype: str, 
     return SavedAudio(path=str(named), sample_rate=sample_rate, subtype=subtype, peak=peak, clipped=clipped)
 
 
-def _piece_length(piece: Piece) -> int:
+def piece_length(piece: Piece) -> int:
     return piece.shape[-1] if isinstance(piece, Tensor) else piece[2] - piece[1]
 
 
-def _piece_blocks(pieces: list[Piece]) -> Iterator[np.ndarray]:
+def piece_blocks(pieces: list[Piece]) -> Iterator[np.ndarray]:
     for piece in pieces:
         if isinstance(piece, Tensor):
             frames_first = piece.detach().cpu().float().numpy().T
@@ -152,30 +151,3 @@ def _piece_blocks(pieces: list[Piece]) -> Iterator[np.ndarray]:
         else:
             song, start, stop = piece
             yield from song.blocks(start, stop)
-
-
-def save_audio(
-    path: str | os.PathLike,
-    audio: Tensor,
-    sample_rate: int,
-    *,
-    subtype: str | None = None,
-    overwrite: bool = False,
-) -> SavedAudio:
-    """Write [channels, samples] audio to a .wav or .flac file, atomically.
-
-    `subtype` is PCM_16, PCM_24 or FLOAT (default DEFAULT_SUBTYPE). Samples beyond ±1 are clipped
-    when writing PCM and counted in the result so the caller can warn; nothing is normalised.
-    """
-    file = Path(path)
-    subtype = subtype or DEFAULT_SUBTYPE
-    check_output_format(file, subtype)
-    if audio.ndim != 2 or audio.shape[1] == 0:
-        raise ValueError(f"expected non-empty [channels, samples] audio, got shape {tuple(audio.shape)}")
-    check_writable(file, overwrite=overwrite)
-    saved: list[SavedAudio] = []
-    try:
-        write_atomically(file, lambda temporary: saved.append(write_song(temporary, [audio], sample_rate, subtype, named=file)))
-    except (sf.SoundFileError, OSError) as error:
-        raise UserError(f"cannot write {file}: {error}") from error
-    return saved[0]

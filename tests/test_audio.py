@@ -7,9 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicguide import audio as audio_module
 from musicguide.audio import AudioInfo, check_not_silent, load_audio, resample, same_file
-from musicguide.writing import output_subtype, save_audio
+from musicguide.writing import DEFAULT_SUBTYPE, output_subtype, write_song
 from musicguide.errors import UserError
 
 SR = 44100
@@ -50,7 +49,7 @@ def test_pcm_loads_sample_exact_and_saves_back_to_the_same_integers(tmp_path, bi
     assert info.conversions == ()
 
     target = tmp_path / f"out{extension}"
-    saved = save_audio(target, audio, SR, subtype=output_subtype([info], target))
+    saved = write_song(target, [audio], SR, output_subtype([info], target))
     assert saved.subtype == f"PCM_{bits}" and saved.clipped == 0
     assert np.array_equal(read_ints(target, bits), ints)
 
@@ -65,7 +64,7 @@ def test_pcm16_edit_reproduces_the_original_integers_outside_the_edit(tmp_path):
     tone = 1.4 * torch.sin(torch.arange(4000) * 0.05)  # deliberately over full scale
     edited[:, 8000:12000] = tone
     target = tmp_path / "edit.wav"
-    saved = save_audio(target, edited, SR, subtype=output_subtype([info], target))
+    saved = write_song(target, [edited], SR, output_subtype([info], target))
 
     written = read_ints(target, 16)
     assert np.array_equal(written[:8000], ints[:8000])
@@ -79,14 +78,14 @@ def test_pcm16_edit_reproduces_the_original_integers_outside_the_edit(tmp_path):
 
 def test_float_wav_keeps_values_beyond_full_scale(tmp_path):
     audio = torch.tensor([[0.5, 1.5, -2.0], [0.0, 0.25, -0.25]])
-    saved = save_audio(tmp_path / "x.wav", audio, SR, subtype="FLOAT")
+    saved = write_song(tmp_path / "x.wav", [audio], SR, "FLOAT")
     back, info = load_audio(tmp_path / "x.wav")
     assert torch.equal(back, audio)
     assert saved.clipped == 0 and saved.peak == 2.0 and info.subtype == "FLOAT"
 
 
 def test_default_subtype_is_24_bit_and_output_subtype_follows_the_input(tmp_path):
-    saved = save_audio(tmp_path / "x.flac", torch.zeros(2, 10), SR)
+    saved = write_song(tmp_path / "x.flac", [torch.zeros(2, 10)], SR, DEFAULT_SUBTYPE)
     assert saved.subtype == "PCM_24" and sf.info(tmp_path / "x.flac").subtype == "PCM_24"
     def info(subtype, *conversions):
         return AudioInfo("x", SR, 2, 10, "WAV", subtype, conversions)
@@ -208,68 +207,20 @@ def test_check_not_silent():
     check_not_silent(dither, threshold_db=-120)
 
 
-def test_save_refuses_unknown_extensions_listing_the_supported_ones(tmp_path):
+def test_writing_refuses_unknown_extensions_and_formats_listing_the_supported_ones(tmp_path):
     with pytest.raises(UserError, match=r"\.wav, \.flac"):
-        save_audio(tmp_path / "x.mp3", torch.zeros(2, 10), SR)
+        write_song(tmp_path / "x.mp3", [torch.zeros(2, 10)], SR, DEFAULT_SUBTYPE)
     with pytest.raises(UserError, match="FLAC"):
-        save_audio(tmp_path / "x.flac", torch.zeros(2, 10), SR, subtype="FLOAT")
+        write_song(tmp_path / "x.flac", [torch.zeros(2, 10)], SR, "FLOAT")
     with pytest.raises(UserError, match="sample format"):
-        save_audio(tmp_path / "x.wav", torch.zeros(2, 10), SR, subtype="PCM_8")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_save_never_overwrites_unless_asked(tmp_path):
-    target = tmp_path / "out.wav"
-    target.write_bytes(b"precious")
-    with pytest.raises(UserError, match="--overwrite"):
-        save_audio(target, torch.zeros(2, 10), SR)
-    assert target.read_bytes() == b"precious"
-    save_audio(target, torch.full((2, 10), 0.5), SR, overwrite=True)
-    assert np.allclose(sf.read(target)[0], 0.5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
-
-
-@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
-def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch, failure):
-    target = tmp_path / "out.wav"
-    target.write_bytes(b"precious")
-    real_write = sf.SoundFile.write
-
-    def write_half_then_fail(self, data):
-        real_write(self, data[: len(data) // 2])
-        assert Path(self.name).exists() and Path(self.name).parent == tmp_path
-        raise failure("disk full")
-
-    monkeypatch.setattr(audio_module.sf.SoundFile, "write", write_half_then_fail)
-    with pytest.raises(failure):
-        save_audio(target, torch.zeros(2, 1000), SR, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
-    assert target.read_bytes() == b"precious"
-
-
-def test_write_errors_become_user_errors_without_leftovers(tmp_path, monkeypatch):
-    def refuse(self, data):
-        raise sf.LibsndfileError(0, prefix="refused: ")
-
-    monkeypatch.setattr(audio_module.sf.SoundFile, "write", refuse)
-    with pytest.raises(UserError, match="cannot write"):
-        save_audio(tmp_path / "x.wav", torch.zeros(2, 10), SR)
-    with pytest.raises(UserError, match="does not exist"):
-        save_audio(tmp_path / "missing" / "x.wav", torch.zeros(2, 10), SR)
+        write_song(tmp_path / "x.wav", [torch.zeros(2, 10)], SR, "PCM_8")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_non_finite_audio_is_not_written(tmp_path):
     with pytest.raises(UserError, match="NaN"):
-        save_audio(tmp_path / "x.wav", torch.tensor([[0.0, float("inf")]]), SR)
+        write_song(tmp_path / "x.wav", [torch.tensor([[0.0, float("inf")]])], SR, "FLOAT")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_saved_file_gets_ordinary_permissions(tmp_path):
-    ordinary = tmp_path / "ordinary"
-    ordinary.write_bytes(b"")
-    save_audio(tmp_path / "x.wav", torch.zeros(2, 10), SR)
-    assert (tmp_path / "x.wav").stat().st_mode == ordinary.stat().st_mode
 
 
 def test_same_file(tmp_path, monkeypatch):

@@ -1,13 +1,14 @@
 import torch
 
 from musicguide.operators import SampleMask, TimeMask
+from musicguide.tasks import free_range_mask
 
 
 def _masks(frames: int = 12):
     return [
         TimeMask.from_ranges(frames, [(0, 5)]),  # A_L: continuation
         TimeMask.from_ranges(frames, [(frames - 3, frames)]),  # A_R
-        TimeMask.both(frames, 4, 2),
+        free_range_mask(frames, (4, frames - 2)),
         TimeMask.from_ranges(frames, [(1, 3), (6, 7), (10, 40)]),
     ]
 
@@ -33,14 +34,14 @@ def test_selection_is_a_partial_isometry():
 
 
 def test_masks_select_the_intended_frames():
-    assert TimeMask.both(6, 1, 2).known.tolist() == [True, False, False, False, True, True]
+    assert free_range_mask(6, (1, 6 - 2)).known.tolist() == [True, False, False, False, True, True]
     assert TimeMask.from_ranges(5, [(-3, 1), (4, 9)]).known.tolist() == [True, False, False, False, True]
     # ranges that clip to nothing mark nothing (a negative end must not count from the back)
     assert TimeMask.from_ranges(5, [(0, -2), (7, 9), (3, 3)]).known.tolist() == [False] * 5
 
 
 def test_paste_replaces_known_and_keeps_free():
-    mask = TimeMask.both(10, 3, 2)
+    mask = free_range_mask(10, (3, 10 - 2))
     x = torch.randn(1, 2, 10)
     y = torch.full((1, 2, 5), 7.0)
     out = mask.paste(x, y)

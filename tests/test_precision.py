@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicguide import cli, runner
+from musicguide import cli, options
 
 FAST = ["--steps", "3", "--context", "2", "--quiet", "--seed", "4", "--model", "tiny-random", "--device", "cpu"]
 
@@ -28,10 +28,10 @@ def run_cli(args, monkeypatch, capsys) -> int:
 
 
 def test_auto_is_fp32_on_cpu_and_half_on_cuda():
-    assert runner.pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert runner.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert options.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert options.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     if torch.cuda.is_available():
-        assert runner.pick_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+        assert options.pick_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
 
 
 @pytest.mark.slow

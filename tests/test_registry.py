@@ -362,13 +362,13 @@ def test_hash_check_is_remembered_until_the_file_changes(tmp_path: Path, monkeyp
     verify_sha256(weights, digest)
 
     hashed: list[Path] = []
-    real_hash = hub._sha256_of
+    real_hash = hub.file_sha256
 
     def counting_hash(path: Path) -> str:
         hashed.append(path)
         return real_hash(path)
 
-    monkeypatch.setattr(hub, "_sha256_of", counting_hash)
+    monkeypatch.setattr(hub, "file_sha256", counting_hash)
     verify_sha256(weights, digest)
     assert hashed == []
 

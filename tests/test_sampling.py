@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from musicguide.losses import l1, latent_loss
-from musicguide.operators import TimeMask
+from musicguide.tasks import free_range_mask
 from musicguide.sampling import guided_ddim, guided_ddpm, paste_known, predict
 from musicguide.schedules import RectifiedFlow, VCosine, timesteps
 
@@ -21,7 +21,7 @@ IDX = torch.arange(T, dtype=torch.float64)
 SIGMA = 0.8 ** (IDX[:, None] - IDX[None, :]).abs()
 MU = torch.linspace(-1, 1, T, dtype=torch.float64)
 EYE = torch.eye(T, dtype=torch.float64)
-MASK = TimeMask.both(T, 2, 2)
+MASK = free_range_mask(T, (2, T - 2))
 Y = torch.tensor([0.5, -0.3, 0.2, 0.9], dtype=torch.float64).view(1, 1, 4)
 SCHEDULES = [VCosine(), RectifiedFlow()]
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli as run_cli_full
 from musicguide.errors import UserError
-from musicguide.runner import sha256
+from musicguide.atomic import file_sha256 as sha256
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
 from musicguide.models.folder import merge_parts, split_weights
 from musicguide.models.presets import PRESETS, preset_config, vae_variant
@@ -177,7 +177,9 @@ def test_load_corpus_reads_every_audio_file_and_holds_out_by_name(data_dir):
 def test_track_bank_crops_stay_inside_their_track():
     tracks = [torch.arange(10.0).repeat(2, 1), 100 + torch.arange(30.0).repeat(2, 1)]
     bank = TrackBank(tracks, rate=10.0, min_length=4, device=torch.device("cpu"))
-    crops = bank.random_crops(64, 4, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    track = torch.randint(0, 2, (64,), generator=generator)
+    crops = bank.crops_at(track, torch.rand(64, generator=generator, dtype=torch.float64), 4)
     x = crops.x[:, 0]
     assert torch.all(x[:, 1:] - x[:, :-1] == 1), "a crop crossed a track boundary"
     from_second = x[:, 0] >= 100

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from ..atomic import check_writable
 from ..errors import UserError
-from ..runner import MAX_SEED, MAX_STEPS
+from ..options import MAX_SEED, MAX_STEPS
 from ..evaluate.clips import TASKS, Protocol, check_tasks, read_track_list
 from ..evaluate.protocol import (INPAINTING_VARIANTS, MODEL_VARIANTS, PRIMARY_VARIANT, Progress, evaluate,
                                  model_variants, variants_for)

@@ -13,7 +13,7 @@ import typer
 from ..defaults import DEFAULT_STYLE_GUIDANCE
 from ..jobs import Timing
 from .. import runner
-from ..runner import Common
+from ..options import Common
 from .app import DEFAULT_MODEL, app
 
 
@@ -131,7 +131,7 @@ def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: b
             return EditPlan(verb, common, inputs, function(**kwargs), timing, reads)
 
         def command(**kwargs):
-            from .edits import execute, report
+            from .running import execute, report
 
             edit = plan(**kwargs)
             report(edit.verb, edit.common, execute(edit))

@@ -11,6 +11,7 @@ import typer
 from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
 
 from .. import runner
+from ..options import pick_device, probe_input
 from ..errors import UserError
 from ..batch import BATCH_OPTIONS, read_jobs
 from ..jobs import Timing
@@ -34,7 +35,7 @@ def tags(
 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
-    runner.probe_input(song)
+    probe_input(song)
     audio, _ = load_audio(song)
     check_not_silent(audio, what=str(song))
     net = load_musicnn(tagger.value)
@@ -115,7 +116,7 @@ class Held:
 def _batch_job(job, own: list[str], jobs: Path, held: Held) -> dict:
     """One job, parsed by its command's own parser and run with the batch's editor, as its command
     alone would run it; its error becomes one line."""
-    from .edits import execute
+    from .running import execute
     from .options import EDIT_PLANNERS
 
     result = {"line": job.line, "args": list(job.args), "ok": False}
@@ -190,7 +191,7 @@ def train_vae_cmd(data: DataDir, out_dir: OutDir, preset: Preset = "demo", steps
 
     config = VAETrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
     check_out_dir(out_dir)
-    _train("vae", lambda progress: train_vae(data, out_dir, config, device=runner.pick_device(device.value), resume=resume,
+    _train("vae", lambda progress: train_vae(data, out_dir, config, device=pick_device(device.value), resume=resume,
                                              holdout=holdout, progress=progress), config, quiet)
 
 
@@ -204,7 +205,7 @@ def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder 
 
     config = DiTTrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
     check_out_dir(out_dir)
-    _train("dit", lambda progress: train_dit(data, vae, out_dir, config, device=runner.pick_device(device.value), resume=resume,
+    _train("dit", lambda progress: train_dit(data, vae, out_dir, config, device=pick_device(device.value), resume=resume,
                                              holdout=holdout, progress=progress), config, quiet)
 
 

@@ -21,8 +21,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from musicguide.atomic import write_atomically
-from musicguide.errors import UserError
-from musicguide.models.config import ModelConfig
+from musicguide.errors import UserError, one_line
+from musicguide.models.config import ModelConfig, config_errors_name, is_sa3_config, read_config_json
 from musicguide.models.latent_diffusion import LatentDiffusion
 from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE  # re-exported: the folder's two files
 
@@ -33,6 +33,21 @@ DIT_PREFIXES = ("model.", "conditioner.")
 # torch.nn.utils.parametrizations.weight_norm (the newer API) names the two weight-norm tensors
 # differently from the published checkpoints; read either.
 _PARAMETRIZED_NAMES = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+
+
+def read_model_config(path: str | os.PathLike):
+    """The config in `path`: a ModelConfig, or for a Stable Audio 3 model (its autoencoder is
+    SAME) a models.sa3.SA3Config."""
+    data = read_config_json(path)
+    with config_errors_name(path):
+        if not is_sa3_config(data):
+            return ModelConfig.from_dict(data)
+        from musicguide.models.sa3 import sa3_config_from_dict
+
+        try:
+            return sa3_config_from_dict(data)
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"a Stable Audio 3 config musicguide cannot build: {one_line(err)}") from None
 
 
 def _our_key(key: str) -> str:
@@ -74,7 +89,7 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
         if not (folder / name).is_file():
             raise UserError(f"{folder / name} is missing",
                             hint=f"a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    config = ModelConfig.from_json(folder / CONFIG_FILE)
+    config = read_model_config(folder / CONFIG_FILE)
     with torch.device("meta"):
         model = _model_for(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -179,7 +194,7 @@ def merge_parts(parts: Sequence[str | os.PathLike], config: str | os.PathLike, o
         if overlap:
             raise UserError(f"{part} repeats {sorted(overlap)[0]}, which an earlier part already holds")
         state.update(tensors)
-    model_config = ModelConfig.from_json(config)
+    model_config = read_model_config(config)
     with torch.device("meta"):
         model = LatentDiffusion(model_config)
     missing = sorted(set(model.state_dict()) - set(state))

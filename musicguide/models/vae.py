@@ -56,7 +56,7 @@ def _init_weight_norm(module: nn.Module, conv: nn.Module, bias: bool) -> None:
     module.weight_v = nn.Parameter(weight.clone())
 
 
-def _weight_normalised(weight_v: Tensor, weight_g: Tensor) -> Tensor:
+def weight_normalised(weight_v: Tensor, weight_g: Tensor) -> Tensor:
     """g * v / |v|, the norm taken over everything but the first axis (torch.nn.utils.weight_norm, dim=0)."""
     norm = weight_v.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (weight_v.ndim - 1))
     return weight_v * (weight_g / norm)
@@ -77,7 +77,7 @@ class WNConv1d(nn.Module):
         _init_weight_norm(self, conv, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = _weight_normalised(self.weight_v, self.weight_g)
+        weight = weight_normalised(self.weight_v, self.weight_g)
         return F.conv1d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
 
@@ -91,7 +91,7 @@ class WNConvTranspose1d(nn.Module):
         _init_weight_norm(self, conv, True)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = _weight_normalised(self.weight_v, self.weight_g)
+        weight = weight_normalised(self.weight_v, self.weight_g)
         return F.conv_transpose1d(x, weight, self.bias, self.stride, self.padding)
 
 

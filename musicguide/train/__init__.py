@@ -51,7 +51,8 @@ from musicguide.train.data import (
     read_manifest,
 )
 from musicguide.train.dit import compose_config, encode_track, train_dit
-from musicguide.train.loop import EMA, learning_rate
+from musicguide.train.loop import learning_rate
+from musicguide.train.run import EMA
 from musicguide.train.losses import sample_timesteps, stft_loss, v_loss, vae_loss
 from musicguide.train.settings import (
     CHECKPOINT_FILE,

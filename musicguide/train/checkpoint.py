@@ -22,10 +22,10 @@ from musicguide.errors import UserError
 from musicguide.train.settings import CHECKPOINT_FILE
 
 if TYPE_CHECKING:
-    from musicguide.train.loop import _Run
+    from musicguide.train.run import TrainingRun
 
 
-def save_checkpoint(run: _Run) -> None:
+def save_checkpoint(run: TrainingRun) -> None:
     if not run.world.is_main:
         return
     state = {
@@ -51,7 +51,7 @@ def load_checkpoint(out_dir: Path, stage: str) -> dict:
     return state
 
 
-def restore(run: _Run, state: dict) -> None:
+def restore(run: TrainingRun, state: dict) -> None:
     """Continue `run` from a checkpoint (on every process; the EMA only where it is kept)."""
     missing, unexpected = run.model.load_state_dict(state["trained"], strict=False)
     missing = [k for k in missing if k.startswith(run.prefixes)]
@@ -80,7 +80,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 def prepare(out_dir: Path, stage: str, resume: bool, init: str | os.PathLike | None) -> dict | None:
     """Check --out, and return the checkpoint to resume from if asked. Writes nothing: the folder
-    is made together with its first file (see _train), so a run refused later leaves no trace."""
+    is made together with its first file (see train_loop), so a run refused later leaves no trace."""
     check_out_dir(out_dir)
     if resume and init is not None:
         raise UserError("--resume continues the run in --out; init starts a new one from a model's weights: "

@@ -222,12 +222,6 @@ class TrackBank:
         start = (fraction * positions).long().clamp(max=positions - 1)
         return self.crops(track, start, length)
 
-    def random_crops(self, batch: int, length: int, generator: torch.Generator) -> Crops:
-        """Uniform over every crop position in the bank (so long tracks are seen in proportion)."""
-        positions = (self.lengths - length + 1).clamp_min(1)
-        track = torch.multinomial(positions.double(), batch, replacement=True, generator=generator)
-        return self.crops_at(track, torch.rand(batch, generator=generator, dtype=torch.float64), length)
-
     def spread_crops(self, length: int, count: int) -> tuple[Tensor, Tensor]:
         """`count` fixed crop positions (track, start) spread evenly over the bank: the validation set."""
         positions = [(i, s) for i, n in enumerate(self.lengths.tolist()) for s in range(0, n - length + 1, length)]

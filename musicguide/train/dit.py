@@ -17,7 +17,7 @@ from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder, s
 from musicguide.models.folder import DIT_PREFIXES, VAE_PREFIXES
 from musicguide.models.presets import SAMPLE_RATE, preset_config
 from musicguide.train.data import Corpus, TrackBank
-from musicguide.train.loop import StepBatch, _train, relative_to_run
+from musicguide.train.loop import StepBatch, train_loop, relative_to_run
 from musicguide.train.losses import sample_timesteps, v_loss
 from musicguide.train.settings import DiTTrainConfig, ProgressCallback, TrainResult
 from musicguide.train.shard import Shard
@@ -179,7 +179,7 @@ def train_dit(data: str | os.PathLike | Corpus, vae_dir: str | os.PathLike, out_
         with run.averaged():
             save_model_folder(model, stage.out_dir, dtype=export_dtype)
 
-    return _train(run, step_batch, _validation(model, val_bank, window, config), export)
+    return train_loop(run, step_batch, _validation(model, val_bank, window, config), export)
 
 
 def _steps(objective: torch.nn.Module, bank: TrackBank, shard: Shard, window: int, config: DiTTrainConfig,

@@ -13,24 +13,21 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from musicguide import distributed
 from musicguide.atomic import write_atomically
-from musicguide.distributed import World
 from musicguide.errors import Interrupted
-from musicguide.models import LatentDiffusion
 from musicguide.train.checkpoint import save_checkpoint
+from musicguide.train.run import PHASES, TrainingRun
 from musicguide.train.settings import (
     LOG_FILE,
     MAX_BAD_STEPS,
-    ProgressCallback,
     TrainConfig,
     TrainProgress,
     TrainResult,
@@ -42,35 +39,7 @@ StepBatch = Callable[[int], Callable[[], "tuple[Tensor, dict[str, Tensor]]"]]
 # Steps of each call (counted from its first, which pays for lazy set-up) whose time is split into
 # data, forward, backward and optimizer, with the device synchronised between them.
 PROFILED_STEPS = range(1, 6)
-PHASES = ("data", "forward", "backward", "optimizer")
 Validate = Callable[[], "dict[str, float]"]
-
-
-class EMA:
-    """An exponential moving average of named parameters; its decay ramps up so early steps count less."""
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
-        self.params, self.decay = params, decay
-        self.shadow = {name: p.detach().float().clone() for name, p in params.items()}
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.shadow.values()), [p.float() for p in self.params.values()], 1 - decay)
-
-    @contextmanager
-    def swapped_in(self) -> Iterator[None]:
-        """The averaged weights in place of the trained ones, for validation and export."""
-        trained = {name: p.detach().clone() for name, p in self.params.items()}
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in self.params.items():
-                    p.copy_(trained[name])
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -110,55 +79,6 @@ class _Clock:
         return self.budget_s is not None and self.now >= self.budget_s
 
 
-@dataclass
-class _Run:
-    """One stage's training state: what is trained, how, where it is saved and what has been logged."""
-
-    stage: str
-    model: LatentDiffusion
-    prefixes: tuple[str, ...]  # state_dict keys this stage trains
-    config: TrainConfig
-    out_dir: Path
-    device: torch.device
-    world: World
-    progress_callback: ProgressCallback | None
-    ema: EMA | None = None
-    step: int = 0
-    progress: float = 0.0
-    bad_steps: int = 0
-    log: dict = field(default_factory=dict)
-    first_step: int = 0  # of this call: a resumed run starts past 0
-    phase_seconds: dict[str, list[float]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
-
-    def __post_init__(self):
-        self.named_params = {n: p for n, p in self.model.named_parameters() if n.startswith(self.prefixes)}
-        self.params = list(self.named_params.values())
-        matrices = [p for p in self.params if p.ndim >= 2]  # weight decay on weights, not gains and biases
-        others = [p for p in self.params if p.ndim < 2]
-        betas = (0.8, 0.99) if self.stage == "vae" else (0.9, 0.99)  # (0.8, 0.99): Oobleck's own
-        # fused: one kernel for the whole update instead of several per tensor (CUDA only)
-        self.optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": self.config.weight_decay},
-                                            {"params": others, "weight_decay": 0.0}],
-                                           lr=self.config.lr, betas=betas, fused=self.device.type == "cuda")
-        self.log.setdefault("history", [])
-        self.log.setdefault("validation", [])
-
-    @property
-    def examples_per_step(self) -> int:
-        return self.config.batch_size  # global: all processes together
-
-    def autocast(self):
-        if self.config.mixed_precision and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    def trained_state(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.model.state_dict().items() if k.startswith(self.prefixes)}
-
-    def averaged(self):
-        return self.ema.swapped_in() if self.ema else nullcontext()
-
-
 class _Window:
     """The losses since the last log line."""
 
@@ -184,18 +104,18 @@ def relative_to_run(path: str | os.PathLike | None, out_dir: Path) -> str | None
         return Path(path).name
 
 
-def write_log(run: _Run) -> None:
+def write_log(run: TrainingRun) -> None:
     if run.world.is_main:
         write_atomically(run.out_dir / LOG_FILE, lambda p: p.write_text(json.dumps(run.log, indent=1) + "\n"))
 
 
-def _report(run: _Run, clock: _Clock, loss: float | None, val_loss: float | None = None) -> None:
+def _report(run: TrainingRun, clock: _Clock, loss: float | None, val_loss: float | None = None) -> None:
     if run.progress_callback and run.world.is_main:
         lr = run.optimizer.param_groups[0]["lr"]
         run.progress_callback(TrainProgress(run.stage, run.step, run.config.steps, loss, lr, clock.elapsed, val_loss))
 
 
-def _validate(run: _Run, validate: Validate, clock: _Clock) -> float | None:
+def _validate(run: TrainingRun, validate: Validate, clock: _Clock) -> float | None:
     if not run.world.is_main:
         return None
     run.model.eval()
@@ -209,7 +129,7 @@ def _validate(run: _Run, validate: Validate, clock: _Clock) -> float | None:
     return parts["loss"]
 
 
-def _agree(run: _Run, clock: _Clock, loss: Tensor, parts: dict[str, Tensor], grad_norm: Tensor) -> dict[str, float]:
+def _agree(run: TrainingRun, clock: _Clock, loss: Tensor, parts: dict[str, Tensor], grad_norm: Tensor) -> dict[str, float]:
     """This step's loss, its parts and the gradient norm, as the mean over processes (one
     all-reduce, which also settles the clock); alone, just their values."""
     local = [loss.detach().float(), *(p.detach().float() for p in parts.values()), grad_norm.float()]
@@ -220,7 +140,7 @@ def _agree(run: _Run, clock: _Clock, loss: Tensor, parts: dict[str, Tensor], gra
     return dict(zip(["loss", *parts, "grad_norm"], values[:-1]))
 
 
-def _step(run: _Run, step_batch: StepBatch, clock: _Clock) -> dict[str, float] | None:
+def _step(run: TrainingRun, step_batch: StepBatch, clock: _Clock) -> dict[str, float] | None:
     """One optimiser step; the step's losses, or None when it was skipped as non-finite."""
     profiled = run.step - run.first_step in PROFILED_STEPS
     marks = [_mark(run.device, profiled)]
@@ -262,7 +182,7 @@ def _mark(device: torch.device, profiled: bool) -> float:
     return time.perf_counter()
 
 
-def step_profile(run: _Run) -> dict | None:
+def step_profile(run: TrainingRun) -> dict | None:
     """The profiled steps' mean seconds per phase and the examples per second they make."""
     count = len(run.phase_seconds["data"])
     if count == 0:
@@ -273,7 +193,7 @@ def step_profile(run: _Run) -> dict | None:
             "examples_per_s": round(run.examples_per_step / max(step_s, 1e-9), 2)}
 
 
-def _train(run: _Run, step_batch: StepBatch, validate: Validate, export: Callable[[], None]) -> TrainResult:
+def train_loop(run: TrainingRun, step_batch: StepBatch, validate: Validate, export: Callable[[], None]) -> TrainResult:
     """Step until `steps` or the time budget; validate, log and checkpoint on the way. Whatever
     stops the run (the end, the budget, Ctrl-C, an error), what was trained is saved and exported."""
     config, clock = run.config, _Clock(run.config, run.progress)
@@ -313,7 +233,7 @@ def _train(run: _Run, step_batch: StepBatch, validate: Validate, export: Callabl
     return _finish(run, clock, stopped, first_step, export, validate)
 
 
-def _log_window(run: _Run, clock: _Clock, window: _Window, first_step: int) -> None:
+def _log_window(run: TrainingRun, clock: _Clock, window: _Window, first_step: int) -> None:
     loss = sum(window.losses) / len(window.losses)
     entry = {"step": run.step, "elapsed_s": round(clock.elapsed, 2), "loss": loss,
              "lr": run.optimizer.param_groups[0]["lr"],
@@ -323,7 +243,7 @@ def _log_window(run: _Run, clock: _Clock, window: _Window, first_step: int) -> N
     _report(run, clock, loss)
 
 
-def _finish(run: _Run, clock: _Clock, stopped: str, first_step: int, export: Callable[[], None],
+def _finish(run: TrainingRun, clock: _Clock, stopped: str, first_step: int, export: Callable[[], None],
             validate: Validate | None) -> TrainResult:
     """Final validation (unless the run failed), checkpoint, log and exported weights (rank 0's)."""
     seconds = clock.elapsed

@@ -22,7 +22,7 @@ from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, build_model
 from musicguide.train.checkpoint import prepare, restore
 from musicguide.train.data import Corpus, TrackBank, load_corpus
-from musicguide.train.loop import EMA, _Run
+from musicguide.train.run import EMA, TrainingRun
 from musicguide.train.settings import ProgressCallback, TrainConfig
 from musicguide.train.shard import Shard
 
@@ -112,9 +112,9 @@ class Stage:
         return build_model(model_config).to(self.device)
 
     def run(self, model: LatentDiffusion, config: TrainConfig, progress: ProgressCallback | None,
-            log: dict, ema_decay: float | None = None) -> _Run:
+            log: dict, ema_decay: float | None = None) -> TrainingRun:
         """The run, continued from the checkpoint if resuming. The EMA is kept by rank 0 only."""
-        run = _Run(self.name, model, self.prefixes, config, self.out_dir, self.device, self.world, progress,
+        run = TrainingRun(self.name, model, self.prefixes, config, self.out_dir, self.device, self.world, progress,
                    log={"stage": self.name, **log})
         if ema_decay is not None and self.world.is_main:
             run.ema = EMA(run.named_params, ema_decay)

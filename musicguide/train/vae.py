@@ -17,9 +17,9 @@ from musicguide.errors import UserError
 from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder
 from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, WEIGHTS_FILE, save_weights
 from musicguide.models.presets import SAMPLE_RATE, preset_config
-from musicguide.models.vae import WNConv1d, _weight_normalised
+from musicguide.models.vae import WNConv1d, weight_normalised
 from musicguide.train.data import Corpus, TrackBank
-from musicguide.train.loop import StepBatch, _train, relative_to_run
+from musicguide.train.loop import StepBatch, train_loop, relative_to_run
 from musicguide.train.losses import stft_loss, vae_loss
 from musicguide.train.settings import VAE_WEIGHTS_FILE, ProgressCallback, TrainResult, VAETrainConfig
 from musicguide.train.shard import Shard
@@ -63,7 +63,7 @@ def nearest_upsample_decoder(config: ModelConfig, state: dict[str, Tensor]) -> t
         old = f"{DECODER_PREFIX}{block}.layers.1."
         gain, direction = state.pop(old + "weight_g"), state.pop(old + "weight_v")
         state.pop(old + "bias")
-        kernel = _weight_normalised(direction.float(), gain.float())  # [in, out, 2 * stride]
+        kernel = weight_normalised(direction.float(), gain.float())  # [in, out, 2 * stride]
         fitted = _repeat_kernel(kernel, stride)  # [out, in, 2 * stride]
         state[old + "1.weight_v"] = fitted.to(direction.dtype).contiguous()
         state[old + "1.weight_g"] = fitted.flatten(1).norm(dim=1)[:, None, None].to(gain.dtype)
@@ -160,7 +160,7 @@ def train_vae(data: str | os.PathLike | Corpus, out_dir: str | os.PathLike, conf
         save_weights({k: v.detach().float().cpu().contiguous() for k, v in run.trained_state().items()},
                      stage.out_dir / VAE_WEIGHTS_FILE)
 
-    return _train(run, step_batch, _validation(model, val_bank, config), export)
+    return train_loop(run, step_batch, _validation(model, val_bank, config), export)
 
 
 def _steps(objective: torch.nn.Module, bank: TrackBank, shard: Shard, config: VAETrainConfig,

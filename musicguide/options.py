@@ -1,0 +1,147 @@
+"""An edit's options as a user gives them (the CLI's flags, the API's keywords), each with its
+range, and what they choose: the sampler settings, the device and number format, the prompt's
+encoding for the model, and the inputs' headers. Imports nothing heavy at the top: the CLI builds
+its parser from here."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .timespec import check_seconds
+
+MAX_SEED = 2**32 - 1  # continue and evaluate add chunk/clip indices to it; torch takes up to 2**64 - 1
+MAX_STEPS = 10_000
+MAX_VARIATIONS = 256
+MAX_CFG = 100.0
+DEFAULT_CFG = 6.0  # stable-audio-tools' default cfg_scale
+@dataclass(frozen=True)
+class Common:
+    """The options every edit command shares."""
+
+    output: Path | None = None
+    model: str = "demo"
+    steps: int = 50
+    guidance: float | None = None
+    sampler: str = "auto"
+    eta: float = 0.0
+    seed: int | None = None
+    variations: int = 1
+    device: str = "auto"
+    quiet: bool = False
+    overwrite: bool = False
+    loss_space: str = "latent"
+    consistency: bool = True
+    context: float | None = None
+    sample_format: str = "auto"
+    as_json: bool = False
+    plot: bool = False
+    precision: str = "auto"
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    cfg: float | None = None
+
+    def check(self) -> None:
+        """Refuse bad values before any work: every number has a range."""
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {_short(self.seed)}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise UserError(f"--steps must be from 1 to {MAX_STEPS}, got {_short(self.steps)}")
+        if not 1 <= self.variations <= MAX_VARIATIONS:
+            raise UserError(f"--variations must be from 1 to {MAX_VARIATIONS}, got {_short(self.variations)}")
+        if self.context is not None and not check_seconds(self.context, "--context") > 0:
+            raise UserError(f"--context must be a positive number of seconds, got {self.context:g}")
+        if self.prompt is None and (self.negative_prompt is not None or self.cfg is not None):
+            raise UserError("--negative-prompt and --cfg need --prompt")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and 0 <= self.cfg <= MAX_CFG):
+            raise UserError(f"--cfg must be a number from 0 to {MAX_CFG:g}, got {self.cfg:g}")
+        if self.eta and self.sampler in ("ddpm", "pingpong"):
+            raise UserError(f"--eta applies to the ddim sampler only; {self.sampler} draws fresh noise every step",
+                            hint="drop --eta, or use --sampler ddim")
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}…({len(text)} digits)"
+
+
+def settings_for(common: Common):
+    from .edit import SamplerSettings
+
+    seed = common.seed if common.seed is not None else secrets.randbelow(2**31)
+    return SamplerSettings(sampler=common.sampler, steps=common.steps, guidance=common.guidance, eta=common.eta,
+                           loss_space=common.loss_space, consistency=common.consistency, seed=seed)
+
+
+def probe_input(path: Path):
+    """Read a song's header (not its audio): readable, not empty, at least a second long."""
+    from .audio import sound_info, open_sound
+
+    with open_sound(path) as sound:
+        info = sound_info(path, sound)
+    if info.frames < info.sample_rate:
+        raise UserError(f"{path} is shorter than one second; give the model some music to work with")
+    return info
+
+
+def pick_device(choice: str):
+    import torch
+
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here", hint="use --device cpu")
+    if choice == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's Metal backend is not available here", hint="use --device cpu")
+    return torch.device(choice)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_dtype(precision: str, device):
+    """--precision: auto is bf16 on CUDA cards that have it, else fp16 on CUDA, and fp32 on CPU and
+    MPS (their half-precision kernels are slow or missing). The sampler's own arithmetic stays in
+    fp32/fp64 either way: the model computes in its dtype and answers in the caller's."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def prompted(model, resolved, common: Common, cache: dict | None = None) -> tuple[object, dict]:
+    """With --prompt, the model whose `denoise` runs classifier-free guidance on the prompt's
+    tokens (encoded once per `cache`), and what the sidecar records of it."""
+    if common.prompt is None:
+        return model, {}
+    if getattr(model, "family", None) == "sa3":
+        raise UserError("--prompt is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
+                        "not built); edit without a prompt")
+    from .text import Prompted, encode_prompts, text_encoder_entry, text_conditioner
+
+    key = (common.prompt, common.negative_prompt)
+    tokens = cache.get(key) if cache is not None else None
+    if tokens is None:
+        # MUSICGUIDE_TEXT_ENCODER: a local T5 folder instead of the pinned Hub download (offline use)
+        tokens = encode_prompts(model, common.prompt, common.negative_prompt, model_folder=resolved.folder,
+                                encoder_folder=os.environ.get("MUSICGUIDE_TEXT_ENCODER"))
+        if cache is not None:
+            cache[key] = tokens
+    scale = DEFAULT_CFG if common.cfg is None else common.cfg
+    entry = text_encoder_entry(text_conditioner(model.config).t5_model_name)
+    record = {"text": {"prompt": common.prompt, "negative_prompt": common.negative_prompt, "cfg_scale": scale,
+                       "text_encoder": {"repo": getattr(entry, "repo", None), "revision": getattr(entry, "revision", None)}}}
+    return Prompted(model, tokens[0], tokens[1], scale), record
