@@ -1,8 +1,10 @@
 """From a song to an edited song: pick a window, encode it, sample, decode, splice it back.
 
-One function per command (`infill`, `regenerate`, `continue_song`, `transition`, `generate`);
-each returns an `EditResult` whose songs equal the input bit for bit outside the edited region and
-its short equal-power seams. No files and no printing here: the CLI does those.
+One function per edit (`infill`, `regenerate`, `continue_song`, `transition`, `generate`, `loop`;
+restyle's are in `restyle.py`), on tensors already in memory; each returns an `EditResult` whose
+songs equal the input bit for bit outside the edited region and its short seams (crossfades whose
+law follows how correlated the two sides are, `splice.py`). No files and no printing here: `jobs`
+reads the excerpts, `api` returns results, the CLI writes them.
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ class DiTWrapper(nn.Module):
 
 
 class MultiConditioner(nn.Module):
-    """The number conditioners by id. Text (T5) conditioners are not built: the reference keeps the
-    T5 encoder outside its checkpoint too, and musicguide uses the null text conditioning."""
+    """The number conditioners by id. Text (T5) conditioners are not built here: the reference
+    keeps the T5 encoder outside its checkpoint too. Without a prompt the DiT runs on the null text
+    conditioning; with one, `text.py` encodes it and `denoise` takes its tokens (`text_tokens`)."""
 
     def __init__(self, cfg: ConditioningConfig):
         super().__init__()
