@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 from . import __version__
 from .defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, DEFAULT_STYLE_GUIDANCE, GENERATE_SECONDS, RESTYLE_STRENGTH,
                        TRANSITION_SECONDS, check_strength)
-from .errors import UserError
+from .errors import BadArgument, UserError
 
 ProgressCallback = Callable[[int, int, dict], None]
 
@@ -231,7 +231,7 @@ class Editor:
     @classmethod
     def from_model(cls, model, name: str = "in memory") -> "Editor":
         """An editor for a model object you built or trained yourself (on its own device)."""
-        from .registry import ResolvedModel
+        from .model_files import ResolvedModel
 
         resolved = ResolvedModel(name=name, kind="memory", folder=None, repo=None, revision=None,
                                  description="a model object given to Editor.from_model")
@@ -269,7 +269,7 @@ class Editor:
         from . import jobs
         from .timespec import check_duration
 
-        check_duration(seconds, "--seconds")
+        check_duration(seconds, "`seconds`")
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
             return self._run("continue", common, sources, jobs.continue_edit(common, seconds), {"seconds": seconds},
                              timing, options, hand_over)
@@ -280,7 +280,7 @@ class Editor:
         from . import jobs
         from .timespec import check_duration
 
-        check_duration(length, "--length")
+        check_duration(length, "`length`")
         with self._opened([first, second], sample_rate, options) as (common, sources, timing, hand_over):
             return self._run("transition", common, sources, jobs.transition_edit(common, length, check_strength(strength)),
                              {"length_s": length, "strength": strength}, timing, options, hand_over)
@@ -290,7 +290,7 @@ class Editor:
         from . import jobs
         from .timespec import check_duration
 
-        check_duration(seconds, "--seconds")
+        check_duration(seconds, "`seconds`")
         options = {**options, "guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None}
         with self._opened([], None, options) as (common, sources, timing, hand_over):
             return self._run("generate", common, sources, jobs.generate_edit(common, seconds), {"seconds": seconds},
@@ -306,29 +306,29 @@ class Editor:
         from .timespec import check_duration
 
         if (end is None) == (bars is None):
-            raise UserError("loop needs --end or --bars (one of them)")
+            raise BadArgument("loop needs `end` or `bars` (one of them)")
         if bars is not None and not 0 < bars <= 1000:
-            raise UserError(f"--bars must be a positive number of bars up to 1000, got {bars:g}")
+            raise BadArgument(f"`bars` must be a positive number of bars up to 1000, got {bars:g}")
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
-            a = _seconds(start, "--start", timing)
+            a = _seconds(start, "`start`", timing)
             if bars is not None:
                 b = timing.grid().bars_after(a, bars)
                 duration = sources[0].info.duration
                 if duration < b <= duration + BAR_END_TOLERANCE_S:
                     b = duration  # the last bar, whose end the grid puts a few ms past the last sample
                 if b > duration:
-                    raise UserError(f"--bars {bars:g} from --start {start} ends at {b:.3f} s, past the end of the song "
+                    raise BadArgument(f"`bars` {bars:g} from `start` {start} ends at {b:.3f} s, past the end of the song "
                                     f"({duration:.3f} s)")
                 if length is None:
                     length = min(timing.grid().bars_after(a, 1) - a, (b - a) / 2)
             else:
-                b = _seconds(end, "--end", timing)
+                b = _seconds(end, "`end`", timing)
             if a >= b:
-                raise UserError(f"--start ({start}) must be before the loop's end ({b:.3f} s)")
+                raise BadArgument(f"`start` ({start}) must be before the loop's end ({b:.3f} s)")
             if b - a < MIN_LOOP_SECONDS:
                 raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
             if length is not None:
-                check_duration(length, "--length")
+                check_duration(length, "`length`")
             return self._run("loop", common, sources, jobs.loop_edit(common, a, b, length, check_strength(strength)),
                              {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing, options, hand_over)
 
@@ -345,15 +345,15 @@ class Editor:
         if not (like or toward or away_from):
             raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
         if not keep >= 0 or not math.isfinite(keep):
-            raise UserError(f"--keep must be a finite number >= 0, got {keep}")
+            raise BadArgument(f"`keep` must be a finite number >= 0, got {keep}")
         if options.get("guidance") is None:
             options = {**options, "guidance": DEFAULT_STYLE_GUIDANCE}
         options = {**options, "loss_space": "audio"}
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
-            a = 0.0 if start is None else _seconds(start, "--start", timing)
-            b = None if end is None else _seconds(end, "--end", timing)
+            a = 0.0 if start is None else _seconds(start, "`start`", timing)
+            b = None if end is None else _seconds(end, "`end`", timing)
             if b is not None and a >= b:
-                raise UserError(f"--start ({start}) must be before --end ({end})")
+                raise BadArgument(f"`start` ({start}) must be before `end` ({end})")
             style = jobs.Style(like=like, toward=toward, away_from=away_from, tagger=tagger,
                                strength=check_strength(strength), keep=keep, match_level=match_level)
             extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
@@ -471,9 +471,9 @@ def _seconds(value, what: str, timing) -> float:
 
 
 def _region(start, end, timing) -> tuple[float, float]:
-    a, b = _seconds(start, "--start", timing), _seconds(end, "--end", timing)
+    a, b = _seconds(start, "`start`", timing), _seconds(end, "`end`", timing)
     if a >= b:
-        raise UserError(f"--start ({start}) must be before --end ({end})"
+        raise BadArgument(f"`start` ({start}) must be before `end` ({end})"
                         + (f": with --snap both are at the beat at {a:.3f} s" if timing.snap else ""))
     return a, b
 

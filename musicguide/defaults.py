@@ -5,7 +5,7 @@ Step sizes ξ that depend on the model and the loss space live with the sampler 
 
 from __future__ import annotations
 
-from .errors import UserError
+from .errors import BadArgument
 
 # The paper's regeneration strength: the free region starts as 85 % noise, 15 % original.
 DEFAULT_STRENGTH = 0.85
@@ -13,7 +13,7 @@ DEFAULT_STRENGTH = 0.85
 RESTYLE_STRENGTH = 0.6
 # Restyle's terms: the style loss through decoder and tagger (its gradient is tiny), the latent L1
 # on the context frames (the same term as an infill's; its ξ was chosen by restyle's own sweep in
-# docs/guidance.md, and stayed when the edits' latent ξ moved to 0.005), and --keep's log-mel
+# docs/guidance.md, and stayed when the edits' latent ξ moved to 0.005), and `keep`'s log-mel
 # envelope distance (summed over mel bands and ~128 ms frames).
 DEFAULT_STYLE_GUIDANCE = 100.0
 DEFAULT_CONTEXT_GUIDANCE = 3e-2
@@ -22,8 +22,8 @@ TRANSITION_SECONDS = 8.0
 GENERATE_SECONDS = 10.0
 
 
-def check_strength(strength: float, what: str = "--strength") -> float:
+def check_strength(strength: float, what: str = "`strength`") -> float:
     """How much noise a start holds: 0 < k ≤ 1 (the one check)."""
     if not 0 < strength <= 1:
-        raise UserError(f"{what} must be in (0, 1], got {strength}")
+        raise BadArgument(f"{what} must be in (0, 1], got {strength}")
     return strength

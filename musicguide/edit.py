@@ -18,19 +18,19 @@ from torch import Tensor
 
 from . import tasks
 from .defaults import DEFAULT_STRENGTH
-from .errors import UserError
+from .errors import BadArgument, UserError
 from .levels import LevelShift, working_level
 from .losses import audio_loss, latent_loss
 from .operators import SampleMask
 from .sampling import SAMPLERS, Step, paste_known
 from .schedules import RectifiedFlow, sampling_times
 from .splice import SeamMetric, cut_window, fade_samples, seam_report, splice
-from .timespec import check_duration, samples_to_frames, whole_frames
+from .timespec import samples_to_frames, whole_frames
 
 # Default step sizes ξ, one per loss term, chosen by the sweeps in docs/guidance.md on held-out
 # clips with the shipped demo model. They are per-element sums (latent elements, or audio samples
 # for "audio") and apply at REFERENCE_STEPS steps; other step counts scale ξ with the step width,
-# so that --steps changes the accuracy of the sampler, not the strength of the guidance. The latent
+# so that `steps` changes the accuracy of the sampler, not the strength of the guidance. The latent
 # ξ was the paper's 0.03 until the demo model's DiT was retrained: with it, 0.03 overshoots (the
 # README's gap 6 dB too loud); 0.005 has the best seams and nearly the lowest level error on 12
 # held-out clips, between a gap too loud (0.01) and one that sags (0.003) (docs/guidance.md).
@@ -66,15 +66,13 @@ class SamplerSettings:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS and self.sampler != "auto":
-            raise UserError(f"unknown sampler {self.sampler!r}", hint=f"use one of auto, {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
+            raise BadArgument(f"unknown `sampler` {self.sampler!r}", hint=f"use one of auto, {', '.join(SAMPLERS)}")
         if self.guidance is not None and not (math.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE):
-            raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {self.guidance:g}")
+            raise BadArgument(f"`guidance` must be a number from 0 to {MAX_GUIDANCE:g}, got {self.guidance:g}")
         if not 0 <= self.eta <= 1:
-            raise UserError(f"--eta must be in [0, 1], got {self.eta}")
+            raise BadArgument(f"`eta` must be in [0, 1], got {self.eta}")
         if self.loss_space not in ("latent", "audio"):
-            raise UserError(f"--loss-space must be 'latent' or 'audio', got {self.loss_space!r}")
+            raise BadArgument(f"`loss_space` must be 'latent' or 'audio', got {self.loss_space!r}")
         if self.guidance is None:
             object.__setattr__(self, "guidance", DEFAULT_GUIDANCE[self.loss_space])
 
@@ -142,7 +140,7 @@ def plan_window(song_length: int, edit_start: int, edit_end: int, hop: int, max_
     floor = hop if min_context is None else min_context
     gap = edit_end - edit_start
     if gap <= 0:
-        raise UserError("the edit region is empty: start must be before end")
+        raise ValueError(f"the edit region [{edit_start}, {edit_end}) is empty")  # the API refuses it first
     if gap > max_length - 2 * floor:
         raise UserError(f"the region is {gap / sample_rate:.2f} s long; this model generates at most "
                         f"{(max_length - 2 * floor) / sample_rate:.2f} s with context around it",
@@ -311,13 +309,10 @@ def splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int)
 
 
 def check_edit_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
-    length = song.shape[-1]
-    if start < 0:
-        raise UserError("--start must not be negative")
-    if start >= end:
-        raise UserError(f"--start ({start / sample_rate:.3f} s) must be before --end ({end / sample_rate:.3f} s)")
-    if end > length:
-        raise UserError(f"--end ({end / sample_rate:.3f} s) is past the end of the song ({length / sample_rate:.3f} s)")
+    """0 <= start < end <= the song's length, in samples. The API checks the user's times once, at
+    its boundary (`jobs.check_region`); here a bad region is a caller's bug."""
+    if not 0 <= start < end <= song.shape[-1]:
+        raise ValueError(f"region [{start}, {end}) is not inside the song's {song.shape[-1]} samples")
 
 
 def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *, variations: int = 1,
@@ -366,7 +361,7 @@ def continue_song(model, song: Tensor, seconds: float, settings: SamplerSettings
     `song` may be the song's last samples (at least a model window), `offset` samples into it."""
     sr, hop = model.sample_rate, model.downsampling_ratio
     max_length = model.max_frames * hop
-    total_new = round(check_duration(seconds, "--seconds") * sr)
+    total_new = round(seconds * sr)  # `seconds` is checked by the API
     final_length = song.shape[-1] + total_new
     songs = song[None].expand(variations, -1, -1)
     windows, seams, loss = [], [], None
@@ -393,7 +388,7 @@ def transition(model, first: Tensor, second: Tensor, overlap: int, settings: Sam
     """Join two tracks: their constant-power crossfade over `overlap` samples is the target, and
     regenerating the overlap turns the crossfade into a transition."""
     if not 0 < overlap <= min(first.shape[-1], second.shape[-1]):
-        raise UserError("--length must be positive and no longer than either track")
+        raise ValueError(f"overlap {overlap} must be positive and no longer than either track")  # checked by the API
     joined = tasks.join_with_crossfade(first, second, overlap)
     start = first.shape[-1] - overlap
     return infill(model, joined, start, start + overlap, settings, strength=strength, **kwargs)
@@ -406,7 +401,7 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
     samples = round(seconds * sr)
     max_length = model.max_frames * hop
     if not 0 < samples <= max_length:
-        raise UserError(f"--seconds must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
+        raise BadArgument(f"`seconds` must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
     frames = whole_frames(samples, hop)
     settings = settings.for_model(model)
     device = model.device
@@ -442,9 +437,9 @@ def loop(model, region: Tensor, regenerate: int, settings: SamplerSettings, *, s
     begins, and the loop point."""
     length = region.shape[-1]
     if length < MIN_LOOP_SECONDS * model.sample_rate:
-        raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long, got {length / model.sample_rate:.4g} s")
+        raise ValueError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long, got {length / model.sample_rate:.4g} s")
     if not 0 < regenerate <= length // 2:
-        raise UserError("the regenerated end must be positive and at most half the loop")
+        raise ValueError("the regenerated end must be positive and at most half the loop")  # checked by the API
     doubled = torch.cat([region, region], dim=-1)
     part = infill(model, doubled, length - regenerate, length, settings, variations=variations, context=context,
                   strength=strength, callback=callback)

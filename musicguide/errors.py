@@ -22,6 +22,24 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+class BadArgument(UserError, ValueError):
+    """A value the library refuses. Its message names the Python API's parameter in backticks
+    (`start`, `loss_space`); the command line says the flag instead (`cli_wording`)."""
+
+
+# The API's parameters that the command line spells as flags (`loss_space` -> --loss-space).
+PARAMETERS = ("start", "end", "strength", "steps", "guidance", "sampler", "eta", "seed", "variations", "context",
+              "loss_space", "consistency", "seconds", "length", "bars", "keep", "cfg", "prompt", "negative_prompt",
+              "bpm", "downbeat", "beats_per_bar", "snap", "like", "toward", "away_from", "tagger", "match_level")
+
+
+def cli_wording(message: str) -> str:
+    """A library message as the command line says it: each `parameter` becomes its --flag."""
+    import re
+
+    return re.sub(r"`([a-z_]+)`", lambda m: "--" + m[1].replace("_", "-") if m[1] in PARAMETERS else m[0], message)
+
+
 class Interrupted(BaseException):
     """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so that no `except Exception`
     swallows it, but not a KeyboardInterrupt, which the CLI framework would turn into a silent exit."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import BadArgument, UserError
 from .options import Common, probe_input
 from .timespec import seconds_to_samples
 
@@ -49,14 +49,14 @@ def region_excerpt(length: int, start: int, end: int, model) -> tuple[int, int]:
 
 
 def check_region(song, start_s: float, end_s: float, sample_rate: int) -> tuple[int, int]:
-    """--start/--end in samples, checked against the song."""
+    """`start`/--end in samples, checked against the song."""
     start, end = seconds_to_samples(start_s, sample_rate), seconds_to_samples(end_s, sample_rate)
     if start >= song.length:
-        raise UserError(f"--start ({start_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
+        raise BadArgument(f"`start` ({start_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
     if end > song.length:
-        raise UserError(f"--end ({end_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
+        raise BadArgument(f"`end` ({end_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
     if end <= start:
-        raise UserError(f"--start ({start_s!r} s) and --end ({end_s!r} s) are less than one sample apart")
+        raise BadArgument(f"`start` ({start_s!r} s) and `end` ({end_s!r} s) are less than one sample apart")
     return start, end
 
 
@@ -137,7 +137,7 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
         sr, reach = model.sample_rate, model_window(model)
         overlap = round(length_s * sr)
         if overlap > min(first.length, second.length):
-            raise UserError(f"--length {length_s:g} s is longer than one of the tracks")
+            raise BadArgument(f"`length` {length_s:g} s is longer than one of the tracks")
         s0, e2 = max(0, first.length - overlap - reach), min(second.length, overlap + reach)
         estimate_memory(model, first.length - s0 + e2, common.variations, f"{common.variations} transition(s)")
         head, tail = first.read(s0, first.length), second.read(0, e2)
@@ -173,12 +173,12 @@ def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | No
         song, sr = sources[0], model.sample_rate
         start, end = check_region(song, start_s, end_s, sr)
         region = song.read(start, end)
-        check_not_silent(region, what=f"{song.path} between --start and --end")
+        check_not_silent(region, what=f"{song.path} between `start` and `end`")
         regenerate = round(sr * (min(2.0, (end - start) / sr / 4) if length_s is None else length_s))
         if regenerate == (end - start) // 2 + 1:  # half an odd number of samples, rounded up: half the loop
             regenerate -= 1
         if not 0 < regenerate <= (end - start) // 2:
-            raise UserError(f"--length {regenerate / sr:g} s must be positive and at most half the loop "
+            raise BadArgument(f"`length` {regenerate / sr:g} s must be positive and at most half the loop "
                             f"({(end - start) / sr / 2:g} s)")
         estimate_memory(model, 2 * (end - start), common.variations, f"{common.variations} loop(s)")
         s0, s1 = region_excerpt(song.length, start, end, model)
@@ -322,7 +322,7 @@ class Timing:
             else:
                 probe_input(self.song)
                 audio, _ = load_audio(self.song, sample_rate=44100, channels=1)
-            downbeat = None if self.downbeat is None else parse_time(self.downbeat, "--downbeat")
+            downbeat = None if self.downbeat is None else parse_time(self.downbeat, "`downbeat`")
             self._grid = track_beats(audio, 44100, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
         return self._grid
 

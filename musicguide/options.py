@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import BadArgument, UserError
 from .timespec import check_seconds
 
 MAX_SEED = 2**32 - 1  # continue and evaluate add chunk/clip indices to it; torch takes up to 2**64 - 1
@@ -48,20 +48,20 @@ class Common:
     def check(self) -> None:
         """Refuse bad values before any work: every number has a range."""
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise UserError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {_short(self.seed)}")
+            raise BadArgument(f"`seed` must be a whole number from 0 to {MAX_SEED}, got {_short(self.seed)}")
         if not 1 <= self.steps <= MAX_STEPS:
-            raise UserError(f"--steps must be from 1 to {MAX_STEPS}, got {_short(self.steps)}")
+            raise BadArgument(f"`steps` must be from 1 to {MAX_STEPS}, got {_short(self.steps)}")
         if not 1 <= self.variations <= MAX_VARIATIONS:
-            raise UserError(f"--variations must be from 1 to {MAX_VARIATIONS}, got {_short(self.variations)}")
-        if self.context is not None and not check_seconds(self.context, "--context") > 0:
-            raise UserError(f"--context must be a positive number of seconds, got {self.context:g}")
+            raise BadArgument(f"`variations` must be from 1 to {MAX_VARIATIONS}, got {_short(self.variations)}")
+        if self.context is not None and not check_seconds(self.context, "`context`") > 0:
+            raise BadArgument(f"`context` must be a positive number of seconds, got {self.context:g}")
         if self.prompt is None and (self.negative_prompt is not None or self.cfg is not None):
-            raise UserError("--negative-prompt and --cfg need --prompt")
+            raise BadArgument("`negative_prompt` and `cfg` need `prompt`")
         if self.cfg is not None and not (math.isfinite(self.cfg) and 0 <= self.cfg <= MAX_CFG):
-            raise UserError(f"--cfg must be a number from 0 to {MAX_CFG:g}, got {self.cfg:g}")
+            raise BadArgument(f"`cfg` must be a number from 0 to {MAX_CFG:g}, got {self.cfg:g}")
         if self.eta and self.sampler in ("ddpm", "pingpong"):
-            raise UserError(f"--eta applies to the ddim sampler only; {self.sampler} draws fresh noise every step",
-                            hint="drop --eta, or use --sampler ddim")
+            raise BadArgument(f"`eta` applies to the ddim sampler only; {self.sampler} draws fresh noise every step",
+                            hint="drop `eta`, or use `sampler` ddim")
 
 
 def _short(value: int) -> str:
@@ -123,12 +123,12 @@ def pick_dtype(precision: str, device):
 
 
 def prompted(model, resolved, common: Common, cache: dict | None = None) -> tuple[object, dict]:
-    """With --prompt, the model whose `denoise` runs classifier-free guidance on the prompt's
+    """With `prompt`, the model whose `denoise` runs classifier-free guidance on the prompt's
     tokens (encoded once per `cache`), and what the sidecar records of it."""
     if common.prompt is None:
         return model, {}
     if getattr(model, "family", None) == "sa3":
-        raise UserError("--prompt is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
+        raise BadArgument("`prompt` is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
                         "not built); edit without a prompt")
     from .text import Prompted, encode_prompts, text_encoder_entry, text_conditioner
 

@@ -16,14 +16,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable
 
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from musicguide.errors import UserError, one_line
 from musicguide.hub import download_hub_files, verify_sha256
-from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE
+from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE, ResolvedModel, Source
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,6 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-Source = Literal["hub", "local", "builtin", "memory"]  # memory: a model object handed to `Editor.from_model`
 
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
@@ -75,22 +74,6 @@ class CheckpointEntry:
     sha256: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
     path: Path | None = None
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """Where a `--model` argument points, once any download is done.
-
-    `folder` is None only for builtin models, which are constructed from code (with `seed`).
-    """
-
-    name: str
-    kind: Source
-    folder: Path | None
-    repo: str | None
-    revision: str | None
-    description: str
-    seed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ a style, window by window, keeping its timing, its seams and its level."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Callable
 
@@ -13,12 +12,11 @@ from torch import Tensor
 from . import tasks
 from .edit import (Callback, EditResult, SamplerSettings, Start, check_edit_region, edit_result, splice_all,
                    context_floor, plan_window, run_callback, sample_window)
-from .errors import UserError
 from .losses import latent_loss
 from .splice import cut_window
 from .timespec import whole_frames
 
-from .defaults import DEFAULT_CONTEXT_GUIDANCE, DEFAULT_KEEP, RESTYLE_STRENGTH, check_strength
+from .defaults import DEFAULT_CONTEXT_GUIDANCE, DEFAULT_KEEP, RESTYLE_STRENGTH
 
 
 def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings, *,
@@ -39,10 +37,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     level, and a VAE that loses level on its round trip (the demo's loses ~4 dB) would otherwise
     make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
     songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
-    check_edit_region(songs[0], start, end, model.sample_rate)
-    check_strength(strength)
-    if not keep >= 0 or not math.isfinite(keep):
-        raise UserError(f"--keep must be a finite number >= 0, got {keep}")
+    check_edit_region(songs[0], start, end, model.sample_rate)  # strength and keep: checked by the API
     xi_context = DEFAULT_CONTEXT_GUIDANCE if context_guidance is None else context_guidance
     sr, hop = model.sample_rate, model.downsampling_ratio
     length = songs.shape[-1]

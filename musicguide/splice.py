@@ -191,7 +191,11 @@ class SeamMetric:
 def _mel_filterbank(sample_rate: int, n_fft: int, bands: int) -> np.ndarray:
     """[bands, n_fft // 2 + 1] triangular filters evenly spaced on the HTK mel scale, each summing
     to 1 (so a band's value is the mean power in it). Built here rather than with librosa, whose
-    filters module pulls in scipy.signal and costs seconds of start-up per CLI run."""
+    filters module pulls in scipy.signal and costs seconds of start-up per CLI run; and every
+    sidecar's seam measurements come from it, so a different filterbank would change what a given
+    seed's sidecar says (tests/test_golden.py). The package's other mel filterbanks: librosa's for
+    the evaluation metrics (evaluate/metrics.py, DAC's mel distance), and musicnn's, stored with
+    its weights so that the tagger's front end matches the original bit for bit (musicnn.py)."""
     top_mel = 2595 * math.log10(1 + sample_rate / 2 / 700)
     edges_hz = 700 * (10 ** (np.linspace(0, top_mel, bands + 2) / 2595) - 1)
     bin_hz = np.fft.rfftfreq(n_fft, 1 / sample_rate)

@@ -15,7 +15,7 @@ from torch import Tensor
 from .operators import TimeMask
 from .splice import crossfade
 
-from .defaults import DEFAULT_STRENGTH, check_strength
+from .defaults import DEFAULT_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,6 @@ def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, stre
     """Regeneration (and transition, where x̄ is the crossfaded pair): the free region starts from
     k z + (1 − k) x̄, so the result varies the original instead of replacing it; the known frames
     start as y noised to t = 1."""
-    check_strength(strength)
     mask = free_range_mask(x_bar.shape[-1], free, margin)
     y = mask(x_bar)
     start = strength * noise + (1 - strength) * x_bar

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from musicguide.errors import UserError
+from musicguide.errors import BadArgument, UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -264,7 +264,7 @@ class TextEncoder:
         config = getattr(model, "config", model)
         cond = text_conditioner(config)
         if cond is None:
-            raise UserError("--prompt needs a model with a T5 text conditioner (Stable Audio Open 1.0 or Small); "
+            raise BadArgument("`prompt` needs a model with a T5 text conditioner (Stable Audio Open 1.0 or Small); "
                             "this one has none")
         require_transformers()
         proj_out = load_proj_out(model_folder, cond.id) if model_folder is not None else None
@@ -317,7 +317,7 @@ def encode_prompts(model, prompt: str | None, negative_prompt: str | None = None
     released after it; each prompt is encoded on its own, as the reference's conditioner calls do."""
     if prompt is None:
         if negative_prompt is not None:
-            raise UserError("--negative-prompt needs --prompt")
+            raise BadArgument("`negative_prompt` needs `prompt`")
         return None, None
     encoder = TextEncoder.for_model(model, model_folder=model_folder, encoder_folder=encoder_folder, token=token)
     cond = encoder(prompt)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from musicguide.errors import UserError
+from musicguide.errors import BadArgument, UserError
 
 # "S", "S.fff", "M:SS", "M:SS.fff", "H:MM:SS", "H:MM:SS.fff". Inside a colon form the minutes and
 # seconds fields take exactly two digits, so "1:5" (1:05? 1:50?) is refused instead of guessed.
@@ -36,14 +36,14 @@ def check_duration(seconds: float, what: str) -> float:
     """A length a user gave (--seconds, --length): positive, finite, at most MAX_SECONDS."""
     check_seconds(seconds, what)
     if not seconds >= MIN_DURATION:
-        raise UserError(f"{what} must be at least {MIN_DURATION * 1000:g} ms, got {seconds:g} s")
+        raise BadArgument(f"{what} must be at least {MIN_DURATION * 1000:g} ms, got {seconds:g} s")
     return seconds
 
 
 def check_seconds(seconds: float, what: str) -> float:
     """A duration or time a user gave: finite, not negative, at most MAX_SECONDS."""
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        raise UserError(f"{what} must be a number of seconds from 0 to {MAX_SECONDS:.0f} (100 hours), got {seconds:g}")
+        raise BadArgument(f"{what} must be a number of seconds from 0 to {MAX_SECONDS:.0f} (100 hours), got {seconds:g}")
     return seconds
 
 

@@ -16,7 +16,7 @@ import torch
 import golden_outputs as golden
 from conftest import synth_song
 from musicguide import Editor, Result
-from musicguide.errors import UserError
+from musicguide.errors import BadArgument, UserError, cli_wording
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 RECORD = json.loads(golden.RECORD.read_text())
@@ -143,8 +143,14 @@ def test_array_inputs_are_checked_at_the_boundary(editor):
         editor.infill(song[:, : SR // 2], 0.1, 0.2, sample_rate=SR, **FAST)
     with pytest.raises(UserError, match="NaN"):
         editor.infill(np.full_like(song, np.nan), 1, 2, sample_rate=SR, **FAST)
-    with pytest.raises(UserError, match="--start"):
+    with pytest.raises(BadArgument, match="`start` .* must be before `end`") as raised:
         editor.infill(song, 2, 1, sample_rate=SR, **FAST)
+    assert isinstance(raised.value, ValueError)  # a typed error, named after the API's parameters
+    assert cli_wording(str(raised.value)).startswith("--start (2) must be before --end (1)")
+    with pytest.raises(BadArgument, match="`strength`"):
+        editor.regenerate(song, 1, 2, strength=1.5, sample_rate=SR, **FAST)
+    with pytest.raises(BadArgument, match="`loss_space`"):
+        editor.infill(song, 1, 2, sample_rate=SR, loss_space="mel", **FAST)
 
 
 def test_a_mono_array_at_another_rate_is_converted_and_said(editor):

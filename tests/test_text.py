@@ -233,7 +233,7 @@ def test_the_encoder_for_a_model_uses_its_conditioner(tiny_t5: Path, model) -> N
 
 def test_encode_prompts_gives_the_tokens_cfg_takes(tiny_t5: Path, model) -> None:
     assert text.encode_prompts(model, None) == (None, None)  # no prompt: nothing is loaded
-    with pytest.raises(UserError, match="--negative-prompt needs --prompt"):
+    with pytest.raises(UserError, match="`negative_prompt` needs `prompt`"):
         text.encode_prompts(model, None, "noise")
     cond, uncond = text.encode_prompts(model, "solo piano", "distorted guitar", encoder_folder=tiny_t5)
     encoder = TextEncoder.for_model(model, encoder_folder=tiny_t5)

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
 
 from .. import __version__
-from ..errors import Interrupted, UserError, json_error, wants_json
+from ..errors import Interrupted, UserError, cli_wording, json_error, wants_json
 
 app = typer.Typer(
     add_completion=False,
@@ -59,8 +59,8 @@ def main() -> None:
     how = {"debug": bool(os.environ.get("MUSICGUIDE_DEBUG")) or _root_flag(argv, "--debug"), "as_json": wants_json(argv)}
     try:
         code = app(standalone_mode=False)
-    except UserError as error:
-        _fail(str(error), 2, error, **how)
+    except UserError as error:  # the library names its parameters; the user typed flags
+        _fail(cli_wording(str(error)), 2, error, **how)
     except click.exceptions.ClickException as error:
         _fail(_parser_message(error), 2, error, **{**how, "debug": False})  # a typing mistake has no traceback worth showing
     except typer.Abort as error:

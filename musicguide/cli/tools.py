@@ -12,7 +12,7 @@ from typer import _click as click  # typer's own copy of click: its exceptions a
 
 from .. import runner
 from ..options import pick_device, probe_input
-from ..errors import UserError
+from ..errors import UserError, cli_wording
 from ..batch import BATCH_OPTIONS, read_jobs
 from ..jobs import Timing
 from .app import DEFAULT_MODEL, app, err, models_app, out, train_app
@@ -133,7 +133,7 @@ def _batch_job(job, own: list[str], jobs: Path, held: Held) -> dict:
                                          "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
                                         for o in run.outputs])
     except UserError as error:
-        result["error"] = str(error)
+        result["error"] = cli_wording(str(error))
     except click.exceptions.ClickException as error:
         result["error"] = error.format_message()
     except (MemoryError, Exception) as error:  # noqa: BLE001 - one job's failure must not stop the rest
