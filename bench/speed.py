@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from musicguide.losses import audio_loss, latent_loss  # noqa: E402
 from musicguide.models import ModelConfig, build_model  # noqa: E402
 from musicguide.operators import SampleMask  # noqa: E402
-from musicguide.tasks import free_range_mask  # noqa: E402
+from musicguide.measurement import free_range_mask  # noqa: E402
 from musicguide.registry import load_model  # noqa: E402
 from musicguide.sampling import predict  # noqa: E402
 

@@ -247,53 +247,53 @@ class Editor:
 
     def infill(self, audio, start, end, *, sample_rate: int | None = None, **options) -> Result:
         """Replace audio between `start` and `end` with new music that fits around it."""
-        from . import jobs
+        from . import excerpts
 
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
             a, b = _region(start, end, timing)
-            return self._run("infill", common, sources, jobs.region_edit(common, a, b, None),
+            return self._run("infill", common, sources, excerpts.region_edit(common, a, b, None),
                              {"start_s": a, "end_s": b}, timing, options, hand_over)
 
     def regenerate(self, audio, start, end, *, strength: float = DEFAULT_STRENGTH, sample_rate: int | None = None,
                    **options) -> Result:
         """Redo a section as a variation of itself, starting from a mix of noise and the original."""
-        from . import jobs
+        from . import excerpts
 
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
             a, b = _region(start, end, timing)
-            return self._run("regenerate", common, sources, jobs.region_edit(common, a, b, check_strength(strength)),
+            return self._run("regenerate", common, sources, excerpts.region_edit(common, a, b, check_strength(strength)),
                              {"start_s": a, "end_s": b, "strength": strength}, timing, options, hand_over)
 
     def continue_(self, audio, seconds: float, *, sample_rate: int | None = None, **options) -> Result:
         """Add `seconds` of music after the end, in chunks of half the model's window when longer."""
-        from . import jobs
+        from . import excerpts
         from .timespec import check_duration
 
         check_duration(seconds, "`seconds`")
         with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
-            return self._run("continue", common, sources, jobs.continue_edit(common, seconds), {"seconds": seconds},
+            return self._run("continue", common, sources, excerpts.continue_edit(common, seconds), {"seconds": seconds},
                              timing, options, hand_over)
 
     def transition(self, first, second, *, length: float = TRANSITION_SECONDS, strength: float = DEFAULT_STRENGTH, sample_rate: int | None = None,
                    **options) -> Result:
         """Join two tracks: their crossfade over `length` seconds, regenerated into a transition."""
-        from . import jobs
+        from . import excerpts
         from .timespec import check_duration
 
         check_duration(length, "`length`")
         with self._opened([first, second], sample_rate, options) as (common, sources, timing, hand_over):
-            return self._run("transition", common, sources, jobs.transition_edit(common, length, check_strength(strength)),
+            return self._run("transition", common, sources, excerpts.transition_edit(common, length, check_strength(strength)),
                              {"length_s": length, "strength": strength}, timing, options, hand_over)
 
     def generate(self, seconds: float = GENERATE_SECONDS, **options) -> Result:
         """New music from the model alone (no input, no guidance)."""
-        from . import jobs
+        from . import excerpts
         from .timespec import check_duration
 
         check_duration(seconds, "`seconds`")
         options = {**options, "guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None}
         with self._opened([], None, options) as (common, sources, timing, hand_over):
-            return self._run("generate", common, sources, jobs.generate_edit(common, seconds), {"seconds": seconds},
+            return self._run("generate", common, sources, excerpts.generate_edit(common, seconds), {"seconds": seconds},
                              timing, options, hand_over)
 
     def loop(self, audio, start, end=None, *, bars: float | None = None, length: float | None = None,
@@ -301,7 +301,7 @@ class Editor:
         """A seamless loop of start..end (or `bars` bars from `start`): its last `length` seconds
         (default a bar with `bars`, else min(2 s, a quarter of the loop)) are regenerated so that
         they flow back into its start."""
-        from . import jobs
+        from . import excerpts
         from .edit import MIN_LOOP_SECONDS
         from .timespec import check_duration
 
@@ -329,7 +329,7 @@ class Editor:
                 raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
             if length is not None:
                 check_duration(length, "`length`")
-            return self._run("loop", common, sources, jobs.loop_edit(common, a, b, length, check_strength(strength)),
+            return self._run("loop", common, sources, excerpts.loop_edit(common, a, b, length, check_strength(strength)),
                              {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing, options, hand_over)
 
     def restyle(self, audio, *, like: list | tuple = (), toward: list | tuple = (), away_from: list | tuple = (),
@@ -339,7 +339,7 @@ class Editor:
         toward/away from musicnn tags. `guidance` is the style term's step size (default 100)."""
         import math
 
-        from . import jobs
+        from . import excerpts
 
         like, toward, away_from = [Path(p) for p in like], list(toward), list(away_from)
         if not (like or toward or away_from):
@@ -354,11 +354,11 @@ class Editor:
             b = None if end is None else _seconds(end, "`end`", timing)
             if b is not None and a >= b:
                 raise BadArgument(f"`start` ({start}) must be before `end` ({end})")
-            style = jobs.Style(like=like, toward=toward, away_from=away_from, tagger=tagger,
+            style = excerpts.Style(like=like, toward=toward, away_from=away_from, tagger=tagger,
                                strength=check_strength(strength), keep=keep, match_level=match_level)
             extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
                      "keep": keep, "start": start, "end": end, "tagger": tagger, "match_level": match_level}
-            return self._run("restyle", common, sources, jobs.restyle_edit(common, style, a, b), extra, timing, options,
+            return self._run("restyle", common, sources, excerpts.restyle_edit(common, style, a, b), extra, timing, options,
                              hand_over)
 
     # ---- how an edit runs ----------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Editor:
         `hand_over()`, which hands the open songs over to a result (it streams from them) and returns
         what closes them; without it they are closed when the block ends."""
         from .audio import SongArray, SongFile
-        from .jobs import Timing
+        from .excerpts import Timing
         from .options import Common, probe_input
 
         beat_keys = ("bpm", "downbeat", "beats_per_bar", "snap")
@@ -402,7 +402,7 @@ class Editor:
 
     def _run(self, verb: str, common, sources: list, edit: Callable, edit_settings: dict, timing, options: dict,
              hand_over: Callable) -> Result:
-        """Run `edit(model, sources, settings, begin) -> jobs.Edited` with the progress the caller
+        """Run `edit(model, sources, settings, begin) -> excerpts.Edited` with the progress the caller
         asked for; the result with one sidecar per variation."""
         from .options import prompted, settings_for
 

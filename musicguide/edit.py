@@ -3,7 +3,7 @@
 One function per edit (`infill`, `regenerate`, `continue_song`, `transition`, `generate`, `loop`;
 restyle's are in `restyle.py`), on tensors already in memory; each returns an `EditResult` whose
 songs equal the input bit for bit outside the edited region and its short seams (crossfades whose
-law follows how correlated the two sides are, `splice.py`). No files and no printing here: `jobs`
+law follows how correlated the two sides are, `splice.py`). No files and no printing here: `excerpts`
 reads the excerpts, `api` returns results, the CLI writes them.
 """
 
@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import tasks
+from . import measurement
 from .defaults import DEFAULT_STRENGTH
 from .errors import BadArgument, UserError
 from .levels import LevelShift, working_level
@@ -218,7 +218,7 @@ class Start:
 
 # A loss builder: given the problem (mask, y), the window's audio and x̄, the guidance loss on x̂0
 # and its step size ξ (restyle's composite carries its own step sizes inside, so its ξ is 1).
-LossBuilder = Callable[[tasks.EditProblem, Tensor, Tensor], tuple[Callable[[Tensor], Tensor] | None, float]]
+LossBuilder = Callable[[measurement.EditProblem, Tensor, Tensor], tuple[Callable[[Tensor], Tensor] | None, float]]
 
 
 def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, start: Start = Start(),
@@ -262,21 +262,21 @@ def _inpaint_condition(mask, x_bar: Tensor) -> tuple[Tensor, Tensor]:
     return known, x_bar * known
 
 
-def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start) -> tuple[tasks.EditProblem, float]:
+def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start) -> tuple[measurement.EditProblem, float]:
     margin, schedule = model.encoder_leak_frames(), model.schedule
     if start.kind == "noise":
-        return tasks.from_noise(x_bar, window.free, noise, schedule, margin), 1.0
+        return measurement.from_noise(x_bar, window.free, noise, schedule, margin), 1.0
     if start.kind == "mix":
-        return tasks.from_mix(x_bar, window.free, noise, schedule, start.strength, margin), 1.0
-    mask = tasks.free_range_mask(x_bar.shape[-1], window.free, margin)
+        return measurement.from_mix(x_bar, window.free, noise, schedule, start.strength, margin), 1.0
+    mask = measurement.free_range_mask(x_bar.shape[-1], window.free, margin)
     t = torch.tensor(start.strength, dtype=torch.float64)
     x_start = schedule.alpha(t).to(x_bar) * x_bar + schedule.sigma(t).to(x_bar) * noise
-    return tasks.EditProblem(mask, mask(x_bar), x_start), start.strength
+    return measurement.EditProblem(mask, mask(x_bar), x_start), start.strength
 
 
 def _edit_loss(model, settings: SamplerSettings, window: Window, song_length: int, hidden: bool) -> LossBuilder:
     """d(y, A(x̂0)) on latents, or on the decoded audio of the window's known samples."""
-    def build(problem: tasks.EditProblem, audio: Tensor, x_bar: Tensor):
+    def build(problem: measurement.EditProblem, audio: Tensor, x_bar: Tensor):
         if settings.loss_space == "latent":
             return latent_loss(problem.mask, problem.y, settings.distance), settings.guidance
         # The target is the VAE's own rendering of the known audio, not the original: a decoder
@@ -310,7 +310,7 @@ def splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int)
 
 def check_edit_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
     """0 <= start < end <= the song's length, in samples. The API checks the user's times once, at
-    its boundary (`jobs.check_region`); here a bad region is a caller's bug."""
+    its boundary (`excerpts.check_region`); here a bad region is a caller's bug."""
     if not 0 <= start < end <= song.shape[-1]:
         raise ValueError(f"region [{start}, {end}) is not inside the song's {song.shape[-1]} samples")
 
@@ -389,7 +389,7 @@ def transition(model, first: Tensor, second: Tensor, overlap: int, settings: Sam
     regenerating the overlap turns the crossfade into a transition."""
     if not 0 < overlap <= min(first.shape[-1], second.shape[-1]):
         raise ValueError(f"overlap {overlap} must be positive and no longer than either track")  # checked by the API
-    joined = tasks.join_with_crossfade(first, second, overlap)
+    joined = measurement.join_with_crossfade(first, second, overlap)
     start = first.shape[-1] - overlap
     return infill(model, joined, start, start + overlap, settings, strength=strength, **kwargs)
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import tasks
+from . import measurement
 from .edit import (Callback, EditResult, SamplerSettings, Start, check_edit_region, edit_result, splice_all,
                    context_floor, plan_window, run_callback, sample_window)
 from .losses import latent_loss
@@ -44,7 +44,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     window = plan_window(length, start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     a, b = window.edit_start - window.at, window.edit_end - window.at
 
-    def composite(problem: tasks.EditProblem, audio: Tensor, x_bar: Tensor):
+    def composite(problem: measurement.EditProblem, audio: Tensor, x_bar: Tensor):
         target = None if structure is None or not keep else structure(audio[..., a:b]).detach()
         context_loss = latent_loss(problem.mask, problem.y, settings.distance) if problem.mask.n_known else None
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from musicguide import restyle as restyling
-from musicguide import edit, tasks
+from musicguide import edit, measurement
 from musicguide.losses import latent_loss
 from musicguide.models.latent_diffusion import MAX_LEAK_FRAMES
 from musicguide.models import build_model, tiny_random_config
@@ -56,7 +56,7 @@ def _problem(schedule, seed=0):
     g = torch.Generator().manual_seed(seed)
     x_bar = 3.0 + torch.randn(64, 8, FRAMES, generator=g, dtype=torch.float64)
     noise = torch.randn(64, 8, FRAMES, generator=g, dtype=torch.float64)
-    return tasks.from_noise(x_bar, FREE, noise, schedule)
+    return measurement.from_noise(x_bar, FREE, noise, schedule)
 
 
 def _known_noise_trace(schedule, run):
@@ -145,12 +145,12 @@ def test_restyle_context_term_has_its_own_step_size(tiny):
 
 
 def test_margin_frames_are_free_and_unmeasured():
-    mask = tasks.free_range_mask(20, (8, 12), margin=2)
+    mask = measurement.free_range_mask(20, (8, 12), margin=2)
     assert mask.known.tolist() == [True] * 6 + [False] * 8 + [True] * 6
-    assert tasks.free_range_mask(20, (8, 20), margin=3).known.tolist() == [True] * 5 + [False] * 15
+    assert measurement.free_range_mask(20, (8, 20), margin=3).known.tolist() == [True] * 5 + [False] * 15
     # an edit at the song's start: the margin reaches past frame 0, and nothing before it is known
     for a in (0, 1):
-        assert tasks.free_range_mask(20, (a, 5), margin=2).known.tolist() == [False] * 7 + [True] * 13
+        assert measurement.free_range_mask(20, (a, 5), margin=2).known.tolist() == [False] * 7 + [True] * 13
 
 
 @pytest.mark.parametrize("start_s", [0.0, 0.03])
@@ -219,7 +219,7 @@ def test_a_tiny_context_still_leaves_known_frames():
             continue
         context = int(torch.randint(1, 3 * hop, (), generator=g))
         w = edit.plan_window(n, start, end, hop, max_length, context, min_context=floor)
-        mask = tasks.free_range_mask(w.length // hop, w.free, margin)
+        mask = measurement.free_range_mask(w.length // hop, w.free, margin)
         left, right = mask.known[: w.free[0]].sum(), mask.known[w.free[1] :].sum()
         assert left >= 1 and right >= 1, (n, start, end, context, margin, w)
 

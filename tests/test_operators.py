@@ -1,7 +1,7 @@
 import torch
 
 from musicguide.operators import SampleMask, TimeMask
-from musicguide.tasks import free_range_mask
+from musicguide.measurement import free_range_mask
 
 
 def _masks(frames: int = 12):

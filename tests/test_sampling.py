@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from musicguide.losses import l1, latent_loss
-from musicguide.tasks import free_range_mask
+from musicguide.measurement import free_range_mask
 from musicguide.sampling import guided_ddim, guided_ddpm, paste_known, predict
 from musicguide.schedules import RectifiedFlow, VCosine, timesteps
 
@@ -75,7 +75,7 @@ def noise(seed=1):
 
 
 def noised_start(schedule, t_max):
-    """x_T: noise in the free frames, y noised to t_max in the known ones (as tasks.from_noise)."""
+    """x_T: noise in the free frames, y noised to t_max in the known ones (as measurement.from_noise)."""
     z = noise()
     t = torch.as_tensor(t_max, dtype=torch.float64)
     return MASK.paste(z, schedule.alpha(t) * Y + schedule.sigma(t) * MASK(z))

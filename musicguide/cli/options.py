@@ -11,7 +11,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..defaults import DEFAULT_STYLE_GUIDANCE
-from ..jobs import Timing
+from ..excerpts import Timing
 from .. import runner
 from ..options import Common
 from .app import DEFAULT_MODEL, app

@@ -14,7 +14,7 @@ from .. import runner
 from ..options import pick_device, probe_input
 from ..errors import UserError, cli_wording
 from ..batch import BATCH_OPTIONS, read_jobs
-from ..jobs import Timing
+from ..excerpts import Timing
 from .app import DEFAULT_MODEL, app, err, models_app, out, train_app
 from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
 

@@ -13,7 +13,7 @@ from ..audio import load_audio, rms_db
 from ..errors import UserError
 from ..splice import SeamMetric
 from ..defaults import DEFAULT_STRENGTH
-from ..tasks import join_with_crossfade
+from ..measurement import join_with_crossfade
 
 TASKS = ("infill", "regeneration", "continuation", "transition")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus")

@@ -1,4 +1,5 @@
-"""What each command reads, edits and writes: one function per command, called by `runner`.
+"""The excerpts each edit reads, and how its output is put together: one function per edit,
+called by the Python API (`api.Editor`), which the command line stands on.
 
 Each returns `run(model, sources, settings, begin) -> Edited`: it checks its times against the
 songs, reads the excerpt that the edit can see (a model window on each side of the region, never
@@ -130,7 +131,7 @@ def continue_edit(common: Common, seconds: float) -> Callable:
 
 
 def transition_edit(common: Common, length_s: float, strength: float) -> Callable:
-    from . import edit, tasks
+    from . import edit, measurement
 
     def run(model, sources, settings, begin) -> Edited:
         first, second = sources
@@ -149,7 +150,7 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
                                      song_length=first.length + second.length - overlap, callback=callback)
         pieces = [[(first, 0, s0), audio, (second, e2, second.length)] for audio in result.songs]
         # "before" in a picture of a transition is the plain crossfade it regenerates
-        return _excerpt_edited(result, None, s0, sr, pieces, before=tasks.join_with_crossfade(head, tail, overlap))
+        return _excerpt_edited(result, None, s0, sr, pieces, before=measurement.join_with_crossfade(head, tail, overlap))
 
     return run
 
