@@ -36,6 +36,9 @@ from .defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, DEFAULT_STYLE_GUIDANCE, G
 from .errors import BadArgument, UserError
 
 ProgressCallback = Callable[[int, int, dict], None]
+# keyword arguments besides the edit's options: the user's callback, and the CLI's progress bar and
+# free-space check (`runner.run_edit`)
+HOOKS = ("callback", "progress", "before_sampling")
 
 
 @dataclass
@@ -370,12 +373,14 @@ class Editor:
         what closes them; without it they are closed when the block ends."""
         from .audio import SongArray, SongFile
         from .excerpts import Timing
-        from .options import Common, probe_input
+        from .options import BEAT_OPTIONS, EDIT_OPTIONS, Common, probe_input
 
-        beat_keys = ("bpm", "downbeat", "beats_per_bar", "snap")
-        timing = Timing(**{key: options[key] for key in beat_keys if key in options})
-        chosen = {key: value for key, value in options.items() if key not in (*beat_keys, "callback", "progress",
-                                                                             "before_sampling")}
+        unknown = sorted(set(options) - {*EDIT_OPTIONS, *BEAT_OPTIONS, *HOOKS})
+        if unknown:  # a CLI-only option (output, overwrite, ...) would otherwise be dropped without a word
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; an edit takes "
+                            f"{', '.join((*EDIT_OPTIONS, *BEAT_OPTIONS, 'callback'))}")
+        timing = Timing(**{key: options[key] for key in BEAT_OPTIONS if key in options})
+        chosen = {key: value for key, value in options.items() if key in EDIT_OPTIONS}
         common = Common(model=str(self.resolved.name), device=str(self.device), precision=self.precision, **chosen)
         common.check()
         stack = ExitStack()

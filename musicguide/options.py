@@ -19,6 +19,15 @@ MAX_STEPS = 10_000
 MAX_VARIATIONS = 256
 MAX_CFG = 100.0
 DEFAULT_CFG = 6.0  # stable-audio-tools' default cfg_scale
+# The options of `Common` that an edit takes, by the names the API takes them (the rest say where and how
+# the CLI writes, and what it prints).
+EDIT_OPTIONS = ("steps", "guidance", "sampler", "eta", "seed", "variations", "loss_space", "consistency", "context",
+                "prompt", "negative_prompt", "cfg")
+
+
+BEAT_OPTIONS = ("bpm", "downbeat", "beats_per_bar", "snap")
+
+
 @dataclass(frozen=True)
 class Common:
     """The options every edit command shares."""

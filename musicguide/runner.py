@@ -15,7 +15,7 @@ from typing import Callable
 
 from .api import sidecar_path
 from .errors import UserError
-from .options import Common, probe_input, settings_for
+from .options import EDIT_OPTIONS, Common, probe_input, settings_for
 
 OUTPUT_SUFFIXES = (".wav", ".flac")
 HOT_PEAK = 2.0  # +6 dBFS: a float input beyond this is far past full scale, and the user is told
@@ -97,11 +97,6 @@ def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, 
     added = edit_settings.get("seconds", 0.0)
     samples = sum(source.length for source in sources) + math.ceil(added * model.sample_rate)
     check_free_space(paths[0].parent, len(paths) * samples * model.audio_channels * 4 + 2**20)
-
-
-# The options of `Common` that an edit takes (the rest say where and how to write, and what to print).
-EDIT_OPTIONS = ("steps", "guidance", "sampler", "eta", "seed", "variations", "loss_space", "consistency", "context",
-                "prompt", "negative_prompt", "cfg")
 
 
 def edit_options(common: Common, timing=None) -> dict:

@@ -153,6 +153,15 @@ def test_array_inputs_are_checked_at_the_boundary(editor):
         editor.infill(song, 1, 2, sample_rate=SR, loss_space="mel", **FAST)
 
 
+def test_an_option_the_api_does_not_take_is_a_type_error_not_ignored(editor):
+    """`output=` or `overwrite=` belong to the CLI: silently dropped, a script would wait for a file."""
+    song = synth_song(3.0).T.copy()
+    with pytest.raises(TypeError, match="output"):
+        editor.infill(song, 1, 2, sample_rate=SR, output="x.wav", **FAST)
+    with pytest.raises(TypeError, match="stepz"):
+        editor.continue_(song, 1.0, sample_rate=SR, stepz=3)
+
+
 def test_a_mono_array_at_another_rate_is_converted_and_said(editor):
     mono = synth_song(3.0, sample_rate=22050)[:, 0].copy()
     result = editor.infill(mono, 1, 2, sample_rate=22050, **FAST)
