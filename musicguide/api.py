@@ -14,7 +14,7 @@ Keyword options are named after the CLI's: steps, guidance, sampler, eta, seed, 
 context, loss_space, consistency, prompt, negative_prompt, cfg, and for bar times bpm, downbeat,
 beats_per_bar and snap. `callback(done, total, info)` is called after every sampling step.
 
-The CLI stands on this module: `runner.run_edit` reserves the outputs, asks an Editor for the
+The CLI stands on this module: `cli.running.run_edit` reserves the outputs, asks an Editor for the
 edit, and writes its result into them. A result made from files streams the untouched song from
 disk when saved, so that a long song costs no more memory than its edited window.
 """
@@ -37,7 +37,7 @@ from .errors import BadArgument, UserError
 
 ProgressCallback = Callable[[int, int, dict], None]
 # keyword arguments besides the edit's options: the user's callback, and the CLI's progress bar and
-# free-space check (`runner.run_edit`)
+# free-space check (`cli.running.run_edit`)
 HOOKS = ("callback", "progress", "before_sampling")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from musicguide import runner
+from musicguide.cli import running as runner
 from conftest import run_cli
 
 FAST = ["--steps", "2", "--context", "2"]

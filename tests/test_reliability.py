@@ -345,7 +345,7 @@ def test_an_unwritable_folder_is_found_before_any_work(song_wav, tmp_path, monke
     monkeypatch.setattr(atomic.os, "access", lambda path, mode: False if Path(path) == tmp_path / "ro" else real(path, mode))
     (tmp_path / "ro").mkdir()
     loaded = []
-    monkeypatch.setattr("musicguide.runner.load_model", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr("musicguide.cli.running.load_model", lambda *a, **k: loaded.append(1))
     code, _, stderr = run_cli(["infill", song_wav, "--start", "1", "--end", "2", "-o", tmp_path / "ro" / "x.wav", *FAST],
                               monkeypatch, capsys)
     one_line_error(code, stderr, "no permission to write")

@@ -1,4 +1,4 @@
-"""The `musicguide` command line: options → `runner` (one edit run) → files, and one-line errors.
+"""The `musicguide` command line: options → `api.Editor`, run by `running` → files, and one-line errors.
 
 Every user mistake is a `UserError`, printed as one line (exit status 2); so are the parser's
 errors, running out of memory and a destination that cannot be written. Ctrl-C and SIGTERM end a

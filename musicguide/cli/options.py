@@ -12,9 +12,9 @@ import typer
 
 from ..defaults import DEFAULT_STYLE_GUIDANCE
 from ..excerpts import Timing
-from .. import runner
 from ..options import Common
 from .app import DEFAULT_MODEL, app
+from .running import check_before_work, execute, report
 
 
 class Sampler(str, Enum):
@@ -86,7 +86,7 @@ BEAT_OPTIONS = {
 
 @dataclass(frozen=True)
 class EditPlan:
-    """An edit command as parsed and checked: what `runner.run_edit` runs. `call(editor, **options)`
+    """An edit command as parsed and checked: what `running.run_edit` runs. `call(editor, **options)`
     is the `api.Editor` method with the command's own arguments bound."""
 
     verb: str
@@ -126,13 +126,11 @@ def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: b
             inputs = [value for value in kwargs.values() if isinstance(value, Path)]
             reads = (*[p for value in kwargs.values() if isinstance(value, list) for p in value if isinstance(p, Path)],
                      *reads)
-            runner.check_before_work(verb, common, inputs, reads, plot=common.plot)
+            check_before_work(verb, common, inputs, reads, plot=common.plot)
             timing = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS}) if beats else None
             return EditPlan(verb, common, inputs, function(**kwargs), timing, reads)
 
         def command(**kwargs):
-            from .running import execute, report
-
             edit = plan(**kwargs)
             report(edit.verb, edit.common, execute(edit))
 

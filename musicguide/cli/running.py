@@ -1,16 +1,152 @@
-"""Running an edit command: the progress bar, the runner (outputs reserved, written, published
-together), and what is printed when it is done."""
+"""Running an edit command, from the options a user typed to published files.
+
+check the options → reserve the outputs → load the model (an `api.Editor`) → the Editor opens the
+inputs at its rate and runs the edit on excerpts → stream each output (the untouched song copied
+block by block, the edited window in between) → sidecars → publish all files together. Memory
+stays flat in the song's length, and nothing appears on disk unless every output of the run is
+complete. Also the progress bar, and what is printed when it is done.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from .. import runner
-from ..options import Common
+from ..api import sidecar_path
+from ..errors import UserError
+from ..options import EDIT_OPTIONS, Common, probe_input, settings_for
 from .app import err, out
+
+OUTPUT_SUFFIXES = (".wav", ".flac")
+HOT_PEAK = 2.0  # +6 dBFS: a float input beyond this is far past full scale, and the user is told
+
+
+def output_paths(first_input: Path | None, common: Common, verb: str) -> list[Path]:
+    if common.output is not None:
+        base = common.output
+    elif first_input is not None:
+        base = first_input.with_name(f"{first_input.stem}.{verb}.wav")
+    else:
+        base = Path(f"musicguide.{verb}.wav")
+    if base.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"cannot write {base}: use a .wav or .flac output")
+    if common.variations == 1:
+        return [base]
+    return [base.with_name(f"{base.stem}_{i}{base.suffix}") for i in range(1, common.variations + 1)]
+
+
+def model_files(model: str) -> list[Path]:
+    """A model given as a folder is read too: its files are inputs that no output may replace."""
+    folder = Path(model).expanduser()
+    try:  # an existing folder wins over a registry name (registry.resolve_model)
+        return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    except OSError:  # unreadable: loading it will say so
+        return []
+
+
+def load_model(common: Common, say: Callable[[str], None]):
+    """The `api.Editor` holding the model, device and precision that `common` names."""
+    from ..api import Editor
+
+    editor = Editor.from_pretrained(common.model, device=common.device, precision=common.precision, quiet=common.quiet)
+    if editor.resolved.kind == "builtin":
+        say(f"[yellow]model {editor.resolved.name}: {editor.resolved.description}[/yellow]")
+    return editor
+
+
+@dataclass
+class Run:
+    """The state of one command's run, for the CLI's messages and --json."""
+
+    verb: str
+    outputs: list[dict] = field(default_factory=list)
+
+
+def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *, plot: bool = False):
+    """Everything that can be refused before a model loads or a beat is tracked: the options'
+    values, the output names (folder, permissions, format, clobbering, inputs) and the inputs'
+    headers. The commands call it before reading bar times, `run_edit` again (it is cheap).
+    Returns the output paths, the inputs' infos, and the run's `atomic.Outputs` (every file it will
+    write, guarded against the inputs and the `reads`), checked, not yet reserved."""
+    from ..atomic import Outputs
+    from ..writing import check_output_format
+
+    common.check()
+    settings_for(common)  # the sampler's own ranges (--guidance, --eta, ...)
+    paths = output_paths(inputs[0] if inputs else None, common, verb)
+    if common.sample_format != "auto":
+        for path in paths:
+            check_output_format(path, common.sample_format)
+    if plot:
+        from ..plot import require_matplotlib
+
+        require_matplotlib()
+    infos = [probe_input(p) for p in inputs]
+    targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
+    outputs = Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model)))
+    outputs.check()
+    return paths, infos, outputs
+
+
+def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, model) -> None:
+    """Before sampling: room for the outputs at their largest (every input's length plus the
+    seconds a continuation or a generation adds, at 4 bytes a sample), so that a full disk is
+    found now, not after the work. Writing checks the exact size again."""
+    from ..atomic import check_free_space
+
+    added = edit_settings.get("seconds", 0.0)
+    samples = sum(source.length for source in sources) + math.ceil(added * model.sample_rate)
+    check_free_space(paths[0].parent, len(paths) * samples * model.audio_channels * 4 + 2**20)
+
+
+def edit_options(common: Common, timing=None) -> dict:
+    """The keyword arguments of an `api.Editor` method for these command-line options."""
+    options = {key: getattr(common, key) for key in EDIT_OPTIONS}
+    options["seed"] = settings_for(common).seed  # drawn here when not given, so that it is reported
+    if timing is not None:
+        options.update(bpm=timing.bpm, downbeat=timing.downbeat, beats_per_bar=timing.beats_per_bar, snap=timing.snap)
+    return options
+
+
+def run_edit(verb: str, common: Common, inputs: list[Path], call: Callable, *, progress, say: Callable[[str], None],
+             plot: bool = False, timing=None, reads: tuple = (), editor=None) -> Run:
+    """Check, reserve the outputs, load the model (an `api.Editor`), run `call(editor, **options)`
+    (an Editor method with the command's own arguments bound), write each variation and its
+    sidecar into the reserved files, and publish them together. `progress(label)` is a
+    context manager yielding the sampler's step callback. With `plot`, a picture of each output
+    is written beside it. `reads` are the other files the command reads (--like clips, a batch's
+    jobs file): like the inputs, no output may name one of them, even with --overwrite. `editor`:
+    the model already loaded (a batch holds one for all its jobs)."""
+    from ..audio import amplitude_to_db
+
+    paths, _, outputs = check_before_work(verb, common, inputs, reads, plot=plot)
+    with outputs:
+        outputs.reserve()  # checks again: a name may have appeared since
+        editor = editor or load_model(common, say)
+        result = call(editor, **edit_options(common, timing), progress=progress,
+                      before_sampling=lambda sources, edit_settings, model: check_free_space_for(
+                          paths, sources, edit_settings, model))
+        with result:
+            for item in result.sidecar.inputs:
+                for note in item["conversions"]:
+                    say(f"[dim]{Path(item['path']).name}: {note}[/dim]")
+            run = Run(verb)
+            sample_format = common.sample_format
+            for path, variation in zip(paths, result.variations):
+                saved = variation.write_into(outputs, path, sample_format=sample_format, plot=plot)
+                run.outputs.append({"path": str(path), "sidecar": str(sidecar_path(path)),
+                                    "seconds": variation.sidecar.seconds, "saved": saved, "seams": variation.seams})
+            for source in result.sources:  # every sample has been read by now (the output streams the song)
+                if source.peak > HOT_PEAK:
+                    say(f"[yellow]warning: {source.path.name} has samples up to {amplitude_to_db(source.peak):+.1f} "
+                        "dBFS, far beyond full scale; they were edited at the model's working level and written "
+                        "back at the file's own (is the file scaled right?)[/yellow]")
+        outputs.publish()
+    return run
 
 
 @contextmanager
@@ -36,7 +172,7 @@ def _progress(quiet: bool, label: str) -> Iterator:
     err.print(f"{label}: {done.completed:.0f}/{done.total or 0:.0f} steps in {done.elapsed:.1f} s")
 
 
-def execute(plan, editor=None) -> runner.Run:
+def execute(plan, editor=None) -> Run:
     """Run a checked edit (`options.EditPlan`) through the runner: outputs reserved, the model
     loaded (or `editor`, one an `api.Editor` already holds), written and published together."""
     common = plan.common
@@ -46,11 +182,11 @@ def execute(plan, editor=None) -> runner.Run:
         if not quiet:
             err.print(text)
 
-    return runner.run_edit(plan.verb, common, plan.inputs, plan.call, progress=lambda label: _progress(quiet, label),
+    return run_edit(plan.verb, common, plan.inputs, plan.call, progress=lambda label: _progress(quiet, label),
                            say=say, plot=common.plot, timing=plan.timing, reads=plan.reads, editor=editor)
 
 
-def report(verb: str, common: Common, run: runner.Run) -> None:
+def report(verb: str, common: Common, run: Run) -> None:
     """What a command prints when it is done: one JSON object with --json, else a line per file."""
     if common.as_json:
         print(json.dumps({"ok": True, "command": verb, "outputs": [

@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 import typer
 from typer import _click as click  # typer's own copy of click: its exceptions are what the parser raises
 
-from .. import runner
 from ..options import pick_device, probe_input
 from ..errors import UserError, cli_wording
 from ..batch import BATCH_OPTIONS, read_jobs
 from ..excerpts import Timing
+from . import running
 from .app import DEFAULT_MODEL, app, err, models_app, out, train_app
 from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
 
@@ -116,7 +116,6 @@ class Held:
 def _batch_job(job, own: list[str], jobs: Path, held: Held) -> dict:
     """One job, parsed by its command's own parser and run with the batch's editor, as its command
     alone would run it; its error becomes one line."""
-    from .running import execute
     from .options import EDIT_PLANNERS
 
     result = {"line": job.line, "args": list(job.args), "ok": False}
@@ -127,8 +126,8 @@ def _batch_job(job, own: list[str], jobs: Path, held: Held) -> dict:
         # no job's output may replace the jobs file
         plan = EDIT_PLANNERS[job.args[0]](reads=(jobs,), **parsed.params)
         if held.editor is None:
-            held.editor = runner.load_model(plan.common, lambda text: None)
-        run = execute(plan, held.editor)
+            held.editor = running.load_model(plan.common, lambda text: None)
+        run = running.execute(plan, held.editor)
         result.update(ok=True, outputs=[{"path": o["path"], "sidecar": o["sidecar"],
                                          "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
                                         for o in run.outputs])
