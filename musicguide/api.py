@@ -99,7 +99,7 @@ class Result:
 
     def __init__(self, edited, sidecars: list[Sidecar], sample_rate: int, inputs: list, closer: Callable[[], None],
                  index: int = 0, siblings: list["Result"] | None = None):
-        self._edited, self._sidecars, self._inputs = edited, sidecars, inputs
+        self._edited, self._inputs = edited, inputs
         self._index, self._audio = index, None
         self.sample_rate = sample_rate
         self.sidecar = sidecars[index]
@@ -169,18 +169,16 @@ class Result:
     def write_into(self, outputs, path: Path, *, sample_format: str = "auto", plot: bool = False):
         """Write into `outputs` (an `atomic.Outputs` that reserved `path`, its sidecar, and its
         picture with `plot`), not yet published; returns what was written (`writing.SavedAudio`)."""
-        from .atomic import check_free_space
-        from .atomic import file_sha256
-        from .writing import DEFAULT_SUBTYPE, PCM_BITS, piece_length, check_output_format, output_subtype, write_song
+        from .atomic import check_free_space, file_sha256
+        from .writing import PCM_BITS, output_subtype, piece_length, write_song
 
         subtype = output_subtype([s.info for s in self._inputs], path) if sample_format == "auto" else sample_format
-        check_output_format(path, subtype)
         length = sum(piece_length(piece) for piece in self.pieces)
         channels = self.pieces[0].shape[0] if hasattr(self.pieces[0], "shape") else self.pieces[0][0].channels
         check_free_space(path.parent, length * channels * PCM_BITS.get(subtype, 32) // 8 + 2**20)
         saved: list = []
         outputs.write(path, lambda temporary: saved.append(
-            write_song(temporary, self.pieces, self.sample_rate, subtype or DEFAULT_SUBTYPE, named=path)))
+            write_song(temporary, self.pieces, self.sample_rate, subtype, named=path)))
         self.sidecar = replace(self.sidecar, output={**saved[0].to_dict(), "sha256": file_sha256(outputs.temporary(path))})
         if plot:
             outputs.write(path.with_suffix(".png"), lambda temporary: self._picture(temporary, path))
@@ -329,7 +327,7 @@ class Editor:
             if a >= b:
                 raise BadArgument(f"`start` ({start}) must be before the loop's end ({b:.3f} s)")
             if b - a < MIN_LOOP_SECONDS:
-                raise UserError(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
+                raise BadArgument(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
             if length is not None:
                 check_duration(length, "`length`")
             return self._run("loop", common, sources, excerpts.loop_edit(common, a, b, length, check_strength(strength)),
@@ -345,8 +343,7 @@ class Editor:
         from . import excerpts
 
         like, toward, away_from = [Path(p) for p in like], list(toward), list(away_from)
-        if not (like or toward or away_from):
-            raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
+        excerpts.check_style_target(like, toward, away_from)
         if not keep >= 0 or not math.isfinite(keep):
             raise BadArgument(f"`keep` must be a finite number >= 0, got {keep}")
         if options.get("guidance") is None:
@@ -392,7 +389,7 @@ class Editor:
                     sources.append(stack.enter_context(SongFile(audio, self.model.sample_rate, self.model.audio_channels)))
                 else:
                     if sample_rate is None:
-                        raise UserError("audio given as an array needs its sample_rate")
+                        raise BadArgument("audio given as an array needs its `sample_rate`")
                     name = "the audio" if len(audios) == 1 else ("the first track", "the second track")[i]
                     source = SongArray(audio, sample_rate, self.model.sample_rate, self.model.audio_channels, name)
                     if source.length < source.sample_rate:
@@ -425,17 +422,24 @@ class Editor:
 
         edited = edit(model, sources, settings, begin)
         elapsed = time.perf_counter() - started
-        sidecars = [self._sidecar(verb, common, settings, sources, edited, i, edit_settings, elapsed, timing, text)
+        inputs = self._inputs_record(sources)  # each file hashed once, whatever the number of variations
+        sidecars = [self._sidecar(verb, common, settings, inputs, edited, i, edit_settings, elapsed, timing, text)
                     for i in range(len(edited.pieces))]
         return Result(edited, sidecars, model.sample_rate, sources, hand_over())
 
-    def _sidecar(self, verb, common, settings, sources, edited, i, edit_settings, elapsed, timing, text) -> Sidecar:
+    @staticmethod
+    def _inputs_record(sources: list) -> list[dict]:
+        """The sidecar's inputs: each one's header, where it is and its sha256 (an array's: of its samples)."""
         from .atomic import file_sha256
 
+        return [{**s.info.to_dict(), "path": str(s.path.resolve()), "sha256": file_sha256(s.path)}
+                if s.info.format != "array" else {**s.info.to_dict(), "path": None, "sha256": s.digest}
+                for s in sources]
+
+    def _sidecar(self, verb, common, settings, inputs, edited, i, edit_settings, elapsed, timing, text) -> Sidecar:
+        from .writing import piece_length
+
         result, resolved, sr = edited.result, self.resolved, self.model.sample_rate
-        inputs = [{**s.info.to_dict(), "path": str(s.path.resolve()), "sha256": file_sha256(s.path)}
-                  if s.info.format != "array" else {**s.info.to_dict(), "path": None, "sha256": s.digest}
-                  for s in sources]
         return Sidecar(
             command=verb,
             inputs=inputs,
@@ -448,10 +452,10 @@ class Editor:
             windows=[w.to_dict(sr) for w in result.windows],
             seams=[s.to_dict() for s in result.seams[i]],
             guidance_loss_final=result.guidance_loss,
-            seconds=sum(_length(piece) for piece in edited.pieces[i]) / sr,
+            seconds=sum(piece_length(piece) for piece in edited.pieces[i]) / sr,
             elapsed_s=round(elapsed, 3),
             level_gain_db=result.level_gain_db[i] if result.level_gain_db else None,
-            beat_grid=timing.sidecar().get("beat_grid") if timing is not None else None,
+            beat_grid=timing.sidecar().get("beat_grid"),
             text=text or None,
             extra=edited.extra[i] if edited.extra else {},
         )
@@ -460,12 +464,6 @@ class Editor:
 # A bar's end from the beat grid may fall a little past the song's last sample (the grid is
 # extrapolated at the tempo); within this, `loop(bars=...)` ends at the last sample instead of refusing.
 BAR_END_TOLERANCE_S = 0.05
-
-
-def _length(piece) -> int:
-    from .writing import piece_length
-
-    return piece_length(piece)
 
 
 def _seconds(value, what: str, timing) -> float:
@@ -479,7 +477,7 @@ def _region(start, end, timing) -> tuple[float, float]:
     a, b = _seconds(start, "`start`", timing), _seconds(end, "`end`", timing)
     if a >= b:
         raise BadArgument(f"`start` ({start}) must be before `end` ({end})"
-                        + (f": with --snap both are at the beat at {a:.3f} s" if timing.snap else ""))
+                        + (f": with `snap` both are at the beat at {a:.3f} s" if timing.snap else ""))
     return a, b
 
 

@@ -308,7 +308,7 @@ def splice_all(songs: Tensor, decoded: Tensor, window: Window, sample_rate: int)
     return torch.stack([s.audio for s in spliced]), spliced[0].seams
 
 
-def check_edit_region(song: Tensor, start: int, end: int, sample_rate: int) -> None:
+def check_edit_region(song: Tensor, start: int, end: int) -> None:
     """0 <= start < end <= the song's length, in samples. The API checks the user's times once, at
     its boundary (`excerpts.check_region`); here a bad region is a caller's bug."""
     if not 0 <= start < end <= song.shape[-1]:
@@ -323,7 +323,7 @@ def infill(model, song: Tensor, start: int, end: int, settings: SamplerSettings,
 
     `song` may be an excerpt, `offset` samples into a song of `song_length`: as long as it holds
     a model window on each side of the edit (or reaches the song's ends), the result is the same."""
-    check_edit_region(song, start, end, model.sample_rate)
+    check_edit_region(song, start, end)
     sr, hop = model.sample_rate, model.downsampling_ratio
     window = plan_window(song.shape[-1], start, end, hop, model.max_frames * hop, context, sr, context_floor(model))
     songs = song[None].expand(variations, -1, -1)

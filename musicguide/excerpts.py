@@ -50,7 +50,7 @@ def region_excerpt(length: int, start: int, end: int, model) -> tuple[int, int]:
 
 
 def check_region(song, start_s: float, end_s: float, sample_rate: int) -> tuple[int, int]:
-    """`start`/--end in samples, checked against the song."""
+    """`start`/`end` in samples, checked against the song."""
     start, end = seconds_to_samples(start_s, sample_rate), seconds_to_samples(end_s, sample_rate)
     if start >= song.length:
         raise BadArgument(f"`start` ({start_s:g} s) is past the end of the song ({song.length / sample_rate:.3f} s)")
@@ -190,6 +190,12 @@ def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | No
                       extra=[{"loop_s": [start / sr, end / sr], "regenerated_s": regenerate / sr} for _ in result.songs])
 
     return run
+
+
+def check_style_target(like: list, toward: list, away_from: list) -> None:
+    """A restyle needs something to steer toward (the one check; the CLI calls it before any work)."""
+    if not (like or toward or away_from):
+        raise BadArgument("restyle needs a target: `like` CLIP, `toward` TAG or `away_from` TAG")
 
 
 @dataclass(frozen=True)

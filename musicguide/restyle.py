@@ -37,7 +37,7 @@ def restyle(model, song: Tensor, start: int, end: int, settings: SamplerSettings
     level, and a VAE that loses level on its round trip (the demo's loses ~4 dB) would otherwise
     make every restyle quieter. The gains are in `EditResult.level_gain_db`."""
     songs = song[None].expand(variations, -1, -1) if song.ndim == 2 else song  # or one song per variation
-    check_edit_region(songs[0], start, end, model.sample_rate)  # strength and keep: checked by the API
+    check_edit_region(songs[0], start, end)  # strength and keep: checked by the API
     xi_context = DEFAULT_CONTEXT_GUIDANCE if context_guidance is None else context_guidance
     sr, hop = model.sample_rate, model.downsampling_ratio
     length = songs.shape[-1]

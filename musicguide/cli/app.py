@@ -45,7 +45,8 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=_version)] = False,
 ) -> None:
-    """(--debug is read by `main`, before parsing, so that a parser error shows its traceback too.)"""
+    """(--debug is read by `main` from the command line itself, so that an error found before this
+    callback runs still shows its traceback; a parser's error never does, it is a typing mistake.)"""
 
 
 # ---- errors: one line, one status -----------------------------------------------------------------

@@ -9,9 +9,9 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from ..errors import UserError
 from ..defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, GENERATE_SECONDS, RESTYLE_STRENGTH, TRANSITION_SECONDS,
                         check_strength)
+from ..excerpts import check_style_target
 from ..timespec import check_duration
 from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
 
@@ -103,8 +103,7 @@ def restyle(
 ) -> Callable:
     """Steer a song toward the style of reference clips (--like) or toward/away from tags (--toward/--away-from)."""
     like, toward, away_from = like or [], toward or [], away_from or []
-    if not (like or toward or away_from):
-        raise UserError("restyle needs a target: --like CLIP, --toward TAG or --away-from TAG")
+    check_style_target(like, toward, away_from)
     check_strength(strength)
     return lambda editor, **options: editor.restyle(
         song, like=like, toward=toward, away_from=away_from, strength=strength, keep=keep, match_level=match_level,

@@ -91,10 +91,10 @@ class EditPlan:
 
     verb: str
     common: Common
-    inputs: list[Path]
     call: Callable
     timing: Timing | None
-    reads: tuple[Path, ...]
+    paths: list[Path]  # the outputs, one per variation
+    outputs: object  # atomic.Outputs: every file the run writes, checked, not yet reserved
 
 
 # verb -> plan(reads=(), **parsed parameters) -> EditPlan: what the command would run, not run
@@ -126,9 +126,9 @@ def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: b
             inputs = [value for value in kwargs.values() if isinstance(value, Path)]
             reads = (*[p for value in kwargs.values() if isinstance(value, list) for p in value if isinstance(p, Path)],
                      *reads)
-            check_before_work(verb, common, inputs, reads, plot=common.plot)
+            paths, outputs = check_before_work(verb, common, inputs, reads, plot=common.plot)
             timing = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS}) if beats else None
-            return EditPlan(verb, common, inputs, function(**kwargs), timing, reads)
+            return EditPlan(verb, common, function(**kwargs), timing, paths, outputs)
 
         def command(**kwargs):
             edit = plan(**kwargs)

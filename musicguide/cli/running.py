@@ -69,9 +69,9 @@ class Run:
 def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *, plot: bool = False):
     """Everything that can be refused before a model loads or a beat is tracked: the options'
     values, the output names (folder, permissions, format, clobbering, inputs) and the inputs'
-    headers. The commands call it before reading bar times, `run_edit` again (it is cheap).
-    Returns the output paths, the inputs' infos, and the run's `atomic.Outputs` (every file it will
-    write, guarded against the inputs and the `reads`), checked, not yet reserved."""
+    headers, checked once, before the command reads bar times. Returns the output paths and the
+    run's `atomic.Outputs` (every file it will write, guarded against the inputs and the `reads`),
+    checked, not yet reserved (`run_edit` reserves them, which checks the names again)."""
     from ..atomic import Outputs
     from ..writing import check_output_format
 
@@ -85,11 +85,12 @@ def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *
         from ..plot import require_matplotlib
 
         require_matplotlib()
-    infos = [probe_input(p) for p in inputs]
+    for path in inputs:
+        probe_input(path)
     targets = [f for p in paths for f in (p, sidecar_path(p), *([p.with_suffix(".png")] if plot else []))]
     outputs = Outputs(targets, overwrite=common.overwrite, inputs=(*inputs, *reads, *model_files(common.model)))
     outputs.check()
-    return paths, infos, outputs
+    return paths, outputs
 
 
 def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, model) -> None:
@@ -112,29 +113,28 @@ def edit_options(common: Common, timing=None) -> dict:
     return options
 
 
-def run_edit(verb: str, common: Common, inputs: list[Path], call: Callable, *, progress, say: Callable[[str], None],
-             plot: bool = False, timing=None, reads: tuple = (), editor=None) -> Run:
-    """Check, reserve the outputs, load the model (an `api.Editor`), run `call(editor, **options)`
-    (an Editor method with the command's own arguments bound), write each variation and its
-    sidecar into the reserved files, and publish them together. `progress(label)` is a
-    context manager yielding the sampler's step callback. With `plot`, a picture of each output
-    is written beside it. `reads` are the other files the command reads (--like clips, a batch's
-    jobs file): like the inputs, no output may name one of them, even with --overwrite. `editor`:
-    the model already loaded (a batch holds one for all its jobs)."""
+def run_edit(plan, *, progress, say: Callable[[str], None], editor=None) -> Run:
+    """Reserve a checked edit's outputs (`options.EditPlan`: its paths and `atomic.Outputs`, guarded
+    against its inputs and the other files it reads), load the model (an `api.Editor`), run
+    `plan.call(editor, **options)` (an Editor method with the command's own arguments bound), write
+    each variation and its sidecar into the reserved files, and publish them together.
+    `progress(label)` is a context manager yielding the sampler's step callback. With --plot, a
+    picture of each output is written beside it. `editor`: the model already loaded (a batch holds
+    one for all its jobs)."""
     from ..audio import amplitude_to_db
 
-    paths, _, outputs = check_before_work(verb, common, inputs, reads, plot=plot)
+    common, paths, outputs, plot = plan.common, plan.paths, plan.outputs, plan.common.plot
     with outputs:
         outputs.reserve()  # checks again: a name may have appeared since
         editor = editor or load_model(common, say)
-        result = call(editor, **edit_options(common, timing), progress=progress,
+        result = plan.call(editor, **edit_options(common, plan.timing), progress=progress,
                       before_sampling=lambda sources, edit_settings, model: check_free_space_for(
                           paths, sources, edit_settings, model))
         with result:
             for item in result.sidecar.inputs:
                 for note in item["conversions"]:
                     say(f"[dim]{Path(item['path']).name}: {note}[/dim]")
-            run = Run(verb)
+            run = Run(plan.verb)
             sample_format = common.sample_format
             for path, variation in zip(paths, result.variations):
                 saved = variation.write_into(outputs, path, sample_format=sample_format, plot=plot)
@@ -182,8 +182,7 @@ def execute(plan, editor=None) -> Run:
         if not quiet:
             err.print(text)
 
-    return run_edit(plan.verb, common, plan.inputs, plan.call, progress=lambda label: _progress(quiet, label),
-                           say=say, plot=common.plot, timing=plan.timing, reads=plan.reads, editor=editor)
+    return run_edit(plan, progress=lambda label: _progress(quiet, label), say=say, editor=editor)
 
 
 def report(verb: str, common: Common, run: Run) -> None:
