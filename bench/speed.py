@@ -26,7 +26,7 @@ from musicguide.losses import audio_loss, latent_loss  # noqa: E402
 from musicguide.models import ModelConfig, build_model  # noqa: E402
 from musicguide.operators import SampleMask  # noqa: E402
 from musicguide.measurement import free_range_mask  # noqa: E402
-from musicguide.registry import load_model  # noqa: E402
+from musicguide.models.folder import load_model  # noqa: E402
 from musicguide.sampling import predict  # noqa: E402
 
 

@@ -29,7 +29,8 @@ from musicguide.edit import SamplerSettings  # noqa: E402
 from musicguide.evaluate import (  # noqa: E402
     Protocol, audio_files, cut_clips, evaluate, read_track_list, write_report,
 )
-from musicguide.registry import load_model  # noqa: E402
+from musicguide.api import Editor  # noqa: E402
+from musicguide.models.folder import load_model  # noqa: E402
 
 COLUMNS = ("mr", "level_error_db", "level_jump_db", "spectral_distance_db", "flagged", "fd")
 
@@ -70,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         labels = sweep_clips(args.clips_dir, args.tracks, args.skip, args.clips, model.sample_rate,
                              model.audio_channels, Path(tmp))
-        report = evaluate(model, Path(tmp), variants=variants, steps=args.steps, n_clips=args.clips,
+        report = evaluate(Editor.from_model(model), Path(tmp), variants=variants, steps=args.steps, n_clips=args.clips,
                           protocol=Protocol(clips_per_file=1), tasks=tasks,
                           model_info={"name": resolved.name}, progress=lambda d, t, w: print(f"{d}/{t} {w}", file=sys.stderr))
     report.clips = [{**c, "source": label} for c, label in zip(report.clips, labels)]

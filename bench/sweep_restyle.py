@@ -29,7 +29,7 @@ from musicguide import restyle as restyling
 from musicguide import defaults, edit, losses  # noqa: E402
 from musicguide.audio import load_audio, rms_db  # noqa: E402
 from musicguide.musicnn import load_musicnn  # noqa: E402
-from musicguide.registry import load_model  # noqa: E402
+from musicguide.models.folder import load_model  # noqa: E402
 
 SONGS = ("loyalists_20s.ogg", "traveling_minstrels_40s.ogg", "elvish-theme_30s.ogg")
 REGION_SECONDS = 6.0

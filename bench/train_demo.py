@@ -61,6 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicguide import edit  # noqa: E402
+from musicguide.api import Editor  # noqa: E402
 from musicguide.audio import load_audio, rms_db  # noqa: E402
 from musicguide.edit import SamplerSettings  # noqa: E402
 from musicguide.evaluate import (  # noqa: E402
@@ -246,7 +247,7 @@ def vae_scores(model, clips: list[Clip], protocol: Protocol) -> dict:
 def infill_scores(model, clips: list[Clip], settings: EvalSettings) -> dict:
     """The infill (the CLI's default settings) of each clip's gap: its level, its MR against the
     best plain baseline's, and its onset strength against the original gap's."""
-    infill = model_method(model, SamplerSettings(steps=settings.steps, seed=0), settings.protocol)
+    infill = model_method(Editor.from_model(model), SamplerSettings(steps=settings.steps, seed=0), settings.protocol)
     fade = fade_samples(SAMPLE_RATE)
     level, worst, mr, onsets = [], [], [], []
     baselines: dict[str, list[float]] = {name: [] for name in PLAIN_BASELINES}

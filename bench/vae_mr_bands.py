@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from musicguide.audio import load_audio
 from musicguide.evaluate import metrics as M
 from musicguide.models.folder import load_model_folder
-from musicguide.registry import load_model
+from musicguide.models.folder import load_model
 
 SAMPLE_RATE = 44100
 BAND_LIMITS_HZ = (SAMPLE_RATE / 2, 16000.0, 12000.0)

@@ -1,16 +1,24 @@
 """musicguide: edit real music with a pretrained latent diffusion model and guidance gradients."""
 
+from importlib import import_module
+
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # `from musicguide import Editor` imports the API (and torch) only when asked: the CLI imports
-    # this package too, and `musicguide --help` must not wait for torch.
-    if name in ("Editor", "Result", "Sidecar"):
-        from . import api
+def lazy_exports(package: str, home: dict[str, str]):
+    """A package's `__getattr__` that imports each public name's module (`home[name]`) on first use.
+    Python imports a package before any module in it, so a package that imported its modules at
+    the top would make each of them wait for all the others: `musicguide --help` for torch."""
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'musicguide' has no attribute {name!r}")
+    def __getattr__(name: str):
+        if name not in home:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(import_module(home[name]), name)
+
+    return __getattr__
 
 
-__all__ = ["Editor", "Result", "Sidecar", "__version__"]
+# `from musicguide import Editor` imports the API (and, when it runs, torch) only when asked.
+_HOME = {"Editor": "musicguide.api", "Result": "musicguide.api", "Sidecar": "musicguide.api"}
+__getattr__ = lazy_exports(__name__, _HOME)
+__all__ = ["Editor", "Result", "Sidecar", "__version__", "lazy_exports"]

@@ -65,7 +65,8 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_now)
     _keep_freed_memory()
-    from musicguide.cli import main as run
+    from musicguide.cli import edits, tools, evaluation  # noqa: F401  (each registers its commands, in this order)
+    from musicguide.cli.root import main as run
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)

@@ -32,8 +32,10 @@ from typing import Callable, Iterator
 
 from . import __version__
 from .defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, DEFAULT_STYLE_GUIDANCE, GENERATE_SECONDS, RESTYLE_STRENGTH,
-                       TRANSITION_SECONDS, check_strength)
+                       TRANSITION_SECONDS)
+from .atomic import sidecar_path
 from .errors import BadArgument, UserError
+from .options import check_strength
 
 ProgressCallback = Callable[[int, int, dict], None]
 # keyword arguments besides the edit's options: the user's callback, and the CLI's progress bar and
@@ -85,11 +87,6 @@ class Sidecar:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-
-def sidecar_path(path: Path) -> Path:
-    """Where a saved result's sidecar goes: beside it, with .json."""
-    return path.with_suffix(".json")
 
 
 class Result:
@@ -212,7 +209,7 @@ class Editor:
         `device`: auto, cpu, cuda or mps; `precision`: auto, fp32, bf16 or fp16."""
         import torch
 
-        from .registry import load_model
+        from .models.folder import load_model
         from .options import pick_device, pick_dtype
 
         where = pick_device(device)
@@ -406,10 +403,12 @@ class Editor:
              hand_over: Callable) -> Result:
         """Run `edit(model, sources, settings, begin) -> excerpts.Edited` with the progress the caller
         asked for; the result with one sidecar per variation."""
-        from .options import prompted, settings_for
+        from .options import settings_for
+        from .text import prompted
 
         settings = settings_for(common).for_model(self.model)
-        model, text = prompted(self.model, self.resolved, common, self._prompts)
+        model, text = prompted(self.model, self.resolved, common.prompt, common.negative_prompt, common.cfg,
+                               self._prompts)
         started = time.perf_counter()
         label = f"{verb} ({settings.sampler}, seed {settings.seed})"
         progress = options.get("progress") or (lambda label: _calling_back(options.get("callback"), label))

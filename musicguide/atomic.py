@@ -31,6 +31,26 @@ _UMASK = os.umask(0)  # read once (setting it is the only way), and put back at 
 os.umask(_UMASK)  # every file this process published, for the message after an interrupt
 
 
+def sidecar_path(path: Path) -> Path:
+    """Where a saved result's sidecar goes: beside it, with .json."""
+    return path.with_suffix(".json")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name the same file (through links, `..`, case-insensitive mounts, ...).
+
+    Publishing uses it to refuse writing the output over its own input, which `overwrite` alone
+    would allow.
+    """
+    first, second = Path(a), Path(b)
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+        return first.resolve() == second.resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): compare as written
+        return first.absolute() == second.absolute()
+
+
 def name_max(folder: Path) -> int:
     """The longest file name (bytes) the folder's file system takes."""
     try:
@@ -89,7 +109,6 @@ def check_writable(target: Path, *, overwrite: bool, inputs: tuple[Path, ...] = 
     """Everything that can be known before a run starts about writing `target`: its folder exists
     and takes new files, its name and temporary name fit the file system, it is not an input, and
     it does not exist (unless `overwrite`) or is at least a plain file that can be replaced."""
-    from musicguide.audio import same_file
 
     folder = target.parent
     if not folder.is_dir():

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from musicguide.errors import UserError
-from musicguide.timespec import MAX_SECONDS
+from musicguide.defaults import MAX_SECONDS
 
 # Weights for an ITU-R BS.775 5.1 -> stereo downmix in the WAV/FLAC channel order
 # L, R, C, LFE, Ls, Rs (the LFE channel is dropped, as BS.775 does).
@@ -313,21 +313,6 @@ def _libsndfile_reason(error: sf.SoundFileError) -> str:
     """libsndfile's own words ("Format not recognised.") without the repeated file name."""
     reason = getattr(error, "error_string", None) or str(error)
     return reason.rstrip(".")
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when two paths name the same file (through links, `..`, case-insensitive mounts, ...).
-
-    The CLI uses it to refuse writing the output over its own input, which `overwrite` alone
-    would allow.
-    """
-    first, second = Path(a), Path(b)
-    try:
-        if first.exists() and second.exists():
-            return os.path.samefile(first, second)
-        return first.resolve() == second.resolve()
-    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): compare as written
-        return first.absolute() == second.absolute()
 
 
 class SongArray:

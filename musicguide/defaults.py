@@ -1,11 +1,10 @@
-"""The edits' defaults, in one place, importable without torch (the CLI builds its options from them).
+"""The edits' defaults, in one place, importable without torch (the CLI builds its options from them);
+the checks of the values a user gives are in `options`.
 
 Step sizes ξ that depend on the model and the loss space live with the sampler (`edit.DEFAULT_GUIDANCE`).
 """
 
 from __future__ import annotations
-
-from .errors import BadArgument
 
 # The paper's regeneration strength: the free region starts as 85 % noise, 15 % original.
 DEFAULT_STRENGTH = 0.85
@@ -20,10 +19,6 @@ DEFAULT_CONTEXT_GUIDANCE = 3e-2
 DEFAULT_KEEP = 1.0
 TRANSITION_SECONDS = 8.0
 GENERATE_SECONDS = 10.0
-
-
-def check_strength(strength: float, what: str = "`strength`") -> float:
-    """How much noise a start holds: 0 < k ≤ 1 (the one check)."""
-    if not 0 < strength <= 1:
-        raise BadArgument(f"{what} must be in (0, 1], got {strength}")
-    return strength
+DEFAULT_CFG = 6.0  # classifier-free guidance on a prompt: stable-audio-tools' default cfg_scale
+# No song or edit is longer: a bound that keeps every sample count a small integer.
+MAX_SECONDS = 100 * 3600.0

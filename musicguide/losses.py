@@ -70,10 +70,8 @@ def embedding_distance(tagger, target: Tensor, sample_rate: int) -> Callable[[Te
 def log_mel_envelope(tagger, sample_rate: int, pool: int = 8) -> Callable[[Tensor], Tensor]:
     """The input's structure for `--keep`: its log-mel (the tagger's front end) averaged over `pool`
     frames (~128 ms), which keeps rhythm, dynamics and register but not timbre detail."""
-    from .musicnn import SAMPLE_RATE, resample
-
     def structure(audio: Tensor) -> Tensor:
-        mel = tagger.log_mel(resample(audio.float().mean(dim=1), sample_rate, SAMPLE_RATE))
+        mel = tagger.mono_log_mel(audio, sample_rate)
         return torch.nn.functional.avg_pool1d(mel.transpose(1, 2), pool, ceil_mode=True)
 
     return structure

@@ -11,6 +11,7 @@ from typing import Literal
 
 CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.safetensors"
+VAE_WEIGHTS_FILE = "vae.safetensors"  # `musicguide train vae` writes the VAE alone, beside the config
 
 Source = Literal["hub", "local", "builtin", "memory"]  # memory: a model object handed to `Editor.from_model`
 

@@ -277,6 +277,11 @@ class Musicnn(nn.Module):
         penultimate = self.dense_norm(F.relu(self.dense(self.pool_norm(pooled))))
         return self.classifier(penultimate), penultimate
 
+    def mono_log_mel(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """(B, C, N) audio at `sample_rate` -> (B, T, 96): the front end's log-mel of the channels'
+        mean, resampled to the tagger's rate; differentiable."""
+        return self.log_mel(resample(audio.float().mean(dim=1), sample_rate, SAMPLE_RATE))
+
     def patches(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """(B, C, N) audio at `sample_rate` -> (B, P, 187, 96) log-mel patches.
 

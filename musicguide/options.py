@@ -1,12 +1,10 @@
 """An edit's options as a user gives them (the CLI's flags, the API's keywords), each with its
-range, and what they choose: the sampler settings, the device and number format, the prompt's
-encoding for the model, and the inputs' headers. Imports nothing heavy at the top: the CLI builds
-its parser from here."""
+range, and what they choose: the sampler settings, the device and number format, and the inputs'
+headers. Imports nothing heavy at the top: the CLI builds its parser from here."""
 
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,6 @@ MAX_SEED = 2**32 - 1  # continue and evaluate add chunk/clip indices to it; torc
 MAX_STEPS = 10_000
 MAX_VARIATIONS = 256
 MAX_CFG = 100.0
-DEFAULT_CFG = 6.0  # stable-audio-tools' default cfg_scale
 # The options of `Common` that an edit takes, by the names the API takes them (the rest say where and how
 # the CLI writes, and what it prints).
 EDIT_OPTIONS = ("steps", "guidance", "sampler", "eta", "seed", "variations", "loss_space", "consistency", "context",
@@ -71,6 +68,13 @@ class Common:
         if self.eta and self.sampler in ("ddpm", "pingpong"):
             raise BadArgument(f"`eta` applies to the ddim sampler only; {self.sampler} draws fresh noise every step",
                             hint="drop `eta`, or use `sampler` ddim")
+
+
+def check_strength(strength: float, what: str = "`strength`") -> float:
+    """How much noise a start holds: 0 < k ≤ 1 (the one check)."""
+    if not 0 < strength <= 1:
+        raise BadArgument(f"{what} must be in (0, 1], got {strength}")
+    return strength
 
 
 def _short(value: int) -> str:
@@ -129,28 +133,3 @@ def pick_dtype(precision: str, device):
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def prompted(model, resolved, common: Common, cache: dict | None = None) -> tuple[object, dict]:
-    """With `prompt`, the model whose `denoise` runs classifier-free guidance on the prompt's
-    tokens (encoded once per `cache`), and what the sidecar records of it."""
-    if common.prompt is None:
-        return model, {}
-    if getattr(model, "family", None) == "sa3":
-        raise BadArgument("`prompt` is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
-                        "not built); edit without a prompt")
-    from .text import Prompted, encode_prompts, text_encoder_entry, text_conditioner
-
-    key = (common.prompt, common.negative_prompt)
-    tokens = cache.get(key) if cache is not None else None
-    if tokens is None:
-        # MUSICGUIDE_TEXT_ENCODER: a local T5 folder instead of the pinned Hub download (offline use)
-        tokens = encode_prompts(model, common.prompt, common.negative_prompt, model_folder=resolved.folder,
-                                encoder_folder=os.environ.get("MUSICGUIDE_TEXT_ENCODER"))
-        if cache is not None:
-            cache[key] = tokens
-    scale = DEFAULT_CFG if common.cfg is None else common.cfg
-    entry = text_encoder_entry(text_conditioner(model.config).t5_model_name)
-    record = {"text": {"prompt": common.prompt, "negative_prompt": common.negative_prompt, "cfg_scale": scale,
-                       "text_encoder": {"repo": getattr(entry, "repo", None), "revision": getattr(entry, "revision", None)}}}
-    return Prompted(model, tokens[0], tokens[1], scale), record

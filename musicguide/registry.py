@@ -1,4 +1,5 @@
-"""Named checkpoints: `checkpoints.toml` → a model folder (Hub cache, shipped folder) or a built model.
+"""Named checkpoints: `checkpoints.toml` → a model folder (Hub cache, shipped folder) or a built-in
+model's seed; `models.folder.load_model` builds what a name resolves to.
 
 `--model` takes either a name from the registry or the path of a folder laid out like the Stable Audio
 Open Hub repositories (`model_config.json` + `model.safetensors`). Downloads go through
@@ -16,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -24,11 +25,6 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from musicguide.errors import UserError, one_line
 from musicguide.hub import download_hub_files, verify_sha256
 from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE, ResolvedModel, Source
-
-if TYPE_CHECKING:
-    import torch
-
-    from musicguide.models import LatentDiffusion
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -296,32 +292,6 @@ def _is_dir(candidate: Path, argument: str) -> bool:
         return candidate.is_dir()
     except OSError as error:
         raise UserError(f"cannot use --model {_clipped(argument)}: {error.strerror}") from None
-
-
-def load_model(
-    name_or_path: str | os.PathLike[str],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    *,
-    token: str | None = None,
-) -> tuple[LatentDiffusion, ResolvedModel]:
-    """Resolve `--model` and build the model (eval mode, frozen; float32 unless `dtype`); the single
-    entry point the CLI uses. torch is imported here, not with the module: listing models needs none."""
-    import torch
-
-    from musicguide.models import build_model, load_model_folder, tiny_random_config
-
-    dtype = torch.float32 if dtype is None else dtype
-    resolved = resolve_model(name_or_path, token=token)
-    if resolved.kind == "builtin":
-        # Fork the RNG so that building the model neither depends on nor advances the caller's
-        # seed: the same seed then gives the same weights, and the user's --seed stays reproducible.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(resolved.seed)
-            model = build_model(tiny_random_config())
-        return model.to(device=device, dtype=dtype), resolved
-    assert resolved.folder is not None
-    return load_model_folder(resolved.folder, device=device, dtype=dtype), resolved
 
 
 def list_models() -> list[ModelRow]:

@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from musicguide.defaults import DEFAULT_CFG
 from musicguide.errors import BadArgument, UserError
 
 if sys.version_info >= (3, 11):
@@ -403,3 +404,28 @@ class Prompted:
     def denoise(self, x: Tensor, t: Tensor | float, *, seconds_start: float | Tensor = 0.0,
                 seconds_total: float | Tensor | None = None) -> Tensor:
         return cfg_denoiser(self._model, self._cond, self._uncond, self._scale, seconds_start, seconds_total)(x, t)
+
+
+def prompted(model, resolved, prompt: str | None, negative_prompt: str | None, cfg: float | None,
+             cache: dict | None = None) -> tuple[object, dict]:
+    """With a `prompt`, the model whose `denoise` runs classifier-free guidance on the prompt's
+    tokens (encoded once per `cache`) at `cfg` (stable-audio-tools' default when None), and what the
+    sidecar records of it; without one, the model as it is."""
+    if prompt is None:
+        return model, {}
+    if getattr(model, "family", None) == "sa3":
+        raise BadArgument("`prompt` is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
+                          "not built); edit without a prompt")
+    key = (prompt, negative_prompt)
+    tokens = cache.get(key) if cache is not None else None
+    if tokens is None:
+        # MUSICGUIDE_TEXT_ENCODER: a local T5 folder instead of the pinned Hub download (offline use)
+        tokens = encode_prompts(model, prompt, negative_prompt, model_folder=resolved.folder,
+                                encoder_folder=os.environ.get("MUSICGUIDE_TEXT_ENCODER"))
+        if cache is not None:
+            cache[key] = tokens
+    scale = DEFAULT_CFG if cfg is None else cfg
+    entry = text_encoder_entry(text_conditioner(model.config).t5_model_name)
+    record = {"text": {"prompt": prompt, "negative_prompt": negative_prompt, "cfg_scale": scale,
+                       "text_encoder": {"repo": getattr(entry, "repo", None), "revision": getattr(entry, "revision", None)}}}
+    return Prompted(model, tokens[0], tokens[1], scale), record

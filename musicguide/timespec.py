@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+from musicguide.defaults import MAX_SECONDS
 from musicguide.errors import BadArgument, UserError
 
 # "S", "S.fff", "M:SS", "M:SS.fff", "H:MM:SS", "H:MM:SS.fff". Inside a colon form the minutes and
@@ -23,8 +24,6 @@ _TIME_PATTERN = re.compile(
     re.VERBOSE,
 )
 TIME_FORMS = '"30", "30.5", "1:05", "1:05.250" or "1:02:03.5"'
-# No song or edit is longer: a bound that keeps every sample count a small integer.
-MAX_SECONDS = 100 * 3600.0
 
 
 # The shortest length a user may ask for: 44 samples at 44.1 kHz. Shorter ones round to nothing (a

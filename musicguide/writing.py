@@ -53,6 +53,7 @@ class SavedAudio:
         return {**asdict(self), "peak_db": self.peak_db}
 
 
+
 def output_subtype(inputs: Sequence[AudioInfo], path: str | os.PathLike) -> str:
     """The subtype to write `path` with so that audio read from the `inputs` survives.
 

@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicguide.audio import AudioInfo, check_not_silent, load_audio, resample, same_file
+from musicguide.atomic import same_file
+from musicguide.audio import AudioInfo, check_not_silent, load_audio, resample
 from musicguide.writing import DEFAULT_SUBTYPE, output_subtype, write_song
 from musicguide.errors import UserError
 

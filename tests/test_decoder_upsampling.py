@@ -18,7 +18,8 @@ from torch import nn
 from musicguide.errors import UserError
 from musicguide.models import ModelConfig, build_model
 from musicguide.models.presets import preset_config
-from musicguide.models.vae import WNConvTranspose1d, nearest_upsample
+from musicguide.models.layers import WNConvTranspose1d
+from musicguide.models.vae import nearest_upsample
 from musicguide.train import (LONG_STFT_SIZES, STFT_SIZES, VAETrainConfig, nearest_upsample_decoder, stft_loss,
                               train_vae)
 from musicguide.train.vae import DECODER_PREFIX

@@ -16,9 +16,9 @@ import torch
 from musicguide import restyle as restyling
 from musicguide import edit, measurement
 from musicguide.losses import latent_loss
-from musicguide.models.latent_diffusion import MAX_LEAK_FRAMES
+from musicguide.models.latent_model import MAX_LEAK_FRAMES
 from musicguide.models import build_model, tiny_random_config
-from musicguide.registry import load_model
+from musicguide.models.folder import load_model
 from musicguide.sampling import guided_ddim, guided_ddpm, guided_pingpong, paste_known
 from musicguide.schedules import RectifiedFlow, VCosine, sampling_times, timesteps
 from musicguide.splice import equal_power_fades, splice

@@ -26,10 +26,10 @@ from huggingface_hub.utils import (
 from musicguide import hub
 from musicguide.errors import UserError
 from musicguide.models import build_model, save_model_folder, tiny_random_config
+from musicguide.models.folder import load_model
 from musicguide.registry import (
     DEFAULT_REGISTRY_PATH,
     list_models,
-    load_model,
     load_registry,
     resolve_model,
     verify_sha256,

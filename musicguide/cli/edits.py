@@ -4,16 +4,22 @@ its own options and returns the `api.Editor` call to make; `options.edit_command
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 
-from ..defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, GENERATE_SECONDS, RESTYLE_STRENGTH, TRANSITION_SECONDS,
-                        check_strength)
+from ..api import Editor
+from ..defaults import DEFAULT_KEEP, DEFAULT_STRENGTH, GENERATE_SECONDS, RESTYLE_STRENGTH, TRANSITION_SECONDS
 from ..excerpts import check_style_target
+from ..options import check_strength
 from ..timespec import check_duration
-from .options import STYLE_GUIDANCE, TaggerOpt, Tagger, edit_command
+from .options import STYLE_GUIDANCE, TaggerOpt, Tagger
+from .options import edit_command as register_edit
+
+# every edit command runs on an editor of the Python API
+edit_command = partial(register_edit, open_editor=Editor.from_pretrained)
 
 
 # ---- commands ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import typer
 from ..defaults import DEFAULT_STYLE_GUIDANCE
 from ..excerpts import Timing
 from ..options import Common
-from .app import DEFAULT_MODEL, app
+from .root import DEFAULT_MODEL, app
 from .running import check_before_work, execute, report
 
 
@@ -92,6 +92,7 @@ class EditPlan:
     verb: str
     common: Common
     call: Callable
+    open_editor: Callable  # (model, device=, precision=, quiet=) -> api.Editor: `Editor.from_pretrained`
     timing: Timing | None
     paths: list[Path]  # the outputs, one per variation
     outputs: object  # atomic.Outputs: every file the run writes, checked, not yet reserved
@@ -102,11 +103,13 @@ class EditPlan:
 EDIT_PLANNERS: dict[str, Callable[..., EditPlan]] = {}
 
 
-def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: bool = False, **replaced):
+def edit_command(name: str | None = None, *, open_editor: Callable, fixed: dict | None = None, beats: bool = False,
+                 **replaced):
     """Register an edit command. Its function takes its own options and returns the call to make,
-    `lambda editor, **options: editor.METHOD(...)`; the shared options (and, with `beats`, the beat
-    options) are added to its signature here. `fixed` options are not offered and take the given
-    values; `replaced` ones get another (type, typer.Option, default)."""
+    `lambda editor, **options: editor.METHOD(...)`, on the editor that `open_editor` loads (`edits`
+    passes `api.Editor.from_pretrained`: this module stays below the API); the shared options (and,
+    with `beats`, the beat options) are added to its signature here. `fixed` options are not offered
+    and take the given values; `replaced` ones get another (type, typer.Option, default)."""
     fixed = fixed or {}
     offered = {**SHARED_OPTIONS, **replaced, **(BEAT_OPTIONS if beats else {})}
 
@@ -128,7 +131,7 @@ def edit_command(name: str | None = None, *, fixed: dict | None = None, beats: b
                      *reads)
             paths, outputs = check_before_work(verb, common, inputs, reads, plot=common.plot)
             timing = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS}) if beats else None
-            return EditPlan(verb, common, function(**kwargs), timing, paths, outputs)
+            return EditPlan(verb, common, function(**kwargs), open_editor, timing, paths, outputs)
 
         def command(**kwargs):
             edit = plan(**kwargs)

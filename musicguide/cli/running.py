@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..api import sidecar_path
+from ..atomic import sidecar_path
 from ..errors import UserError
 from ..options import EDIT_OPTIONS, Common, probe_input, settings_for
-from .app import err, out
+from .root import err, out
 
 OUTPUT_SUFFIXES = (".wav", ".flac")
 HOT_PEAK = 2.0  # +6 dBFS: a float input beyond this is far past full scale, and the user is told
@@ -48,11 +48,10 @@ def model_files(model: str) -> list[Path]:
         return []
 
 
-def load_model(common: Common, say: Callable[[str], None]):
-    """The `api.Editor` holding the model, device and precision that `common` names."""
-    from ..api import Editor
-
-    editor = Editor.from_pretrained(common.model, device=common.device, precision=common.precision, quiet=common.quiet)
+def load_model(plan, say: Callable[[str], None]):
+    """The `api.Editor` holding the model, device and precision that an edit plan's options name."""
+    common = plan.common
+    editor = plan.open_editor(common.model, device=common.device, precision=common.precision, quiet=common.quiet)
     if editor.resolved.kind == "builtin":
         say(f"[yellow]model {editor.resolved.name}: {editor.resolved.description}[/yellow]")
     return editor
@@ -126,7 +125,7 @@ def run_edit(plan, *, progress, say: Callable[[str], None], editor=None) -> Run:
     common, paths, outputs, plot = plan.common, plan.paths, plan.outputs, plan.common.plot
     with outputs:
         outputs.reserve()  # checks again: a name may have appeared since
-        editor = editor or load_model(common, say)
+        editor = editor or load_model(plan, say)
         result = plan.call(editor, **edit_options(common, plan.timing), progress=progress,
                       before_sampling=lambda sources, edit_settings, model: check_free_space_for(
                           paths, sources, edit_settings, model))

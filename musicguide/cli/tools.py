@@ -1,9 +1,8 @@
-"""The other commands: tags, batch, beats, train, evaluate, models."""
+"""The other commands: tags, batch, beats, train, models (evaluate has its own module, `evaluation`)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,8 +14,8 @@ from ..errors import UserError, cli_wording
 from ..batch import BATCH_OPTIONS, read_jobs
 from ..excerpts import Timing
 from . import running
-from .app import DEFAULT_MODEL, app, err, models_app, out, train_app
-from .options import Device, DeviceOpt, ModelOpt, Overwrite, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
+from .root import DEFAULT_MODEL, app, err, models_app, out, train_app
+from .options import Device, DeviceOpt, ModelOpt, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
 
 
 @app.command()
@@ -126,7 +125,7 @@ def _batch_job(job, own: list[str], jobs: Path, held: Held) -> dict:
         # no job's output may replace the jobs file
         plan = EDIT_PLANNERS[job.args[0]](reads=(jobs,), **parsed.params)
         if held.editor is None:
-            held.editor = running.load_model(plan.common, lambda text: None)
+            held.editor = running.load_model(plan, lambda text: None)
         run = running.execute(plan, held.editor)
         result.update(ok=True, outputs=[{"path": o["path"], "sidecar": o["sidecar"],
                                          "flagged_seams": [s.to_dict() for s in o["seams"] if s.flagged]}
@@ -186,7 +185,9 @@ def train_vae_cmd(data: DataDir, out_dir: OutDir, preset: Preset = "demo", steps
                   resume: Resume = False, holdout: Holdout = None, device: TrainDevice = Device.auto,
                   quiet: Quiet = False) -> None:
     """Train the Oobleck VAE (multi-resolution STFT + L1 + KL)."""
-    from ..train import VAETrainConfig, check_out_dir, train_vae
+    from ..train.checkpoint import check_out_dir
+    from ..train.settings import VAETrainConfig
+    from ..train.vae import train_vae
 
     config = VAETrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
     check_out_dir(out_dir)
@@ -200,7 +201,9 @@ def train_dit_cmd(data: DataDir, vae: Annotated[Path, typer.Option(help="Folder 
                   lr: LearningRate = None, max_minutes: MaxMinutes = None, resume: Resume = False,
                   holdout: Holdout = None, device: TrainDevice = Device.auto, quiet: Quiet = False) -> None:
     """Train the DiT (v-prediction) on the VAE's latents; writes a complete model folder for --model."""
-    from ..train import DiTTrainConfig, check_out_dir, train_dit
+    from ..train.checkpoint import check_out_dir
+    from ..train.dit import train_dit
+    from ..train.settings import DiTTrainConfig
 
     config = DiTTrainConfig.for_preset(preset, steps=steps, batch_size=batch_size, lr=lr, max_minutes=max_minutes)
     check_out_dir(out_dir)
@@ -233,45 +236,6 @@ def _train(stage: str, run, config, quiet: bool) -> None:
         out.print(f"{stage}: {result.step} steps ({result.stopped}) in {result.seconds:.0f} s; validation loss {val}; "
                   f"wrote {result.out_dir}")
     distributed.stop()
-
-
-@app.command()
-def evaluate(
-    clips_dir: Annotated[Path, typer.Argument(help="Folder of held-out audio files to cut 6 s clips from.")],
-    report_path: Annotated[Path, typer.Option("--out", help="Markdown report; the JSON goes next to it.")] = Path("report.md"),
-    model: ModelOpt = DEFAULT_MODEL,
-    steps: Annotated[int, typer.Option(help="Sampling steps for every variant.")] = 50,
-    clips: Annotated[int, typer.Option(help="How many clips (taken in turn from each file).")] = 24,
-    seed: Annotated[int, typer.Option(help="Seed; clip k samples with seed + k.")] = 0,
-    tracks: Annotated[Optional[Path], typer.Option(help="Only these tracks (a list like eval/holdout.txt).")] = None,
-    context: Annotated[Optional[float], typer.Option(help="Seconds of context per side (default: the whole clip).")] = None,
-    variants: Annotated[Optional[list[str]], typer.Option("--variant", help="Run only these sampler variants "
-                                                            "(repeatable; default all; 'guided DDIM, latent loss' always runs).")] = None,
-    tasks: Annotated[Optional[list[str]], typer.Option("--task", help="Run only these tasks (repeatable: infill, "
-                                                         "regeneration, continuation, transition; default all).")] = None,
-    device: DeviceOpt = Device.auto, quiet: Quiet = False, overwrite: Overwrite = False,
-) -> None:
-    """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from ..evaluate import TASKS, Protocol
-    from .evaluation import run_evaluate
-
-    if context is not None and not (context > 0 and math.isfinite(context)):
-        raise UserError(f"--context must be a positive number of seconds, got {context}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, disable=quiet, transient=True) as bar:
-        task = bar.add_task("evaluate", total=None)
-
-        def progress(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=what)
-
-        report = run_evaluate(clips_dir, model, report_path, steps, clips, seed, device.value, quiet, tracks=tracks,
-                              overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress,
-                              variant_names=variants, tasks=tasks or TASKS)
-    if not quiet:
-        out.print(f"wrote {report_path} and {report_path.with_suffix('.json').name}")
-        for name in report.tasks:
-            err.print(report.verdicts[name], markup=False)
 
 
 @models_app.command("list")

@@ -24,22 +24,48 @@ The modules, in the order the work flows:
 The names other code uses are importable from `musicguide.evaluate` itself.
 """
 
-from .baselines import (
-    BASELINES, copy_fill, linear_crossfade_fill, loop_fill, plain_crossfade, round_trip, silence_fill, unedited,
-)
-from .clips import (
-    TASKS, Case, Clip, Output, Protocol, audio_files, build_cases, clip_starts, cut_clips, read_track_list,
-    transition_pairs,
-)
-from .metrics import METRIC_NAMES, METRICS, Scores, embedding_fd, mel_distance, mel_filterbank
-from .protocol import MODEL_VARIANTS, ORIGINAL, PRIMARY_VARIANT, ROUND_TRIP, evaluate, model_method, model_variants
-from .report import EvalReport, render_markdown, verdict, verdicts, write_report
+from musicguide import lazy_exports
 
-__all__ = [
-    "BASELINES", "METRICS", "METRIC_NAMES", "MODEL_VARIANTS", "ORIGINAL", "PRIMARY_VARIANT", "ROUND_TRIP", "TASKS",
-    "Case", "Clip", "EvalReport", "Output", "Protocol", "Scores",
-    "audio_files", "build_cases", "clip_starts", "copy_fill", "cut_clips", "embedding_fd", "evaluate",
-    "linear_crossfade_fill", "loop_fill", "mel_distance", "mel_filterbank", "model_method", "model_variants",
-    "plain_crossfade", "read_track_list", "render_markdown", "round_trip", "silence_fill",
-    "transition_pairs", "unedited", "verdict", "verdicts", "write_report",
-]
+# Each public name and the module that defines it, imported on first use: importing one module of
+# the package (Python imports the package first) then imports that module alone.
+_HOME = {
+    "audio_files": "musicguide.evaluate.clips",
+    "BASELINES": "musicguide.evaluate.baselines",
+    "build_cases": "musicguide.evaluate.clips",
+    "Case": "musicguide.evaluate.clips",
+    "Clip": "musicguide.evaluate.clips",
+    "clip_starts": "musicguide.evaluate.clips",
+    "copy_fill": "musicguide.evaluate.baselines",
+    "cut_clips": "musicguide.evaluate.clips",
+    "embedding_fd": "musicguide.evaluate.metrics",
+    "EvalReport": "musicguide.evaluate.report",
+    "evaluate": "musicguide.evaluate.protocol",
+    "linear_crossfade_fill": "musicguide.evaluate.baselines",
+    "loop_fill": "musicguide.evaluate.baselines",
+    "mel_distance": "musicguide.evaluate.metrics",
+    "mel_filterbank": "musicguide.evaluate.metrics",
+    "METRIC_NAMES": "musicguide.evaluate.metrics",
+    "METRICS": "musicguide.evaluate.metrics",
+    "model_method": "musicguide.evaluate.protocol",
+    "MODEL_VARIANTS": "musicguide.evaluate.protocol",
+    "model_variants": "musicguide.evaluate.protocol",
+    "ORIGINAL": "musicguide.evaluate.protocol",
+    "Output": "musicguide.evaluate.clips",
+    "plain_crossfade": "musicguide.evaluate.baselines",
+    "PRIMARY_VARIANT": "musicguide.evaluate.protocol",
+    "Protocol": "musicguide.evaluate.clips",
+    "read_track_list": "musicguide.evaluate.clips",
+    "render_markdown": "musicguide.evaluate.report",
+    "round_trip": "musicguide.evaluate.baselines",
+    "ROUND_TRIP": "musicguide.evaluate.protocol",
+    "Scores": "musicguide.evaluate.metrics",
+    "silence_fill": "musicguide.evaluate.baselines",
+    "TASKS": "musicguide.evaluate.clips",
+    "transition_pairs": "musicguide.evaluate.clips",
+    "unedited": "musicguide.evaluate.baselines",
+    "verdict": "musicguide.evaluate.report",
+    "verdicts": "musicguide.evaluate.report",
+    "write_report": "musicguide.evaluate.report",
+}
+__all__ = sorted(_HOME)
+__getattr__ = lazy_exports(__name__, _HOME)

@@ -7,7 +7,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,9 @@ from torch import Tensor
 
 from ..audio import rms_db
 from ..splice import seam_report
-from .clips import Case, Output
+
+if TYPE_CHECKING:  # annotations only
+    from .clips import Case, Output
 
 # ---- MR: multi-resolution mel distance ---------------------------------------------------------
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..api import Editor, Result
 from ..edit import SamplerSettings
 from ..errors import UserError
 from ..splice import fade_samples
@@ -18,6 +17,9 @@ from .baselines import BASELINES, round_trip_method, unedited, with_fade
 from .clips import TASKS, Case, Method, Output, Protocol, audio_files, build_cases, check_tasks, cut_clips
 from .metrics import Embedder, Scores, aggregate, score_case, split_half_fd
 from .report import EvalReport, verdicts
+
+if TYPE_CHECKING:  # the caller makes the Editor: `musicguide evaluate`, or api.Editor.from_model(model)
+    from ..api import Editor, Result
 
 # Sampling variants: name -> overrides of SamplerSettings. All share the step count and, per clip,
 # the seed (seed + clip index), so their differences come from the settings and not from the noise.
@@ -69,9 +71,8 @@ def _run_model(editor: Editor, case: Case, settings: SamplerSettings, protocol: 
     return editor.transition(first, second, length=(case.end - case.start) / sr, strength=protocol.strength, **options)
 
 
-def model_method(model, settings: SamplerSettings, protocol: Protocol) -> Method:
-    """A report row's method: each case edited by `model` (an `Editor`, or a model object)."""
-    editor = as_editor(model)
+def model_method(editor: Editor, settings: SamplerSettings, protocol: Protocol) -> Method:
+    """A report row's method: each case edited by `editor`."""
     if settings.distance != "l1":
         raise ValueError("the evaluation's variants measure d with l1, as the edits do")
 
@@ -83,15 +84,10 @@ def model_method(model, settings: SamplerSettings, protocol: Protocol) -> Method
     return run
 
 
-def as_editor(model) -> Editor:
-    return model if isinstance(model, Editor) else Editor.from_model(model)
-
-
-def method_table(model, variants: Mapping[str, SamplerSettings], protocol: Protocol, fade: int,
+def method_table(editor: Editor, variants: Mapping[str, SamplerSettings], protocol: Protocol, fade: int,
                  tasks: Sequence[str] = TASKS) -> dict[str, dict[str, Method]]:
     """Every row of the report that does one of `tasks`: name -> {task: method}, in the table's order."""
     rows = {name: {task: with_fade(fill, fade) for task, fill in fills.items()} for name, fills in BASELINES.items()}
-    editor = as_editor(model)
     for name, settings in variants.items():
         rows[name] = dict.fromkeys(TASKS, model_method(editor, settings, protocol))
     rows[ROUND_TRIP] = dict.fromkeys(TASKS[:3], round_trip_method(editor.model))
@@ -118,17 +114,16 @@ def _primary(variants: Mapping[str, SamplerSettings]) -> str | None:
     return next((name for name, s in variants.items() if s.guidance > 0), None)
 
 
-def evaluate(model, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] | None = None, steps: int = 50,
+def evaluate(editor: Editor, clips_dir: Path, *, variants: Mapping[str, SamplerSettings] | None = None, steps: int = 50,
              n_clips: int = 24, seed: int = 0, protocol: Protocol = Protocol(), tracks: Sequence[str] | None = None,
              model_info: dict | None = None, progress: Progress | None = None,
              tasks: Sequence[str] = TASKS) -> EvalReport:
-    """Run the protocol with `model` (an `Editor`, or a model object, on its own device) on clips cut from the files in `clips_dir`
+    """Run the protocol with `editor` (an `api.Editor`, its model on its own device) on clips cut from the files in `clips_dir`
     (only `tracks`, when given). `variants` defaults to MODEL_VARIANTS with `steps` and `seed`;
     clip k samples with seed + k. progress(done, total, what) is called after every output. `tasks`
     runs a subset of the protocol's tasks (a sweep of one setting needs only some)."""
     tasks = check_tasks(tasks)
     started = time.perf_counter()
-    editor = as_editor(model)
     model = editor.model
     variants = dict(model_variants(steps, seed, variants_for(model)) if variants is None else variants)
     sr = model.sample_rate

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from musicguide.models.config import DiTConfig, NumberConditionerConfig
+from musicguide.models.layers import inverse_frequencies
 
 
 class FourierFeatures(nn.Module):
@@ -50,14 +51,6 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, x.shape[-1:], self.gamma, self.beta, self.eps)
-
-
-def inverse_frequencies(dim: int, base: float) -> Tensor:
-    """Rotary frequencies base^(-2i/dim), computed on the CPU and then moved to the default device:
-    arithmetic on `meta` tensors (a model built to be loaded) imports torch._dynamo, about a second
-    of every command's start-up; a copy to `meta` does not."""
-    frequencies = 1.0 / base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
-    return frequencies.to(torch.empty(0).device)
 
 
 class RotaryEmbedding(nn.Module):

@@ -23,8 +23,11 @@ from safetensors.torch import load_file, save_file
 from musicguide.atomic import write_atomically
 from musicguide.errors import UserError, one_line
 from musicguide.models.config import ModelConfig, config_errors_name, is_sa3_config, read_config_json
-from musicguide.models.latent_diffusion import LatentDiffusion
-from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE  # re-exported: the folder's two files
+from musicguide.models.latent_diffusion import LatentDiffusion, build_model
+from musicguide.models.latent_model import LatentModel
+from musicguide.models.presets import tiny_random_config
+from musicguide.model_files import CONFIG_FILE, VAE_WEIGHTS_FILE, WEIGHTS_FILE, ResolvedModel  # re-exported
+from musicguide.registry import resolve_model
 
 # State-dict prefixes of the two parts that are trained (and shipped) separately.
 VAE_PREFIXES = ("pretransform.",)
@@ -107,6 +110,41 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
         raise UserError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    token: str | None = None,
+) -> tuple[LatentModel, ResolvedModel]:
+    """Resolve `--model` and build the model (eval mode, frozen; float32 unless `dtype`); the single
+    entry point the API uses."""
+    dtype = torch.float32 if dtype is None else dtype
+    resolved = resolve_model(name_or_path, token=token)
+    if resolved.kind == "builtin":
+        # Fork the RNG so that building the model neither depends on nor advances the caller's
+        # seed: the same seed then gives the same weights, and the user's --seed stays reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(resolved.seed)
+            model = build_model(tiny_random_config())
+        return model.to(device=device, dtype=dtype), resolved
+    assert resolved.folder is not None
+    return load_model_folder(resolved.folder, device=device, dtype=dtype), resolved
+
+
+def load_vae(vae_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and the VAE weights (`pretransform.*`) of a `train_vae` folder, or of any
+    complete model folder (so a new DiT can be trained on a published model's VAE)."""
+    folder = Path(vae_dir)
+    if (folder / VAE_WEIGHTS_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        config = ModelConfig.from_json(folder / CONFIG_FILE)
+        return config, load_file(str(folder / VAE_WEIGHTS_FILE), device=str(device))
+    if (folder / WEIGHTS_FILE).is_file():
+        model = load_model_folder(folder, device=device)
+        return model.config, {k: v for k, v in model.state_dict().items() if k.startswith(VAE_PREFIXES)}
+    raise UserError(f"{folder} holds no VAE", hint="pass the --out folder of `musicguide train vae`, or a model folder")
 
 
 def _check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from musicguide.models.config import NumberConditionerConfig
 from musicguide.models.dit import NumberConditioner
-from musicguide.models.latent_diffusion import LatentModel
+from musicguide.models.latent_model import LatentModel
 from musicguide.models.sa3_dit import SA3DiT, SA3DiTConfig, sa3_dit_config_from_dict
 from musicguide.models.same import SAME, SAMEConfig, same_config_from_dict
 from musicguide.schedules import LogSNRShift, RectifiedFlow, Schedule

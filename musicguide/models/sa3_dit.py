@@ -61,7 +61,7 @@ class FourierFeatures(nn.Module):
     def __init__(self, in_features: int, out_features: int, std: float = 16.0):
         super().__init__()
         # drawn and scaled on the CPU, then moved to the default device: arithmetic on `meta` (a
-        # model built to be loaded) imports torch._dynamo, about a second (dit.inverse_frequencies)
+        # model built to be loaded) imports torch._dynamo, about a second (layers.inverse_frequencies)
         weight = torch.randn(out_features // 2, in_features, device="cpu") * std
         self.register_buffer("weight", weight.to(torch.empty(0).device))
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musicguide.models.dit import inverse_frequencies
+from musicguide.models.layers import inverse_frequencies
 
 NORMS = ("layer_norm", "rms_norm", "dyt")
 QK_NORMS = ("none", "l2", "ln", "rms", "dyt")
@@ -258,7 +258,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, options.ff_mult, options.ff_bias, sinusoidal)
         self.ff_scale = LayerScale(dim) if options.layer_scale else nn.Identity()
         if adaln:
-            # on the CPU, then to the default device: no arithmetic on `meta` (dit.inverse_frequencies)
+            # on the CPU, then to the default device: no arithmetic on `meta` (layers.inverse_frequencies)
             initial = torch.randn(6 * dim, device="cpu") / dim**0.5
             self.to_scale_shift_gate = nn.Parameter(initial.to(torch.empty(0).device))
         self.rope = Rotary(dim_heads // 2) if options.add_rope else None

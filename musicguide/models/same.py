@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from musicguide.models.sa3_transformer import BlockOptions, TransformerBlock
-from musicguide.models.vae import WNConv1d
+from musicguide.models.layers import WNConv1d
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class ResamplingBlock(nn.Module):
                         if in_channels != out_channels else nn.Identity())
         self.transformers = nn.ModuleList(TransformerBlock(dim, config.dim_heads, block_options(config),
                                                            sinusoidal=depth - i < sinusoidal_blocks) for i in range(depth))
-        # on the CPU, then to the default device: no arithmetic on `meta` (dit.inverse_frequencies)
+        # on the CPU, then to the default device: no arithmetic on `meta` (layers.inverse_frequencies)
         initial = 1e-5 * torch.randn(1, 1 if encoder else stride, dim, device="cpu")
         self.new_tokens = nn.Parameter(initial.to(torch.empty(0).device))
         # tokens per group: the inputs, then the new ones

@@ -36,46 +36,53 @@ The modules, in the order a run uses them:
 The model presets are in musicguide.models.presets; split_weights/merge_parts in musicguide.models.folder.
 """
 
-from musicguide.models.folder import CONFIG_FILE
-from musicguide.models.presets import PRESET_SHAPES, PRESETS, SAMPLE_RATE, VARIANT_STRIDES, preset_config, vae_variant
-from musicguide.train.checkpoint import check_out_dir
-from musicguide.train.data import (
-    AUDIO_SUFFIXES,
-    MANIFEST_FILE,
-    Corpus,
-    Crops,
-    TrackBank,
-    audio_files,
-    holdout_names,
-    load_corpus,
-    read_manifest,
-)
-from musicguide.train.dit import compose_config, encode_track, train_dit
-from musicguide.train.loop import learning_rate
-from musicguide.train.run import EMA
-from musicguide.train.losses import sample_timesteps, stft_loss, v_loss, vae_loss
-from musicguide.train.settings import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
-    LONG_STFT_SIZES,
-    STFT_SIZES,
-    TIMESTEP_SAMPLERS,
-    VAE_WEIGHTS_FILE,
-    DiTTrainConfig,
-    ProgressCallback,
-    TrainConfig,
-    TrainProgress,
-    TrainResult,
-    VAETrainConfig,
-)
-from musicguide.train.vae import calibrate_output_gain, load_vae, nearest_upsample_decoder, train_vae
+from musicguide import lazy_exports
 
-__all__ = [
-    "AUDIO_SUFFIXES", "CHECKPOINT_FILE", "CONFIG_FILE", "EMA", "LOG_FILE", "LONG_STFT_SIZES", "MANIFEST_FILE",
-    "PRESETS", "PRESET_SHAPES", "SAMPLE_RATE", "STFT_SIZES", "TIMESTEP_SAMPLERS", "VAE_WEIGHTS_FILE",
-    "VARIANT_STRIDES", "Corpus", "Crops", "DiTTrainConfig", "ProgressCallback", "TrackBank", "TrainConfig",
-    "TrainProgress", "TrainResult", "VAETrainConfig", "audio_files", "calibrate_output_gain", "check_out_dir",
-    "compose_config", "encode_track", "holdout_names", "learning_rate", "load_corpus", "load_vae",
-    "nearest_upsample_decoder", "preset_config", "read_manifest", "sample_timesteps", "stft_loss", "train_dit",
-    "train_vae", "v_loss", "vae_loss", "vae_variant",
-]
+# Each public name and the module that defines it, imported on first use: importing one module of
+# the package (Python imports the package first) then imports that module alone.
+_HOME = {
+    "audio_files": "musicguide.train.data",
+    "AUDIO_SUFFIXES": "musicguide.train.data",
+    "calibrate_output_gain": "musicguide.train.vae",
+    "check_out_dir": "musicguide.train.checkpoint",
+    "CHECKPOINT_FILE": "musicguide.train.checkpoint",
+    "compose_config": "musicguide.train.dit",
+    "CONFIG_FILE": "musicguide.models.folder",
+    "Corpus": "musicguide.train.data",
+    "Crops": "musicguide.train.data",
+    "DiTTrainConfig": "musicguide.train.settings",
+    "EMA": "musicguide.train.run",
+    "encode_track": "musicguide.train.dit",
+    "holdout_names": "musicguide.train.data",
+    "learning_rate": "musicguide.train.loop",
+    "load_corpus": "musicguide.train.data",
+    "load_vae": "musicguide.models.folder",
+    "LOG_FILE": "musicguide.train.settings",
+    "LONG_STFT_SIZES": "musicguide.train.settings",
+    "MANIFEST_FILE": "musicguide.train.data",
+    "nearest_upsample_decoder": "musicguide.train.vae",
+    "preset_config": "musicguide.models.presets",
+    "PRESET_SHAPES": "musicguide.models.presets",
+    "PRESETS": "musicguide.models.presets",
+    "ProgressCallback": "musicguide.train.settings",
+    "read_manifest": "musicguide.train.data",
+    "SAMPLE_RATE": "musicguide.models.presets",
+    "sample_timesteps": "musicguide.train.losses",
+    "stft_loss": "musicguide.train.losses",
+    "STFT_SIZES": "musicguide.train.settings",
+    "TIMESTEP_SAMPLERS": "musicguide.train.settings",
+    "TrackBank": "musicguide.train.data",
+    "train_dit": "musicguide.train.dit",
+    "train_vae": "musicguide.train.vae",
+    "TrainConfig": "musicguide.train.settings",
+    "TrainProgress": "musicguide.train.settings",
+    "TrainResult": "musicguide.train.settings",
+    "v_loss": "musicguide.train.losses",
+    "vae_loss": "musicguide.train.losses",
+    "vae_variant": "musicguide.models.presets",
+    "VAE_WEIGHTS_FILE": "musicguide.model_files",
+    "VAETrainConfig": "musicguide.train.settings",
+    "VARIANT_STRIDES": "musicguide.models.presets",
+}
+__all__ = sorted(_HOME)
+__getattr__ = lazy_exports(__name__, _HOME)

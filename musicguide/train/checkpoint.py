@@ -19,10 +19,11 @@ import torch
 
 from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
-from musicguide.train.settings import CHECKPOINT_FILE
 
 if TYPE_CHECKING:
     from musicguide.train.run import TrainingRun
+
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(run: TrainingRun) -> None:

@@ -13,7 +13,9 @@ from torch import Tensor
 
 from musicguide import distributed
 from musicguide.errors import UserError
-from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder, save_model_folder
+from musicguide.models.config import ModelConfig
+from musicguide.models.folder import load_model_folder, load_vae, save_model_folder
+from musicguide.models.latent_diffusion import LatentDiffusion
 from musicguide.models.folder import DIT_PREFIXES, VAE_PREFIXES
 from musicguide.models.presets import SAMPLE_RATE, preset_config
 from musicguide.train.data import Corpus, TrackBank
@@ -22,7 +24,6 @@ from musicguide.train.losses import sample_timesteps, v_loss
 from musicguide.train.settings import DiTTrainConfig, ProgressCallback, TrainResult
 from musicguide.train.shard import Shard
 from musicguide.train.stage import Stage, start_from
-from musicguide.train.vae import load_vae
 
 
 def compose_config(vae_config: ModelConfig, dit_config: ModelConfig, latent_scale: float = 1.0) -> ModelConfig:

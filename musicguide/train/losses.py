@@ -6,7 +6,7 @@ of a batch is the loss of the whole batch, and DDP's averaged gradients are its 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +14,13 @@ from torch import Tensor
 
 from musicguide.errors import UserError
 from musicguide.evaluate.metrics import mel_distance_tensor
-from musicguide.models import LatentDiffusion
 from musicguide.models.presets import SAMPLE_RATE
 from musicguide.models.vae import vae_kl
 from musicguide.train.data import Crops
 from musicguide.train.settings import STFT_SIZES, VAETrainConfig
+
+if TYPE_CHECKING:
+    from musicguide.models.latent_diffusion import LatentDiffusion
 
 
 def _magnitudes(x: Tensor, n_fft: int) -> Tensor:

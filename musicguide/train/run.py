@@ -6,14 +6,15 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
 
-from musicguide.distributed import World
-from musicguide.models import LatentDiffusion
-from musicguide.train.settings import ProgressCallback, TrainConfig
+if TYPE_CHECKING:  # annotations only: the run holds what its stage built
+    from musicguide.distributed import World
+    from musicguide.models.latent_diffusion import LatentDiffusion
+    from musicguide.train.settings import ProgressCallback, TrainConfig
 
 # The parts of a step the loop times apart (data, forward, backward, optimizer).
 PHASES = ("data", "forward", "backward", "optimizer")

@@ -10,9 +10,7 @@ from typing import Callable
 from musicguide.errors import UserError
 from musicguide.models.presets import PRESETS, check_preset, is_whole
 
-CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.json"
-VAE_WEIGHTS_FILE = "vae.safetensors"
 TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
 MAX_BAD_STEPS = 50  # consecutive non-finite losses before a run gives up
 

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from musicguide import distributed
 from musicguide.distributed import World
 from musicguide.errors import UserError
-from musicguide.models import LatentDiffusion, ModelConfig, build_model
+from musicguide.models.config import ModelConfig
+from musicguide.models.latent_diffusion import LatentDiffusion, build_model
 from musicguide.train.checkpoint import prepare, restore
 from musicguide.train.data import Corpus, TrackBank, load_corpus
 from musicguide.train.run import EMA, TrainingRun

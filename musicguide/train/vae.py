@@ -5,38 +5,24 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from musicguide.atomic import write_atomically
 from musicguide.errors import UserError
-from musicguide.models import LatentDiffusion, ModelConfig, load_model_folder
-from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, WEIGHTS_FILE, save_weights
+from musicguide.models.config import ModelConfig
+from musicguide.models.latent_diffusion import LatentDiffusion
+from musicguide.models.folder import CONFIG_FILE, VAE_PREFIXES, VAE_WEIGHTS_FILE, load_vae, save_weights
 from musicguide.models.presets import SAMPLE_RATE, preset_config
-from musicguide.models.vae import WNConv1d, weight_normalised
+from musicguide.models.layers import WNConv1d, weight_normalised
 from musicguide.train.data import Corpus, TrackBank
 from musicguide.train.loop import StepBatch, train_loop, relative_to_run
 from musicguide.train.losses import stft_loss, vae_loss
-from musicguide.train.settings import VAE_WEIGHTS_FILE, ProgressCallback, TrainResult, VAETrainConfig
+from musicguide.train.settings import ProgressCallback, TrainResult, VAETrainConfig
 from musicguide.train.shard import Shard
 from musicguide.train.stage import Stage, start_from
-
-
-def load_vae(vae_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ModelConfig, dict[str, Tensor]]:
-    """The model config and the VAE weights (`pretransform.*`) of a `train_vae` folder, or of any
-    complete model folder (so a new DiT can be trained on a published model's VAE)."""
-    folder = Path(vae_dir)
-    if (folder / VAE_WEIGHTS_FILE).is_file() and (folder / CONFIG_FILE).is_file():
-        config = ModelConfig.from_json(folder / CONFIG_FILE)
-        return config, load_file(str(folder / VAE_WEIGHTS_FILE), device=str(device))
-    if (folder / WEIGHTS_FILE).is_file():
-        model = load_model_folder(folder, device=device)
-        return model.config, {k: v for k, v in model.state_dict().items() if k.startswith(VAE_PREFIXES)}
-    raise UserError(f"{folder} holds no VAE", hint="pass the --out folder of `musicguide train vae`, or a model folder")
 
 
 DECODER_PREFIX = "pretransform.model.decoder.layers."
