@@ -61,6 +61,7 @@ class LogSNRShift:
     anchor_length: float = 2000.0
 
     def times(self, steps: int, t_max: float, frames: int | None = None) -> Tensor:
+        check_steps(steps)
         start = self.anchor_logsnr
         if self.rate:
             start -= self.rate * math.log2(max(frames or 1, 1) / self.anchor_length)
@@ -110,10 +111,15 @@ def schedule_for(objective: str) -> Schedule:
     raise ValueError(f"unknown diffusion objective {objective!r} (expected 'v', 'rectified_flow' or 'rf_denoiser')")
 
 
-def timesteps(steps: int, t_max: float = 1.0) -> Tensor:
-    """`steps + 1` times from t_max down to 0, evenly spaced (float64, so the schedule is exact)."""
+def check_steps(steps: int) -> None:
+    """A grid needs a step (the API refuses fewer with its own message first: `options.Common`)."""
     if steps < 1:
         raise ValueError("steps must be at least 1")
+
+
+def timesteps(steps: int, t_max: float = 1.0) -> Tensor:
+    """`steps + 1` times from t_max down to 0, evenly spaced (float64, so the schedule is exact)."""
+    check_steps(steps)
     return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)
 
 
@@ -122,8 +128,7 @@ def rf_timesteps(steps: int, t_max: float = 1.0) -> Tensor:
     logSNR evenly spaced from log((1 − t_max)/t_max) (−6 at t_max = 1) up to 2, then t[0] = t_max
     and t[−1] = 0. It spends the steps where a flow model's output changes most, which matters for
     few-step distilled models such as Stable Audio Open Small (8 steps)."""
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
+    check_steps(steps)
     logsnr_max = math.log((1 - t_max) / t_max + 1e-6) if t_max < 1 else -6.0
     t = torch.sigmoid(-torch.linspace(logsnr_max, 2.0, steps + 1, dtype=torch.float64))
     t[0], t[-1] = t_max, 0.0
@@ -135,6 +140,4 @@ def sampling_times(schedule: Schedule, steps: int, t_max: float = 1.0, frames: i
     flows (Stable Audio 3's, which may depend on the latent `frames`, where the schedule has it)."""
     if not isinstance(schedule, RectifiedFlow):
         return timesteps(steps, t_max)
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
     return rf_timesteps(steps, t_max) if schedule.shift is None else schedule.shift.times(steps, t_max, frames)
