@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from musicguide import Editor, options  # noqa: E402
+from musicguide import Editor  # noqa: E402
 from musicguide.models import ModelConfig, build_model  # noqa: E402
 from musicguide.models.folder import WEIGHTS_FILE, save_model_folder  # noqa: E402
 
@@ -101,9 +101,7 @@ def measure(name: str, folder: Path, wav: Path, device: str, precision: str, ste
     model = shaped_folder(name, folder)
     weights = model / WEIGHTS_FILE
     read = timed(lambda: read_file(weights), device) if weights.exists() else float("nan")
-    common = options.Common(model=str(model), device=device, precision=precision, quiet=True)
-    load = timed(lambda: Editor.from_pretrained(common.model, device=common.device, precision=common.precision,
-                                                quiet=True), device)
+    load = timed(lambda: Editor.from_pretrained(str(model), device=device, precision=precision, quiet=True), device)
     out = folder / "out.wav"
     editor = Editor.from_pretrained(model, device=device, precision=precision, quiet=True)
 

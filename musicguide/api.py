@@ -247,9 +247,9 @@ class Editor:
         """Replace audio between `start` and `end` with new music that fits around it."""
         from . import excerpts
 
-        with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
+        with self._opened([audio], sample_rate, options) as (opts, sources, timing, hand_over):
             a, b = _region(start, end, timing)
-            return self._run("infill", common, sources, excerpts.region_edit(common, a, b, None),
+            return self._run("infill", opts, sources, excerpts.region_edit(opts, a, b, None),
                              {"start_s": a, "end_s": b}, timing, options, hand_over)
 
     def regenerate(self, audio, start, end, *, strength: float = DEFAULT_STRENGTH, sample_rate: int | None = None,
@@ -257,9 +257,9 @@ class Editor:
         """Redo a section as a variation of itself, starting from a mix of noise and the original."""
         from . import excerpts
 
-        with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
+        with self._opened([audio], sample_rate, options) as (opts, sources, timing, hand_over):
             a, b = _region(start, end, timing)
-            return self._run("regenerate", common, sources, excerpts.region_edit(common, a, b, check_strength(strength)),
+            return self._run("regenerate", opts, sources, excerpts.region_edit(opts, a, b, check_strength(strength)),
                              {"start_s": a, "end_s": b, "strength": strength}, timing, options, hand_over)
 
     def continue_(self, audio, seconds: float, *, sample_rate: int | None = None, **options) -> Result:
@@ -268,8 +268,8 @@ class Editor:
         from .timespec import check_duration
 
         check_duration(seconds, "`seconds`")
-        with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
-            return self._run("continue", common, sources, excerpts.continue_edit(common, seconds), {"seconds": seconds},
+        with self._opened([audio], sample_rate, options) as (opts, sources, timing, hand_over):
+            return self._run("continue", opts, sources, excerpts.continue_edit(opts, seconds), {"seconds": seconds},
                              timing, options, hand_over)
 
     def transition(self, first, second, *, length: float = TRANSITION_SECONDS, strength: float = DEFAULT_STRENGTH, sample_rate: int | None = None,
@@ -279,8 +279,8 @@ class Editor:
         from .timespec import check_duration
 
         check_duration(length, "`length`")
-        with self._opened([first, second], sample_rate, options) as (common, sources, timing, hand_over):
-            return self._run("transition", common, sources, excerpts.transition_edit(common, length, check_strength(strength)),
+        with self._opened([first, second], sample_rate, options) as (opts, sources, timing, hand_over):
+            return self._run("transition", opts, sources, excerpts.transition_edit(opts, length, check_strength(strength)),
                              {"length_s": length, "strength": strength}, timing, options, hand_over)
 
     def generate(self, seconds: float = GENERATE_SECONDS, **options) -> Result:
@@ -290,8 +290,8 @@ class Editor:
 
         check_duration(seconds, "`seconds`")
         options = {**options, "guidance": 0.0, "loss_space": "latent", "consistency": False, "context": None}
-        with self._opened([], None, options) as (common, sources, timing, hand_over):
-            return self._run("generate", common, sources, excerpts.generate_edit(common, seconds), {"seconds": seconds},
+        with self._opened([], None, options) as (opts, sources, timing, hand_over):
+            return self._run("generate", opts, sources, excerpts.generate_edit(opts, seconds), {"seconds": seconds},
                              timing, options, hand_over)
 
     def loop(self, audio, start, end=None, *, bars: float | None = None, length: float | None = None,
@@ -307,7 +307,7 @@ class Editor:
             raise BadArgument("loop needs `end` or `bars` (one of them)")
         if bars is not None and not 0 < bars <= 1000:
             raise BadArgument(f"`bars` must be a positive number of bars up to 1000, got {bars:g}")
-        with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
+        with self._opened([audio], sample_rate, options) as (opts, sources, timing, hand_over):
             a = _seconds(start, "`start`", timing)
             if bars is not None:
                 b = timing.grid().bars_after(a, bars)
@@ -327,7 +327,7 @@ class Editor:
                 raise BadArgument(f"a loop must be at least {MIN_LOOP_SECONDS:g} s long; this one is {b - a:.4g} s")
             if length is not None:
                 check_duration(length, "`length`")
-            return self._run("loop", common, sources, excerpts.loop_edit(common, a, b, length, check_strength(strength)),
+            return self._run("loop", opts, sources, excerpts.loop_edit(opts, a, b, length, check_strength(strength)),
                              {"start_s": a, "end_s": b, "bars": bars, "strength": strength}, timing, options, hand_over)
 
     def restyle(self, audio, *, like: list | tuple = (), toward: list | tuple = (), away_from: list | tuple = (),
@@ -346,7 +346,7 @@ class Editor:
         if options.get("guidance") is None:
             options = {**options, "guidance": DEFAULT_STYLE_GUIDANCE}
         options = {**options, "loss_space": "audio"}
-        with self._opened([audio], sample_rate, options) as (common, sources, timing, hand_over):
+        with self._opened([audio], sample_rate, options) as (opts, sources, timing, hand_over):
             a = 0.0 if start is None else _seconds(start, "`start`", timing)
             b = None if end is None else _seconds(end, "`end`", timing)
             if b is not None and a >= b:
@@ -355,7 +355,7 @@ class Editor:
                                strength=check_strength(strength), keep=keep, match_level=match_level)
             extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
                      "keep": keep, "start": start, "end": end, "tagger": tagger, "match_level": match_level}
-            return self._run("restyle", common, sources, excerpts.restyle_edit(common, style, a, b), extra, timing, options,
+            return self._run("restyle", opts, sources, excerpts.restyle_edit(opts, style, a, b), extra, timing, options,
                              hand_over)
 
     # ---- how an edit runs ----------------------------------------------------------------------
@@ -367,7 +367,7 @@ class Editor:
         what closes them; without it they are closed when the block ends."""
         from .audio import SongArray, SongFile
         from .excerpts import Timing
-        from .options import BEAT_OPTIONS, EDIT_OPTIONS, Common, probe_input
+        from .options import BEAT_OPTIONS, EDIT_OPTIONS, EditOptions, probe_input
 
         unknown = sorted(set(options) - {*EDIT_OPTIONS, *BEAT_OPTIONS, *HOOKS})
         if unknown:  # a CLI-only option (output, overwrite, ...) would otherwise be dropped without a word
@@ -375,8 +375,8 @@ class Editor:
                             f"{', '.join((*EDIT_OPTIONS, *BEAT_OPTIONS, 'callback'))}")
         timing = Timing(**{key: options[key] for key in BEAT_OPTIONS if key in options})
         chosen = {key: value for key, value in options.items() if key in EDIT_OPTIONS}
-        common = Common(model=str(self.resolved.name), device=str(self.device), precision=self.precision, **chosen)
-        common.check()
+        opts = EditOptions(**chosen)
+        opts.check()
         stack = ExitStack()
         try:
             sources = []
@@ -395,19 +395,19 @@ class Editor:
             if sources:
                 timing.song = None if sources[0].info.format == "array" else sources[0].path
                 timing.audio = sources[0] if sources[0].info.format == "array" else None
-            yield common, sources, timing, lambda: stack.pop_all().close
+            yield opts, sources, timing, lambda: stack.pop_all().close
         finally:
             stack.close()  # empty once the result has taken the songs over
 
-    def _run(self, verb: str, common, sources: list, edit: Callable, edit_settings: dict, timing, options: dict,
+    def _run(self, verb: str, opts, sources: list, edit: Callable, edit_settings: dict, timing, options: dict,
              hand_over: Callable) -> Result:
         """Run `edit(model, sources, settings, begin) -> excerpts.Edited` with the progress the caller
         asked for; the result with one sidecar per variation."""
         from .options import settings_for
         from .text import prompted
 
-        settings = settings_for(common).for_model(self.model)
-        model, text = prompted(self.model, self.resolved, common.prompt, common.negative_prompt, common.cfg,
+        settings = settings_for(opts).for_model(self.model)
+        model, text = prompted(self.model, self.resolved, opts.prompt, opts.negative_prompt, opts.cfg,
                                self._prompts)
         started = time.perf_counter()
         label = f"{verb} ({settings.sampler}, seed {settings.seed})"
@@ -422,7 +422,7 @@ class Editor:
         edited = edit(model, sources, settings, begin)
         elapsed = time.perf_counter() - started
         inputs = self._inputs_record(sources)  # each file hashed once, whatever the number of variations
-        sidecars = [self._sidecar(verb, common, settings, inputs, edited, i, edit_settings, elapsed, timing, text)
+        sidecars = [self._sidecar(verb, opts, settings, inputs, edited, i, edit_settings, elapsed, timing, text)
                     for i in range(len(edited.pieces))]
         return Result(edited, sidecars, model.sample_rate, sources, hand_over())
 
@@ -435,7 +435,7 @@ class Editor:
                 if s.info.format != "array" else {**s.info.to_dict(), "path": None, "sha256": s.digest}
                 for s in sources]
 
-    def _sidecar(self, verb, common, settings, inputs, edited, i, edit_settings, elapsed, timing, text) -> Sidecar:
+    def _sidecar(self, verb, opts, settings, inputs, edited, i, edit_settings, elapsed, timing, text) -> Sidecar:
         from .writing import piece_length
 
         result, resolved, sr = edited.result, self.resolved, self.model.sample_rate
@@ -444,8 +444,8 @@ class Editor:
             inputs=inputs,
             model={"name": resolved.name, "kind": resolved.kind, "repo": resolved.repo, "revision": resolved.revision,
                    "folder": None if resolved.folder is None else str(resolved.folder), "objective": self.model.objective},
-            settings={**settings.to_dict(), **edit_settings, "variation": i + 1, "variations": common.variations,
-                      "device": str(self.device), "context_s": common.context, "precision": common.precision,
+            settings={**settings.to_dict(), **edit_settings, "variation": i + 1, "variations": opts.variations,
+                      "device": str(self.device), "context_s": opts.context, "precision": self.precision,
                       "dtype": str(self.model.dtype).removeprefix("torch.")},
             seed=settings.seed,
             windows=[w.to_dict(sr) for w in result.windows],

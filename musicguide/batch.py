@@ -10,7 +10,7 @@ from typing import Callable
 from .errors import UserError
 
 EDIT_COMMANDS = ("infill", "regenerate", "continue", "transition", "generate", "restyle", "loop")
-# the batch's own options (Common's names), given once to `musicguide batch`, never in a job
+# the batch's own options (`cli.running.CommandOptions`' names), given once to `musicguide batch`, never in a job
 BATCH_OPTIONS = {"model": "--model", "device": "--device", "precision": "--precision", "quiet": "--quiet",
                  "as_json": "--json"}
 

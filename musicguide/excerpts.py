@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BadArgument, UserError
-from .options import Common, probe_input
+from .options import EditOptions, probe_input
 from .timespec import seconds_to_samples
 
 
@@ -78,8 +78,8 @@ def shifted(result, offset: int, sample_rate: int):
     return replace(result, windows=windows, seams=seams)
 
 
-def _context_samples(common: Common, sample_rate: int) -> int | None:
-    return None if common.context is None else round(common.context * sample_rate)
+def _context_samples(options: EditOptions, sample_rate: int) -> int | None:
+    return None if options.context is None else round(options.context * sample_rate)
 
 
 def _excerpt_edited(result, excerpt, s0: int, sr: int, pieces: list[list], *, before=None, extra=None) -> Edited:
@@ -91,7 +91,7 @@ def _excerpt_edited(result, excerpt, s0: int, sr: int, pieces: list[list], *, be
 # ---- the commands ------------------------------------------------------------------------------------
 
 
-def region_edit(common: Common, start_s: float, end_s: float, strength: float | None) -> Callable:
+def region_edit(options: EditOptions, start_s: float, end_s: float, strength: float | None) -> Callable:
     """infill (strength None) or regenerate: the excerpt around the region, edited, streamed back."""
     from . import edit
 
@@ -99,12 +99,12 @@ def region_edit(common: Common, start_s: float, end_s: float, strength: float | 
         song, sr = sources[0], model.sample_rate
         start, end = check_region(song, start_s, end_s, sr)
         s0, s1 = region_excerpt(song.length, start, end, model)
-        estimate_memory(model, s1 - s0, common.variations, f"{common.variations} variation(s) of this edit")
+        estimate_memory(model, s1 - s0, options.variations, f"{options.variations} variation(s) of this edit")
         excerpt = song.read(s0, s1)
         check_not_silent(excerpt, what=f"{song.path} around the edit")
         with begin() as callback:
-            result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=common.variations,
-                                 context=_context_samples(common, sr), strength=strength, offset=s0,
+            result = edit.infill(model, excerpt, start - s0, end - s0, settings, variations=options.variations,
+                                 context=_context_samples(options, sr), strength=strength, offset=s0,
                                  song_length=song.length, callback=callback)
         pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
         return _excerpt_edited(result, excerpt, s0, sr, pieces)
@@ -112,25 +112,25 @@ def region_edit(common: Common, start_s: float, end_s: float, strength: float | 
     return run
 
 
-def continue_edit(common: Common, seconds: float) -> Callable:
+def continue_edit(options: EditOptions, seconds: float) -> Callable:
     from . import edit
 
     def run(model, sources, settings, begin) -> Edited:
         song, sr = sources[0], model.sample_rate
         s0 = max(0, song.length - model_window(model))
         new = round(seconds * sr)
-        estimate_memory(model, song.length - s0 + new, common.variations, f"continuing by {seconds:g} s")
+        estimate_memory(model, song.length - s0 + new, options.variations, f"continuing by {seconds:g} s")
         excerpt = song.read(s0, song.length)
         check_not_silent(excerpt, what=f"the end of {song.path}")
         with begin() as callback:
-            result = edit.continue_song(model, excerpt, seconds, settings, variations=common.variations,
-                                        context=_context_samples(common, sr), offset=s0, callback=callback)
+            result = edit.continue_song(model, excerpt, seconds, settings, variations=options.variations,
+                                        context=_context_samples(options, sr), offset=s0, callback=callback)
         return _excerpt_edited(result, excerpt, s0, sr, [[(song, 0, s0), audio] for audio in result.songs])
 
     return run
 
 
-def transition_edit(common: Common, length_s: float, strength: float) -> Callable:
+def transition_edit(options: EditOptions, length_s: float, strength: float) -> Callable:
     from . import edit, measurement
 
     def run(model, sources, settings, begin) -> Edited:
@@ -140,13 +140,13 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
         if overlap > min(first.length, second.length):
             raise BadArgument(f"`length` {length_s:g} s is longer than one of the tracks")
         s0, e2 = max(0, first.length - overlap - reach), min(second.length, overlap + reach)
-        estimate_memory(model, first.length - s0 + e2, common.variations, f"{common.variations} transition(s)")
+        estimate_memory(model, first.length - s0 + e2, options.variations, f"{options.variations} transition(s)")
         head, tail = first.read(s0, first.length), second.read(0, e2)
         check_not_silent(head, what=f"the end of {first.path}")
         check_not_silent(tail, what=f"the start of {second.path}")
         with begin() as callback:
-            result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=common.variations,
-                                     context=_context_samples(common, sr), offset=s0,
+            result = edit.transition(model, head, tail, overlap, settings, strength=strength, variations=options.variations,
+                                     context=_context_samples(options, sr), offset=s0,
                                      song_length=first.length + second.length - overlap, callback=callback)
         pieces = [[(first, 0, s0), audio, (second, e2, second.length)] for audio in result.songs]
         # "before" in a picture of a transition is the plain crossfade it regenerates
@@ -155,18 +155,18 @@ def transition_edit(common: Common, length_s: float, strength: float) -> Callabl
     return run
 
 
-def generate_edit(common: Common, seconds: float) -> Callable:
+def generate_edit(options: EditOptions, seconds: float) -> Callable:
     from . import edit
 
     def run(model, sources, settings, begin) -> Edited:
         with begin() as callback:
-            result = edit.generate(model, seconds, settings, variations=common.variations, callback=callback)
+            result = edit.generate(model, seconds, settings, variations=options.variations, callback=callback)
         return Edited(result, [[audio] for audio in result.songs], views=[(None, audio, 0.0) for audio in result.songs])
 
     return run
 
 
-def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | None, strength: float) -> Callable:
+def loop_edit(options: EditOptions, start_s: float, end_s: float, length_s: float | None, strength: float) -> Callable:
     """`loop`: the region, its end regenerated so that it flows back into its start."""
     from . import edit
 
@@ -181,11 +181,11 @@ def loop_edit(common: Common, start_s: float, end_s: float, length_s: float | No
         if not 0 < regenerate <= (end - start) // 2:
             raise BadArgument(f"`length` {regenerate / sr:g} s must be positive and at most half the loop "
                             f"({(end - start) / sr / 2:g} s)")
-        estimate_memory(model, 2 * (end - start), common.variations, f"{common.variations} loop(s)")
+        estimate_memory(model, 2 * (end - start), options.variations, f"{options.variations} loop(s)")
         s0, s1 = region_excerpt(song.length, start, end, model)
         with begin() as callback:
-            result = edit.loop(model, region, regenerate, settings, strength=strength, variations=common.variations,
-                               context=_context_samples(common, sr), reference=song.read(s0, s1), callback=callback)
+            result = edit.loop(model, region, regenerate, settings, strength=strength, variations=options.variations,
+                               context=_context_samples(options, sr), reference=song.read(s0, s1), callback=callback)
         return Edited(result, [[audio] for audio in result.songs], views=[(region, audio, 0.0) for audio in result.songs],
                       extra=[{"loop_s": [start / sr, end / sr], "regenerated_s": regenerate / sr} for _ in result.songs])
 
@@ -211,7 +211,7 @@ class Style:
     match_level: bool
 
 
-def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | None) -> Callable:
+def restyle_edit(options: EditOptions, style: Style, start_s: float, end_s: float | None) -> Callable:
     from . import losses
     from . import restyle as restyling
     from .musicnn import load_musicnn
@@ -225,14 +225,14 @@ def restyle_edit(common: Common, style: Style, start_s: float, end_s: float | No
         net = load_musicnn(style.tagger, device=model.device)
         style_loss = _style_loss(net, style, model)
         s0, s1 = region_excerpt(song.length, start, end, model)
-        estimate_memory(model, s1 - s0, common.variations, f"{common.variations} restyle variation(s)")
+        estimate_memory(model, s1 - s0, options.variations, f"{options.variations} restyle variation(s)")
         excerpt = song.read(s0, s1)
         check_not_silent(excerpt, what=f"{song.path} around the region")
         with begin() as callback:
             result = restyling.restyle_song(model, excerpt, start - s0, end - s0, settings, style_loss=style_loss,
                                        structure=losses.log_mel_envelope(net, sr), keep=style.keep,
                                        strength=style.strength, match_level=style.match_level,
-                                       variations=common.variations, context=_context_samples(common, sr), offset=s0,
+                                       variations=options.variations, context=_context_samples(options, sr), offset=s0,
                                        song_length=song.length, callback=callback)
         pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
         tags = _tags_by_window(net, style, excerpt, result, sr)

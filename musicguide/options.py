@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import BadArgument, UserError
@@ -16,37 +16,25 @@ MAX_SEED = 2**32 - 1  # continue and evaluate add chunk/clip indices to it; torc
 MAX_STEPS = 10_000
 MAX_VARIATIONS = 256
 MAX_CFG = 100.0
-# The options of `Common` that an edit takes, by the names the API takes them (the rest say where and how
-# the CLI writes, and what it prints).
-EDIT_OPTIONS = ("steps", "guidance", "sampler", "eta", "seed", "variations", "loss_space", "consistency", "context",
-                "prompt", "negative_prompt", "cfg")
-
-
+# the beat grid's options, for edits whose times may be bars
 BEAT_OPTIONS = ("bpm", "downbeat", "beats_per_bar", "snap")
 
 
 @dataclass(frozen=True)
-class Common:
-    """The options every edit command shares."""
+class EditOptions:
+    """The options every edit takes, by the names the API takes them as keywords (the CLI's flags
+    are the same names). Where and how a result is written, and the model, device and precision,
+    are not an edit's: the Editor holds the model, and `Result.save` or the CLI write."""
 
-    output: Path | None = None
-    model: str = "demo"
     steps: int = 50
     guidance: float | None = None
     sampler: str = "auto"
     eta: float = 0.0
     seed: int | None = None
     variations: int = 1
-    device: str = "auto"
-    quiet: bool = False
-    overwrite: bool = False
     loss_space: str = "latent"
     consistency: bool = True
     context: float | None = None
-    sample_format: str = "auto"
-    as_json: bool = False
-    plot: bool = False
-    precision: str = "auto"
     prompt: str | None = None
     negative_prompt: str | None = None
     cfg: float | None = None
@@ -70,6 +58,10 @@ class Common:
                             hint="drop `eta`, or use `sampler` ddim")
 
 
+# the keyword arguments of every Editor method, besides its own
+EDIT_OPTIONS = tuple(f.name for f in fields(EditOptions))
+
+
 def check_strength(strength: float, what: str = "`strength`") -> float:
     """How much noise a start holds: 0 < k ≤ 1 (the one check)."""
     if not 0 < strength <= 1:
@@ -82,7 +74,7 @@ def _short(value: int) -> str:
     return text if len(text) <= 24 else f"{text[:10]}…({len(text)} digits)"
 
 
-def settings_for(common: Common):
+def settings_for(common: EditOptions):
     from .edit import SamplerSettings
 
     seed = common.seed if common.seed is not None else secrets.randbelow(2**31)

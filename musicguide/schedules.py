@@ -112,7 +112,7 @@ def schedule_for(objective: str) -> Schedule:
 
 
 def check_steps(steps: int) -> None:
-    """A grid needs a step (the API refuses fewer with its own message first: `options.Common`)."""
+    """A grid needs a step (the API refuses fewer with its own message first: `options.EditOptions`)."""
     if steps < 1:
         raise ValueError("steps must be at least 1")
 

@@ -12,9 +12,8 @@ import typer
 
 from ..defaults import DEFAULT_STYLE_GUIDANCE
 from ..excerpts import Timing
-from ..options import Common
 from .root import DEFAULT_MODEL, app
-from .running import check_before_work, execute, report
+from .running import CommandOptions, check_before_work, execute, report
 
 
 class Sampler(str, Enum):
@@ -90,7 +89,7 @@ class EditPlan:
     is the `api.Editor` method with the command's own arguments bound."""
 
     verb: str
-    common: Common
+    common: CommandOptions
     call: Callable
     open_editor: Callable  # (model, device=, precision=, quiet=) -> api.Editor: `Editor.from_pretrained`
     timing: Timing | None
@@ -122,7 +121,7 @@ def edit_command(name: str | None = None, *, open_editor: Callable, fixed: dict 
         def plan(reads: tuple = (), **kwargs) -> EditPlan:
             values = {key: kwargs.pop(key) for key in SHARED_OPTIONS if key in kwargs}
             values = {key: value.value if isinstance(value, Enum) else value for key, value in values.items()}
-            common = Common(**values, **fixed)
+            common = CommandOptions.from_flags({**values, **fixed})
             # refuse what can be refused before the command reads bar times (minutes of beat
             # tracking on a long song) or loads a model: the positional songs are the inputs, lists
             # of paths (--like) are read too

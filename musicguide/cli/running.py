@@ -18,14 +18,38 @@ from typing import Callable, Iterator
 
 from ..atomic import sidecar_path
 from ..errors import UserError
-from ..options import EDIT_OPTIONS, Common, probe_input, settings_for
+from ..options import EDIT_OPTIONS, EditOptions, probe_input, settings_for
 from .root import err, out
 
 OUTPUT_SUFFIXES = (".wav", ".flac")
 HOT_PEAK = 2.0  # +6 dBFS: a float input beyond this is far past full scale, and the user is told
 
 
-def output_paths(first_input: Path | None, common: Common, verb: str) -> list[Path]:
+@dataclass(frozen=True)
+class CommandOptions:
+    """An edit command's shared options: the edit's own (`edit`: what every Editor method takes)
+    and the command line's (which model on which device, where and how the result is written,
+    what is printed)."""
+
+    edit: EditOptions = field(default_factory=EditOptions)
+    output: Path | None = None
+    model: str = "demo"
+    device: str = "auto"
+    precision: str = "auto"
+    quiet: bool = False
+    overwrite: bool = False
+    sample_format: str = "auto"
+    as_json: bool = False
+    plot: bool = False
+
+    @classmethod
+    def from_flags(cls, values: dict) -> CommandOptions:
+        """From the parsed flags, by name."""
+        edit = EditOptions(**{key: value for key, value in values.items() if key in EDIT_OPTIONS})
+        return cls(edit, **{key: value for key, value in values.items() if key not in EDIT_OPTIONS})
+
+
+def output_paths(first_input: Path | None, common: CommandOptions, verb: str) -> list[Path]:
     if common.output is not None:
         base = common.output
     elif first_input is not None:
@@ -34,9 +58,9 @@ def output_paths(first_input: Path | None, common: Common, verb: str) -> list[Pa
         base = Path(f"musicguide.{verb}.wav")
     if base.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"cannot write {base}: use a .wav or .flac output")
-    if common.variations == 1:
+    if common.edit.variations == 1:
         return [base]
-    return [base.with_name(f"{base.stem}_{i}{base.suffix}") for i in range(1, common.variations + 1)]
+    return [base.with_name(f"{base.stem}_{i}{base.suffix}") for i in range(1, common.edit.variations + 1)]
 
 
 def model_files(model: str) -> list[Path]:
@@ -65,7 +89,7 @@ class Run:
     outputs: list[dict] = field(default_factory=list)
 
 
-def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *, plot: bool = False):
+def check_before_work(verb: str, common: CommandOptions, inputs: list[Path], reads=(), *, plot: bool = False):
     """Everything that can be refused before a model loads or a beat is tracked: the options'
     values, the output names (folder, permissions, format, clobbering, inputs) and the inputs'
     headers, checked once, before the command reads bar times. Returns the output paths and the
@@ -74,8 +98,8 @@ def check_before_work(verb: str, common: Common, inputs: list[Path], reads=(), *
     from ..atomic import Outputs
     from ..writing import check_output_format
 
-    common.check()
-    settings_for(common)  # the sampler's own ranges (--guidance, --eta, ...)
+    common.edit.check()
+    settings_for(common.edit)  # the sampler's own ranges (--guidance, --eta, ...)
     paths = output_paths(inputs[0] if inputs else None, common, verb)
     if common.sample_format != "auto":
         for path in paths:
@@ -103,10 +127,10 @@ def check_free_space_for(paths: list[Path], sources: list, edit_settings: dict, 
     check_free_space(paths[0].parent, len(paths) * samples * model.audio_channels * 4 + 2**20)
 
 
-def edit_options(common: Common, timing=None) -> dict:
+def edit_options(common: CommandOptions, timing=None) -> dict:
     """The keyword arguments of an `api.Editor` method for these command-line options."""
-    options = {key: getattr(common, key) for key in EDIT_OPTIONS}
-    options["seed"] = settings_for(common).seed  # drawn here when not given, so that it is reported
+    options = {key: getattr(common.edit, key) for key in EDIT_OPTIONS}
+    options["seed"] = settings_for(common.edit).seed  # drawn here when not given, so that it is reported
     if timing is not None:
         options.update(bpm=timing.bpm, downbeat=timing.downbeat, beats_per_bar=timing.beats_per_bar, snap=timing.snap)
     return options
@@ -184,7 +208,7 @@ def execute(plan, editor=None) -> Run:
     return run_edit(plan, progress=lambda label: _progress(quiet, label), say=say, editor=editor)
 
 
-def report(verb: str, common: Common, run: Run) -> None:
+def report(verb: str, common: CommandOptions, run: Run) -> None:
     """What a command prints when it is done: one JSON object with --json, else a line per file."""
     if common.as_json:
         print(json.dumps({"ok": True, "command": verb, "outputs": [
