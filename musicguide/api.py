@@ -35,7 +35,7 @@ from .defaults import (DEFAULT_KEEP, DEFAULT_STRENGTH, DEFAULT_STYLE_GUIDANCE, G
                        TRANSITION_SECONDS)
 from .atomic import sidecar_path
 from .errors import BadArgument, UserError
-from .options import check_strength
+from .options import check_strength, check_style_target
 
 ProgressCallback = Callable[[int, int, dict], None]
 # keyword arguments besides the edit's options: the user's callback, and the CLI's progress bar and
@@ -337,10 +337,10 @@ class Editor:
         toward/away from musicnn tags. `guidance` is the style term's step size (default 100)."""
         import math
 
-        from . import excerpts
+        from . import excerpts, restyle
 
         like, toward, away_from = [Path(p) for p in like], list(toward), list(away_from)
-        excerpts.check_style_target(like, toward, away_from)
+        check_style_target(like, toward, away_from)
         if not keep >= 0 or not math.isfinite(keep):
             raise BadArgument(f"`keep` must be a finite number >= 0, got {keep}")
         if options.get("guidance") is None:
@@ -351,7 +351,7 @@ class Editor:
             b = None if end is None else _seconds(end, "`end`", timing)
             if b is not None and a >= b:
                 raise BadArgument(f"`start` ({start}) must be before `end` ({end})")
-            style = excerpts.Style(like=like, toward=toward, away_from=away_from, tagger=tagger,
+            style = restyle.Style(like=like, toward=toward, away_from=away_from, tagger=tagger,
                                strength=check_strength(strength), keep=keep, match_level=match_level)
             extra = {"like": [str(p) for p in like], "toward": toward, "away_from": away_from, "strength": strength,
                      "keep": keep, "start": start, "end": end, "tagger": tagger, "match_level": match_level}
@@ -366,7 +366,7 @@ class Editor:
         `hand_over()`, which hands the open songs over to a result (it streams from them) and returns
         what closes them; without it they are closed when the block ends."""
         from .audio import SongArray, SongFile
-        from .excerpts import Timing
+        from .beat_tracking import Timing
         from .options import BEAT_OPTIONS, EDIT_OPTIONS, EditOptions, probe_input
 
         unknown = sorted(set(options) - {*EDIT_OPTIONS, *BEAT_OPTIONS, *HOOKS})

@@ -20,12 +20,14 @@ but the meter when it is not given) or from the audio:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from musicguide.beats import DEFAULT_BEATS_PER_BAR, MAX_BEATS_PER_BAR, BeatGrid
 from musicguide.errors import UserError
+from musicguide.options import probe_input
 from musicguide.timespec import format_time
 
 MIN_BPM, MAX_BPM = 20.0, 400.0
@@ -284,3 +286,51 @@ def _standardised(values: np.ndarray) -> np.ndarray:
     """Zero mean, unit deviation; all zeros for a constant measure, which says nothing."""
     deviation = values.std()
     return (values - values.mean()) / deviation if deviation > 1e-9 else np.zeros_like(values)
+
+
+# ---- times a user writes in bars and beats --------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """`--bpm`, `--downbeat`, `--beats-per-bar` and `--snap`, and the song's beat grid, found
+    only when a time is written in bars or `--snap` asks for it."""
+
+    bpm: float | None = None
+    downbeat: str | None = None
+    beats_per_bar: int | None = None
+    snap: bool = False
+    song: Path | None = None
+    audio: object = None  # or the song as an `audio.SongArray`
+    _grid: object = field(default=None, repr=False)
+
+    def grid(self):
+        if self._grid is None:
+            from .audio import to_channels, load_audio, resample
+            from .timespec import parse_time
+
+            if self.audio is not None:  # mono at 44.1 kHz, as load_audio gives it from a file
+                import torch
+
+                mono, _ = to_channels(self.audio.audio.numpy().T, 1)
+                audio = resample(torch.from_numpy(mono.T.copy()), self.audio.sample_rate, 44100)
+            elif self.song is None:
+                raise UserError("bar and beat times need a song")
+            else:
+                probe_input(self.song)
+                audio, _ = load_audio(self.song, sample_rate=44100, channels=1)
+            downbeat = None if self.downbeat is None else parse_time(self.downbeat, "`downbeat`")
+            self._grid = track_beats(audio, 44100, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
+        return self._grid
+
+    def seconds(self, text: str, what: str) -> float:
+        """A time as typed (seconds, m:ss, or b9.3); seconds move to the nearest beat with --snap."""
+        from .beats import parse_time_or_beat, snap
+
+        seconds = parse_time_or_beat(text, what, self.grid)
+        if self.snap and not text.strip().lower().startswith("b"):
+            seconds = snap(seconds, self.grid())
+        return seconds
+
+    def sidecar(self) -> dict:
+        return {} if self._grid is None else {"beat_grid": self._grid.to_dict()}

@@ -10,12 +10,14 @@ put together: input ranges streamed from disk, with the edited excerpt between t
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .errors import BadArgument, UserError
+from .errors import BadArgument
 from .options import EditOptions, probe_input
 from .timespec import seconds_to_samples
+
+if TYPE_CHECKING:  # restyle imports torch; this module is imported without it
+    from .restyle import Style
 
 
 @dataclass
@@ -192,25 +194,6 @@ def loop_edit(options: EditOptions, start_s: float, end_s: float, length_s: floa
     return run
 
 
-def check_style_target(like: list, toward: list, away_from: list) -> None:
-    """A restyle needs something to steer toward (the one check; the CLI calls it before any work)."""
-    if not (like or toward or away_from):
-        raise BadArgument("restyle needs a target: `like` CLIP, `toward` TAG or `away_from` TAG")
-
-
-@dataclass(frozen=True)
-class Style:
-    """What restyle steers toward, and how hard."""
-
-    like: list[Path]
-    toward: list[str]
-    away_from: list[str]
-    tagger: str
-    strength: float
-    keep: float
-    match_level: bool
-
-
 def restyle_edit(options: EditOptions, style: Style, start_s: float, end_s: float | None) -> Callable:
     from . import losses
     from . import restyle as restyling
@@ -223,7 +206,7 @@ def restyle_edit(options: EditOptions, style: Style, start_s: float, end_s: floa
         song, sr = sources[0], model.sample_rate
         start, end = check_region(song, start_s, song.length / sr if end_s is None else end_s, sr)
         net = load_musicnn(style.tagger, device=model.device)
-        style_loss = _style_loss(net, style, model)
+        style_loss = restyling.style_loss(net, style, model)
         s0, s1 = region_excerpt(song.length, start, end, model)
         estimate_memory(model, s1 - s0, options.variations, f"{options.variations} restyle variation(s)")
         excerpt = song.read(s0, s1)
@@ -235,112 +218,7 @@ def restyle_edit(options: EditOptions, style: Style, start_s: float, end_s: floa
                                        variations=options.variations, context=_context_samples(options, sr), offset=s0,
                                        song_length=song.length, callback=callback)
         pieces = [[(song, 0, s0), audio, (song, s1, song.length)] for audio in result.songs]
-        tags = _tags_by_window(net, style, excerpt, result, sr)
+        tags = restyling.tags_by_window(net, style, excerpt, result, sr)
         return _excerpt_edited(result, excerpt, s0, sr, pieces, extra=[{"restyle_windows": t} for t in tags])
 
     return run
-
-
-def _style_loss(net, style: Style, model) -> Callable:
-    import torch
-
-    from . import losses
-    from .audio import load_audio
-
-    sr = model.sample_rate
-    terms = []
-    if style.like:
-        references = [load_audio(clip, sr, model.audio_channels)[0] for clip in style.like]
-        for clip, reference in zip(style.like, references):
-            check_not_silent(reference, what=str(clip))
-        with torch.no_grad():
-            target = torch.stack([net.embedding(r[None].to(model.device), sr)[0] for r in references]).mean(dim=0)
-        terms.append(losses.embedding_distance(net, target, sr))
-    if style.toward or style.away_from:
-        terms.append(losses.tag_bce(net, [net.tag_index(t) for t in style.toward],
-                                    [net.tag_index(t) for t in style.away_from], sr))
-    return lambda audio: sum(term(audio) for term in terms)
-
-
-REPORTED_TAGS = 5  # with --like only, the original's top tags are the ones followed window by window
-
-
-def _tags_by_window(net, style: Style, excerpt, result, sample_rate: int) -> list[list[dict]]:
-    """Per variation, per window: the tagger's probabilities of the steered tags (or, with --like
-    only, of the original's top tags) before and after, on the window's edited stretch."""
-    import torch
-
-    def probs(audio) -> torch.Tensor:
-        with torch.no_grad():
-            return net.tag_probs(audio[None].to(net_device(net)), sample_rate).mean(dim=1)[0].cpu()
-
-    names = [*style.toward, *style.away_from]
-    if not names:
-        whole = probs(excerpt)
-        names = [net.config.tags[i] for i in whole.argsort(descending=True)[:REPORTED_TAGS]]
-    indices = [net.tag_index(name) for name in names]
-    reports = []
-    for audio in result.songs:
-        rows = []
-        for w in result.windows:
-            a, b = w.edit_start, w.edit_end
-            before, after = probs(excerpt[:, a:b]), probs(audio[:, a:b])
-            rows.append({"start_s": a / sample_rate, "end_s": b / sample_rate,
-                         "before": {n: round(float(before[i]), 4) for n, i in zip(names, indices)},
-                         "after": {n: round(float(after[i]), 4) for n, i in zip(names, indices)}})
-        reports.append(rows)
-    return reports
-
-
-def net_device(net):
-    """The torch device the tagger sits on (musicnn has no device property of its own)."""
-    return next(net.parameters()).device
-
-
-# ---- times in bars and beats ----------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    """`--bpm`, `--downbeat`, `--beats-per-bar` and `--snap`, and the song's beat grid, found
-    only when a time is written in bars or `--snap` asks for it."""
-
-    bpm: float | None = None
-    downbeat: str | None = None
-    beats_per_bar: int | None = None
-    snap: bool = False
-    song: Path | None = None
-    audio: object = None  # or the song as an `audio.SongArray`
-    _grid: object = field(default=None, repr=False)
-
-    def grid(self):
-        if self._grid is None:
-            from .audio import to_channels, load_audio, resample
-            from .beat_tracking import track_beats
-            from .timespec import parse_time
-
-            if self.audio is not None:  # mono at 44.1 kHz, as load_audio gives it from a file
-                import torch
-
-                mono, _ = to_channels(self.audio.audio.numpy().T, 1)
-                audio = resample(torch.from_numpy(mono.T.copy()), self.audio.sample_rate, 44100)
-            elif self.song is None:
-                raise UserError("bar and beat times need a song")
-            else:
-                probe_input(self.song)
-                audio, _ = load_audio(self.song, sample_rate=44100, channels=1)
-            downbeat = None if self.downbeat is None else parse_time(self.downbeat, "`downbeat`")
-            self._grid = track_beats(audio, 44100, bpm=self.bpm, downbeat=downbeat, beats_per_bar=self.beats_per_bar)
-        return self._grid
-
-    def seconds(self, text: str, what: str) -> float:
-        """A time as typed (seconds, m:ss, or b9.3); seconds move to the nearest beat with --snap."""
-        from .beats import parse_time_or_beat, snap
-
-        seconds = parse_time_or_beat(text, what, self.grid)
-        if self.snap and not text.strip().lower().startswith("b"):
-            seconds = snap(seconds, self.grid())
-        return seconds
-
-    def sidecar(self) -> dict:
-        return {} if self._grid is None else {"beat_grid": self._grid.to_dict()}

@@ -69,6 +69,12 @@ def check_strength(strength: float, what: str = "`strength`") -> float:
     return strength
 
 
+def check_style_target(like: list, toward: list, away_from: list) -> None:
+    """A restyle needs something to steer toward (the one check; the CLI calls it before any work)."""
+    if not (like or toward or away_from):
+        raise BadArgument("restyle needs a target: `like` CLIP, `toward` TAG or `away_from` TAG")
+
+
 def _short(value: int) -> str:
     text = str(value)
     return text if len(text) <= 24 else f"{text[:10]}…({len(text)} digits)"

@@ -3,7 +3,8 @@ a style, window by window, keeping its timing, its seams and its level."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -161,3 +162,75 @@ def limit_true_peaks(audio: Tensor, ceiling: float) -> Tensor:
         padded = torch.nn.functional.pad(held, (LIMITER_HOLD, LIMITER_HOLD), mode="replicate")
         audio = audio * torch.nn.functional.avg_pool1d(padded, width, stride=1).to(audio.dtype)
     return audio
+
+
+# ---- what restyle steers toward, and what it reports -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Style:
+    """What restyle steers toward, and how hard."""
+
+    like: list[Path]
+    toward: list[str]
+    away_from: list[str]
+    tagger: str
+    strength: float
+    keep: float
+    match_level: bool
+
+
+def style_loss(net, style: Style, model) -> Callable:
+    import torch
+
+    from . import losses
+    from .audio import check_not_silent, load_audio
+
+    sr = model.sample_rate
+    terms = []
+    if style.like:
+        references = [load_audio(clip, sr, model.audio_channels)[0] for clip in style.like]
+        for clip, reference in zip(style.like, references):
+            check_not_silent(reference, what=str(clip))
+        with torch.no_grad():
+            target = torch.stack([net.embedding(r[None].to(model.device), sr)[0] for r in references]).mean(dim=0)
+        terms.append(losses.embedding_distance(net, target, sr))
+    if style.toward or style.away_from:
+        terms.append(losses.tag_bce(net, [net.tag_index(t) for t in style.toward],
+                                    [net.tag_index(t) for t in style.away_from], sr))
+    return lambda audio: sum(term(audio) for term in terms)
+
+
+REPORTED_TAGS = 5  # with --like only, the original's top tags are the ones followed window by window
+
+
+def tags_by_window(net, style: Style, excerpt, result, sample_rate: int) -> list[list[dict]]:
+    """Per variation, per window: the tagger's probabilities of the steered tags (or, with --like
+    only, of the original's top tags) before and after, on the window's edited stretch."""
+    import torch
+
+    def probs(audio) -> torch.Tensor:
+        with torch.no_grad():
+            return net.tag_probs(audio[None].to(net_device(net)), sample_rate).mean(dim=1)[0].cpu()
+
+    names = [*style.toward, *style.away_from]
+    if not names:
+        whole = probs(excerpt)
+        names = [net.config.tags[i] for i in whole.argsort(descending=True)[:REPORTED_TAGS]]
+    indices = [net.tag_index(name) for name in names]
+    reports = []
+    for audio in result.songs:
+        rows = []
+        for w in result.windows:
+            a, b = w.edit_start, w.edit_end
+            before, after = probs(excerpt[:, a:b]), probs(audio[:, a:b])
+            rows.append({"start_s": a / sample_rate, "end_s": b / sample_rate,
+                         "before": {n: round(float(before[i]), 4) for n, i in zip(names, indices)},
+                         "after": {n: round(float(after[i]), 4) for n, i in zip(names, indices)}})
+        reports.append(rows)
+    return reports
+
+
+def net_device(net):
+    """The torch device the tagger sits on (musicnn has no device property of its own)."""
+    return next(net.parameters()).device

@@ -12,8 +12,7 @@ import typer
 
 from ..api import Editor
 from ..defaults import DEFAULT_KEEP, DEFAULT_STRENGTH, GENERATE_SECONDS, RESTYLE_STRENGTH, TRANSITION_SECONDS
-from ..excerpts import check_style_target
-from ..options import check_strength
+from ..options import check_strength, check_style_target
 from ..timespec import check_duration
 from .options import STYLE_GUIDANCE, TaggerOpt, Tagger
 from .options import edit_command as register_edit

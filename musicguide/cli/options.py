@@ -11,7 +11,6 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..defaults import DEFAULT_STYLE_GUIDANCE
-from ..excerpts import Timing
 from .root import DEFAULT_MODEL, app
 from .running import CommandOptions, check_before_work, execute, report
 
@@ -92,7 +91,7 @@ class EditPlan:
     common: CommandOptions
     call: Callable
     open_editor: Callable  # (model, device=, precision=, quiet=) -> api.Editor: `Editor.from_pretrained`
-    timing: Timing | None
+    timing: object  # beat_tracking.Timing, for commands that take bar times; else None
     paths: list[Path]  # the outputs, one per variation
     outputs: object  # atomic.Outputs: every file the run writes, checked, not yet reserved
 
@@ -129,7 +128,11 @@ def edit_command(name: str | None = None, *, open_editor: Callable, fixed: dict 
             reads = (*[p for value in kwargs.values() if isinstance(value, list) for p in value if isinstance(p, Path)],
                      *reads)
             paths, outputs = check_before_work(verb, common, inputs, reads, plot=common.plot)
-            timing = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS}) if beats else None
+            timing = None
+            if beats:
+                from ..beat_tracking import Timing
+
+                timing = Timing(**{key: kwargs.pop(key) for key in BEAT_OPTIONS})
             return EditPlan(verb, common, function(**kwargs), open_editor, timing, paths, outputs)
 
         def command(**kwargs):

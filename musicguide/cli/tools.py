@@ -12,7 +12,6 @@ from typer import _click as click  # typer's own copy of click: its exceptions a
 from ..options import pick_device, probe_input
 from ..errors import UserError, cli_wording
 from ..batch import BATCH_OPTIONS, read_jobs
-from ..excerpts import Timing
 from . import running
 from .root import DEFAULT_MODEL, app, err, models_app, out, train_app
 from .options import Device, DeviceOpt, ModelOpt, Precision, PrecisionOpt, Quiet, Tagger, TaggerOpt
@@ -159,6 +158,8 @@ def beats(
 ) -> None:
     """The song's beat grid as bar and beat times take it: tempo, meter, and every bar's beats (bars from 1)."""
     from ..beats import format_grid
+
+    from ..beat_tracking import Timing
 
     grid = Timing(bpm=bpm, downbeat=downbeat, beats_per_bar=beats_per_bar, song=song).grid()
     if as_json:
