@@ -23,7 +23,10 @@ slows down or speeds up during the run treats both alike. Each process:
 * reports its peak resident memory (the whole process: imports, the model, the runs).
 
 Each time is the best of `--repeats` calls in a process and then of the rounds; memory is the
-least peak over the rounds. The ratio is musicguide / reference: below 1.0, musicguide is faster
+least peak over the rounds. Both sides run with the same glibc allocator settings: by default the
+ones musicguide's command sets for itself (freed memory kept for reuse, `__main__._keep_freed_memory`,
+here through GLIBC_TUNABLES), without which every large temporary of the VAE is page-faulted afresh
+and its times vary by a third from call to call; `--allocator system` leaves glibc's defaults. The ratio is musicguide / reference: below 1.0, musicguide is faster
 or smaller. Both sides run on the CPU with `--threads` threads. The reference half imports nothing
 from musicguide; it runs inside the reference environment (this file, `worker` subcommand).
 Prints a Markdown table and, with --out, writes it there too (a short lease can fetch it).
@@ -187,8 +190,13 @@ def theirs_calls(model, config: dict, x, t, tokens, timing: dict, audio, latents
 # ---- the run ---------------------------------------------------------------------------------------
 
 
-def run_side(side: str, python: str, folder: Path, threads: int, repeats: int, shims: Path) -> dict:
+KEPT_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"  # as __main__._keep_freed_memory
+
+
+def run_side(side: str, python: str, folder: Path, threads: int, repeats: int, shims: Path, allocator: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if allocator == "kept":
+        env["GLIBC_TUNABLES"] = KEPT_MEMORY
     if side == "theirs":
         env["PYTHONPATH"] = str(shims)
     command = [python, str(Path(__file__).resolve()), "worker", side, str(folder), str(threads), str(repeats)]
@@ -199,20 +207,21 @@ def run_side(side: str, python: str, folder: Path, threads: int, repeats: int, s
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(shape: str, reference_python: str, rounds: int, threads: int, repeats: int, shims: Path) -> dict:
+def measure(shape: str, reference_python: str, rounds: int, threads: int, repeats: int, shims: Path,
+            allocator: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = shape_folder(shape, Path(tmp))
         runs = {"ours": [], "theirs": []}
         for i in range(rounds):
             for side, python in (("ours", sys.executable), ("theirs", reference_python)):
-                runs[side].append(run_side(side, python, folder, threads, repeats, shims))
+                runs[side].append(run_side(side, python, folder, threads, repeats, shims, allocator))
                 print(f"{shape} round {i + 1}/{rounds} {side}: {runs[side][-1]}", file=sys.stderr, flush=True)
     return {side: {key: min(r[key] for r in found) for key in found[0]} for side, found in runs.items()}
 
 
-def table(results: dict[str, dict], threads: int, rounds: int, repeats: int) -> str:
-    lines = [f"musicguide / stable-audio-tools 0.0.19, CPU, {threads} threads, float32; best of {repeats} calls × "
-             f"{rounds} interleaved rounds", "",
+def table(results: dict[str, dict], threads: int, rounds: int, repeats: int, allocator: str) -> str:
+    lines = [f"musicguide / stable-audio-tools 0.0.19, CPU, {threads} threads, float32, glibc allocator {allocator}; "
+             f"best of {repeats} calls × {rounds} interleaved rounds", "",
              "| shape | what | musicguide | reference | ratio |", "|---|---|---|---|---|"]
     for shape, sides in results.items():
         for key, label in ROWS:
@@ -237,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--allocator", choices=("kept", "system"), default="kept",
+                        help="glibc's settings for both sides: musicguide's (freed memory kept) or the defaults")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     if not args.reference_python:
         parser.error("no reference environment: pass --reference-python or set MUSICGUIDE_REFERENCE_PYTHON")
-    results = {shape: measure(shape, args.reference_python, args.rounds, args.threads, args.repeats, args.shims)
-               for shape in args.shape or ["demo"]}
-    text = table(results, args.threads, args.rounds, args.repeats)
+    results = {shape: measure(shape, args.reference_python, args.rounds, args.threads, args.repeats, args.shims,
+                              args.allocator) for shape in args.shape or ["demo"]}
+    text = table(results, args.threads, args.rounds, args.repeats, args.allocator)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
