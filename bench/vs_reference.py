@@ -142,26 +142,14 @@ def ours_loader():
     return lambda folder, config: load_model_folder(folder, device="cpu")
 
 
-def reference_config(config: dict) -> dict:
-    """What stable-audio-tools builds offline: the T5 conditioner dropped (its weights are not in the
-    checkpoint either); its tokens go to the DiT directly (as bench/conformance.py does)."""
-    import copy
-
-    config = copy.deepcopy(config)
-    conditioning = config["model"]["conditioning"]
-    texts = {c["id"] for c in conditioning["configs"] if c["type"] == "t5"}
-    conditioning["configs"] = [c for c in conditioning["configs"] if c["id"] not in texts]
-    diffusion = config["model"]["diffusion"]
-    diffusion["cross_attention_cond_ids"] = [i for i in diffusion["cross_attention_cond_ids"] if i not in texts]
-    return config
-
-
 def theirs_loader():
     from safetensors.torch import load_file
     from stable_audio_tools.models.factory import create_model_from_config
 
+    from conformance import without_text  # the T5 conditioner dropped, as the conformance bench builds it
+
     def load(folder: Path, config: dict):
-        model = create_model_from_config(reference_config(config))
+        model = create_model_from_config(without_text(config))
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         return model.eval()
 
