@@ -181,6 +181,15 @@ def test_a_converted_input_that_fails_leaves_no_scratch_file(tmp_path, monkeypat
     assert names(scratch) == []
 
 
+def size(path: Path) -> int:
+    """A scratch file's size, or 0 once it is gone (other temporary files come and go while the
+    command starts, between listing the folder and asking for their size)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_conversion_leaves_no_scratch_file(tmp_path, signum):
@@ -195,7 +204,7 @@ def test_a_signal_during_conversion_leaves_no_scratch_file(tmp_path, signum):
                             "-o", str(tmp_path / "o.wav")], stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "TMPDIR": str(scratch)})
     deadline = time.monotonic() + 120
-    while not any(p.stat().st_size > 1 << 20 for p in scratch.iterdir()):
+    while not any(size(p) > 1 << 20 for p in scratch.iterdir()):
         assert time.monotonic() < deadline and run.poll() is None, run.stderr.read()
         time.sleep(0.01)
     run.send_signal(signum)

@@ -27,7 +27,6 @@ from musicguide.models.latent_diffusion import LatentDiffusion, build_model
 from musicguide.models.latent_model import LatentModel
 from musicguide.models.presets import tiny_random_config
 from musicguide.model_files import CONFIG_FILE, VAE_WEIGHTS_FILE, WEIGHTS_FILE, ResolvedModel  # re-exported
-from musicguide.registry import resolve_model
 
 # State-dict prefixes of the two parts that are trained (and shipped) separately.
 VAE_PREFIXES = ("pretransform.",)
@@ -121,6 +120,10 @@ def load_model(
 ) -> tuple[LatentModel, ResolvedModel]:
     """Resolve `--model` and build the model (eval mode, frozen; float32 unless `dtype`); the single
     entry point the API uses."""
+    # The registry (and huggingface_hub) only when a name is resolved: loading a folder, as training
+    # and the GPU machine do, needs neither.
+    from musicguide.registry import resolve_model
+
     dtype = torch.float32 if dtype is None else dtype
     resolved = resolve_model(name_or_path, token=token)
     if resolved.kind == "builtin":
