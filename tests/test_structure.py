@@ -53,17 +53,15 @@ def imports_of(name: str, path: Path, tree: ast.Module, known: set[str], run_onl
             for alias in node.names:
                 full = f"{target}.{alias.name}"
                 found.add(full if full in known else target)
-    found |= set(lazy_exports(tree).values())
+    if path.name == "__init__.py":
+        found |= named_modules(tree, known)
     return {m for m in found if m in known and m != name}
 
 
-def lazy_exports(tree: ast.Module) -> dict[str, str]:
-    """A package's `_HOME` table (name -> the module defining it), which its `__getattr__` imports
-    on first use: edges of the graph like any import."""
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_HOME" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return {}
+def named_modules(tree: ast.Module, known: set[str]) -> set[str]:
+    """The package's modules a package `__init__` names as strings (`musicguide.lazy_exports`
+    imports them on first use): edges of the graph like any import."""
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in known}
 
 
 def test_the_import_graph_has_no_cycles():

@@ -11,25 +11,10 @@ its commands, and `COMMANDS` lists them in the order `--help` shows them. Asking
 `app` or `main` registers them all.
 """
 
-from importlib import import_module
+from musicguide import lazy_exports
 
+# Each registers its commands on `app` when imported, in the order `--help` lists them.
 COMMANDS = ("musicguide.cli.edits", "musicguide.cli.tools", "musicguide.cli.evaluation")
-# Each public name and the module that defines it, imported on first use (with every command module,
-# so that the app has its commands).
-_HOME = {
-    "app": "musicguide.cli.root",
-    "main": "musicguide.cli.root",
-    "edits": "musicguide.cli.edits",
-    "tools": "musicguide.cli.tools",
-    "evaluation": "musicguide.cli.evaluation",
-}
+_HOME = {"app": "musicguide.cli.root", "main": "musicguide.cli.root"}
 __all__ = ["app", "main"]
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for module in COMMANDS:
-        import_module(module)
-    module = import_module(_HOME[name])
-    return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+__getattr__ = lazy_exports(__name__, _HOME, first=COMMANDS)

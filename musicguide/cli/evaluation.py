@@ -43,7 +43,7 @@ def evaluate_command(
 ) -> None:
     """Measure infill, regeneration, continuation and transitions against baselines (the paper's protocol)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from ..evaluate.clips import TASKS, Protocol
+    from ..evaluate.clips import Protocol
 
     if context is not None and not (context > 0 and math.isfinite(context)):
         raise UserError(f"--context must be a positive number of seconds, got {context}")
@@ -56,7 +56,7 @@ def evaluate_command(
 
         report = run_evaluate(clips_dir, model, report_path, steps, clips, seed, device.value, quiet, tracks=tracks,
                               overwrite=overwrite, protocol=Protocol(context_seconds=context), progress=progress,
-                              variant_names=variants, tasks=tasks or TASKS)
+                              variant_names=variants, tasks=tasks or None)
     if not quiet:
         out.print(f"wrote {report_path} and {report_path.with_suffix('.json').name}")
         for name in report.tasks:
