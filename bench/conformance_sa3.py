@@ -11,6 +11,13 @@ with each kind of conditioning its config takes) and saves weights, inputs and o
 loads those weights into `musicguide.models.same.SAME` or `musicguide.models.sa3_dit.SA3DiT`
 (strictly: every name and shape must match) and compares. Prints one row per case and output: the
 largest error relative to the reference output's largest value.
+
+The text rows need `transformers` on both sides (.ci/run installs it in the reference's
+environment): a tiny random T5Gemma encoder (768 wide, as the reference requires of
+google/t5gemma-b-b-ul2, one layer) with a word-level tokenizer is written to a folder, and the
+reference's own T5GemmaConditioner loads it (`model_path`). Rows: the prompt tokens, and the
+network with the prompt at CFG scale 1, at scale 3 with its adaptive projection, and at scale 3
+against a negative prompt, each with the timing and the inpainting condition.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ def dit_inputs(config: dict, generator) -> dict:
     return inputs
 
 
-def reference_side(out: Path) -> None:
+def reference_side(out: Path, encoder_folder: Path | None = None) -> None:
     """Runs in the reference environment: every case's weights, inputs and outputs into `out`."""
     import torch
     from stable_audio_3.factory import create_autoencoder_from_config
@@ -132,6 +139,8 @@ def reference_side(out: Path) -> None:
         saved[f"{name}/io"] = {**inputs, "output": output}
         saved[f"{name}/state"] = {k.removeprefix("model."): v.clone() for k, v in wrapper.state_dict().items()}
     saved.update(whole_model_reference())
+    if encoder_folder is not None:
+        saved.update(text_reference(encoder_folder))
     torch.save(saved, out)
 
 
@@ -179,20 +188,129 @@ def whole_model_reference() -> dict:
                             "masked": masked, "output": output}}
 
 
-def run_reference(python: str) -> dict:
+TEXT_PROMPTS = ["warm analog synth pad with slow attack", "punchy drums and a deep bass line at 120 bpm solo piano"]
+TEXT_NEGATIVE = "soft melancholic piano"
+TEXT_MAX_LENGTH = 12  # the second prompt is truncated, the others padded
+TEXT_CFG_SCALE = 3.0
+
+
+def build_tiny_t5gemma(folder: Path) -> Path:
+    """A random T5Gemma encoder and a word-level tokenizer (<bos> … <eos>) saved as a Hub folder is."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    for word in " ".join([*TEXT_PROMPTS, TEXT_NEGATIVE]).split():
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>",
+                                                             special_tokens=[("<bos>", 2), ("<eos>", 1)])
+    module = {"vocab_size": 64, "hidden_size": 768, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 64,
+              "sliding_window": 16, "query_pre_attn_scalar": 32}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, vocab_size=64,
+                                                    is_encoder_decoder=False))
+    encoder.save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                            unk_token="<unk>").save_pretrained(folder)
+    return folder
+
+
+def text_reference(encoder_folder: Path) -> dict:
+    """The tiny SA3 model with a T5Gemma prompt conditioner, as the reference's factory builds it."""
+    import torch
+    from stable_audio_3.factory import create_diffusion_cond_from_config
+
+    from musicguide.models.sa3 import tiny_sa3_config
+
+    prompt = {"model_path": str(encoder_folder), "max_length": TEXT_MAX_LENGTH}
+    torch.manual_seed(0)
+    wrapper = create_diffusion_cond_from_config(tiny_sa3_config(prompt=prompt)).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for key, parameter in wrapper.named_parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15
+                            + (1.0 if key.endswith(("gamma", "alpha", "weight_g", "running_std")) else 0.0))
+        x = torch.randn(2, 8, 40, generator=generator)
+        t = torch.tensor([0.3, 0.9])
+        mask = torch.zeros(2, 1, 40)
+        mask[..., 20:] = 1
+        masked = torch.randn(2, 8, 40, generator=generator) * mask
+        tokens, token_mask = wrapper.conditioner.conditioners["prompt"](TEXT_PROMPTS, "cpu")
+
+        def inputs(prompts: list[str], negative: bool = False) -> dict:
+            cond = wrapper.conditioner([{"prompt": p, "seconds_total": 17.0} for p in prompts], "cpu")
+            cond["inpaint_mask"], cond["inpaint_masked_input"] = [mask], [masked]
+            return wrapper.get_conditioning_inputs(cond, negative=negative)
+
+        positive = inputs(TEXT_PROMPTS)
+        negative = {k: v for k, v in inputs([TEXT_NEGATIVE] * 2, negative=True).items() if k.startswith("negative")}
+        outputs = {"tokens": tokens, "token_mask": token_mask.float(),
+                   "cfg 1": wrapper.model(x, t, **positive, cfg_scale=1.0),
+                   "cfg 3": wrapper.model(x, t, **positive, cfg_scale=TEXT_CFG_SCALE),
+                   "cfg 3, negative": wrapper.model(x, t, **positive, **negative, cfg_scale=TEXT_CFG_SCALE),
+                   # the null half alone, for the test's check that plain CFG would not pass
+                   "uncond": wrapper.model(x, t, **{**positive, "cross_attn_cond": torch.zeros_like(
+                       positive["cross_attn_cond"])}, cfg_scale=1.0)}
+    return {"sa3-text/state": {k: v.clone() for k, v in wrapper.state_dict().items()},
+            "sa3-text/io": {"x": x, "t": t, "mask": mask, "masked": masked, **outputs}}
+
+
+def text_rows(reference: dict, encoder_folder: Path) -> list[tuple[str, str, float]]:
+    import torch
+    from torch import nn
+
+    from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, tiny_sa3_config
+    from musicguide.text import TextEncoder, cfg_denoiser
+
+    state = reference["sa3-text/state"]
+    prefix = "conditioner.conditioners.prompt."
+    model = SA3Model(sa3_config_from_dict(tiny_sa3_config(prompt={"max_length": TEXT_MAX_LENGTH}))).eval()
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)}, strict=True)
+    proj_out = nn.Linear(768, model.config.cond_dim)
+    proj_out.load_state_dict({"weight": state[prefix + "proj_out.weight"], "bias": state[prefix + "proj_out.bias"]})
+    encoder = TextEncoder.from_folder(encoder_folder, kind="t5gemma", max_length=TEXT_MAX_LENGTH,
+                                      output_dim=model.config.cond_dim, proj_out=proj_out)
+    theirs = reference["sa3-text/io"]
+    x, t = theirs["x"], theirs["t"]
+    conditioning = {"seconds_total": 17.0, "inpaint": (theirs["mask"], theirs["masked"])}
+    with torch.no_grad():
+        tokens, token_mask = encoder.encode(TEXT_PROMPTS)
+        negative, negative_mask = encoder.encode([TEXT_NEGATIVE])
+        negative = negative.masked_fill(~negative_mask.unsqueeze(-1), 0.0)
+        ours = {"tokens": tokens, "token_mask": token_mask.float(),
+                "cfg 1": cfg_denoiser(model, tokens, None, 1.0, **conditioning)(x, t),
+                "cfg 3": cfg_denoiser(model, tokens, None, TEXT_CFG_SCALE, **conditioning)(x, t),
+                "cfg 3, negative": cfg_denoiser(model, tokens, negative, TEXT_CFG_SCALE, **conditioning)(x, t)}
+    return [("sa3-tiny with a prompt", name, _relative(value, theirs[name])) for name, value in ours.items()]
+
+
+def _relative(ours, expected) -> float:
+    if ours.shape != expected.shape:
+        return float("inf")
+    return float((ours - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+
+
+def run_reference(python: str, encoder_folder: Path | None = None) -> dict:
     import torch
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "reference.pt"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, REFERENCE_PATH))}
-        done = subprocess.run([python, __file__, "--reference-side", str(out)], env=env, capture_output=True, text=True)
+        text = ["--text-encoder", str(encoder_folder)] if encoder_folder is not None else []
+        done = subprocess.run([python, __file__, "--reference-side", str(out), *text], env=env, capture_output=True,
+                              text=True)
         if done.returncode != 0:
             raise RuntimeError(f"the reference side failed:\n{done.stderr[-3000:]}")
         return torch.load(out, weights_only=True)
 
 
-def compare(reference: dict) -> list[tuple[str, str, float]]:
-    """(case, output, relative error) for every case and output."""
+def compare(reference: dict, encoder_folder: Path | None = None) -> list[tuple[str, str, float]]:
+    """(case, output, relative error) for every case and output (the text rows with `encoder_folder`)."""
     import torch
 
     from musicguide.models.same import SAME, same_config_from_dict
@@ -225,6 +343,8 @@ def compare(reference: dict) -> list[tuple[str, str, float]]:
                  if ours.shape == expected.shape else float("inf"))
         rows.append((name, "forward", error))
     rows += whole_model_rows(reference)
+    if encoder_folder is not None:
+        rows += text_rows(reference, encoder_folder)
     return rows
 
 
@@ -257,15 +377,18 @@ def whole_model_rows(reference: dict) -> list[tuple[str, str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference-side", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--text-encoder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--reference-python", default=os.environ.get("MUSICGUIDE_SA3_REFERENCE_PYTHON"))
     args = parser.parse_args()
     if args.reference_side:
-        reference_side(args.reference_side)
+        reference_side(args.reference_side, args.text_encoder)
         return
     if not args.reference_python:
         sys.exit("set MUSICGUIDE_SA3_REFERENCE_PYTHON or pass --reference-python (see this file's docstring)")
     sys.path.insert(0, str(REPO))
-    rows = compare(run_reference(args.reference_python))
+    with tempfile.TemporaryDirectory() as folder:
+        encoder = build_tiny_t5gemma(Path(folder) / "t5gemma")
+        rows = compare(run_reference(args.reference_python, encoder), encoder)
     print(json.dumps({"tolerance": TOLERANCE}))
     for case, output, error in rows:
         print(f"{case:40} {output:7} {error:.2e} {'ok' if error <= TOLERANCE else 'FAIL'}")

@@ -10,7 +10,6 @@ ratio to the shortest input's. Target (docs/guarantees.md): a 1-hour input under
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile

@@ -1,4 +1,4 @@
-"""Text prompts: the T5 prompt encoder and classifier-free guidance (CFG), as in stable-audio-tools.
+"""Text prompts: the prompt encoders and classifier-free guidance (CFG), as each family's reference has them.
 
 Stable Audio Open 1.0 and Small are conditioned on a prompt through a T5 text conditioner
 (`{"type": "t5", "config": {"t5_model_name": "t5-base", "max_length": ...}}` in model_config.json).
@@ -36,6 +36,23 @@ x̂0 is read off the combined output by the sampler, and the guidance gradient f
 `cfg_denoiser` is differentiable in x. Without a prompt it is `model.denoise` itself, so editing
 without a prompt is today's null conditioning, bit for bit.
 
+Stable Audio 3 (stable-audio-3 636f906, `T5GemmaConditioner` and `DiffusionTransformer.forward`;
+checked in bench/conformance_sa3.py) differs in four places:
+
+- Encoder: the encoder half of T5Gemma (`google/t5gemma-b-b-ul2`, 768 wide, pinned in
+  checkpoints.toml), loaded as the reference loads it (`T5GemmaEncoderModel` with
+  `is_encoder_decoder` false, in the dtype transformers gives it: no cast), max_length 128.
+- Padding: the config's `padding_mode` ("zero", as above; "none"; "learned", the checkpoint's
+  `padding_embedding` at the padded positions).
+- CFG: adaptive projected guidance (the reference's default apg_scale 1): on the denoised
+  estimates x̂0 = x − t·u of both halves, only the part of their difference orthogonal to the
+  conditional x̂0 is added, (scale − 1) times; the output is read back as a velocity.
+- The default scale is 1 (the reference's `generate`: the model is post-trained to sample in 8
+  steps without CFG), so a prompt costs one pass a step unless `cfg` says otherwise.
+
+The timing tokens follow the prompt's in the cross-attention input, and the inpainting condition
+goes to both halves, as the reference batches them.
+
 `transformers` is the optional extra `text` (pip install 'musicguide[text]'); it is imported only
 when a prompt is encoded.
 """
@@ -52,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from musicguide.defaults import DEFAULT_CFG
@@ -189,22 +207,34 @@ def download_text_encoder(t5_model_name: str, *, token: str | None = None,
 
 
 def text_conditioner(config):
-    """The model's text conditioner (a `TextConditionerConfig`) that feeds its cross-attention, or None."""
-    conditioning = config.conditioning
-    ids = [i for i in config.diffusion.cross_attention_cond_ids if conditioning.text(i)]
-    if len(ids) > 1:
-        raise UserError(f"this model has {len(ids)} text conditioners ({', '.join(ids)}); musicguide supports one")
-    return conditioning.text(ids[0]) if ids else None
+    """The model's text conditioner that feeds its cross-attention (Stable Audio Open's
+    `TextConditionerConfig`, Stable Audio 3's `T5GemmaConditionerConfig`), or None."""
+    texts = config.cross_attention_texts()
+    if len(texts) > 1:
+        raise UserError(f"this model has {len(texts)} text conditioners ({', '.join(t.id for t in texts)}); "
+                        "musicguide supports one")
+    return texts[0] if texts else None
+
+
+def _conditioner_weights(model_folder: str | os.PathLike[str], prefix: str) -> dict[str, Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(Path(model_folder) / "model.safetensors", framework="pt") as weights:
+        return {k[len(prefix):]: weights.get_tensor(k) for k in weights.keys() if k.startswith(prefix)}
+
+
+def load_padding_embedding(model_folder: str | os.PathLike[str], cond_id: str) -> Tensor | None:
+    """A "learned" padding mode's embedding [cond_dim] from a model folder's checkpoint
+    (`conditioner.conditioners.<id>.padding_embedding`); None if it has none."""
+    key = f"conditioner.conditioners.{cond_id}.padding_embedding"
+    return _conditioner_weights(model_folder, key).get("")
 
 
 def load_proj_out(model_folder: str | os.PathLike[str], cond_id: str) -> nn.Linear | None:
-    """The T5 conditioner's output projection from a model folder's checkpoint, where the reference
+    """The text conditioner's output projection from a model folder's checkpoint, where the reference
     keeps it (`conditioner.conditioners.<id>.proj_out.weight/bias`); None if it has none."""
-    from safetensors import safe_open
-
     prefix = f"conditioner.conditioners.{cond_id}.proj_out."
-    with safe_open(Path(model_folder) / "model.safetensors", framework="pt") as weights:
-        state = {k[len(prefix):]: weights.get_tensor(k) for k in weights.keys() if k.startswith(prefix)}
+    state = _conditioner_weights(model_folder, prefix)
     if not state:
         return None
     if set(state) != {"weight", "bias"} or state["weight"].ndim != 2:
@@ -214,43 +244,70 @@ def load_proj_out(model_folder: str | os.PathLike[str], cond_id: str) -> nn.Line
     return projection.eval().requires_grad_(False)
 
 
+def _width(model: nn.Module) -> int:
+    """An encoder's output width: T5's d_model, T5Gemma's encoder hidden_size."""
+    config = model.config
+    return int(config.d_model if hasattr(config, "d_model") else config.encoder.hidden_size)
+
+
 class TextEncoder:
-    """stable-audio-tools' T5Conditioner for one model: prompts -> the tokens its DiT reads.
+    """A model's text conditioner (stable-audio-tools' T5Conditioner, stable-audio-3's
+    T5GemmaConditioner): prompts -> the tokens its DiT reads.
 
     `encode` returns (tokens [B, max_length, output_dim] float32, mask [B, max_length] bool), like
     the reference's forward; calling the encoder with one prompt returns its tokens [1, L, D]."""
 
     def __init__(self, tokenizer: Any, model: nn.Module, *, max_length: int, output_dim: int,
-                 proj_out: nn.Module | None = None):
-        hidden = int(model.config.d_model)
+                 proj_out: nn.Module | None = None, padding_mode: str = "zero",
+                 padding_embedding: Tensor | None = None):
+        hidden = _width(model)
         if proj_out is None and hidden != output_dim:
             raise UserError(f"the text encoder is {hidden} wide but the model's conditioning is {output_dim}, "
                             "and its checkpoint holds no projection (proj_out) between them")
+        if padding_mode == "learned" and padding_embedding is None:
+            raise UserError("the model's text conditioner pads with a learned embedding, and its checkpoint holds "
+                            "none (padding_embedding)")
         self.tokenizer, self.model, self.proj_out = tokenizer, model, proj_out
         self.max_length, self.output_dim = max_length, output_dim
+        self.padding_mode, self.padding_embedding = padding_mode, padding_embedding
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike[str], *, max_length: int, output_dim: int,
-                    proj_out: nn.Module | None = None, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = REFERENCE_DTYPE) -> TextEncoder:
+    def from_folder(cls, folder: str | os.PathLike[str], *, max_length: int, output_dim: int, kind: str = "t5",
+                    proj_out: nn.Module | None = None, padding_mode: str = "zero",
+                    padding_embedding: Tensor | None = None, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> TextEncoder:
         """Tokenizer and encoder from a local folder (config.json, model.safetensors, tokenizer files).
 
-        `dtype` float16 is the reference's; float32 is offered for checks, not for sampling."""
+        `kind` "t5": T5EncoderModel, cast to `dtype` (default float16, the reference's; float32 is
+        offered for checks, not for sampling). "t5gemma": T5GemmaEncoderModel, loaded as the
+        reference loads it, in the dtype transformers gives it unless `dtype` is set."""
         transformers = require_transformers()
         folder = Path(folder)
         missing = [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
         if missing:
             raise UserError(f"text encoder folder {folder} has no {missing[0]}")
+        if kind not in ("t5", "t5gemma"):
+            raise ValueError(f"unknown text encoder kind {kind!r}")
         try:
             with _quiet_transformers(transformers):
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-                model = transformers.T5EncoderModel.from_pretrained(str(folder)).train(False).requires_grad_(False)
-        except (OSError, ValueError) as error:  # a damaged or incomplete folder
+                if kind == "t5":
+                    model = transformers.T5EncoderModel.from_pretrained(str(folder))
+                    dtype = REFERENCE_DTYPE if dtype is None else dtype
+                else:
+                    config = transformers.AutoConfig.from_pretrained(str(folder))
+                    config.is_encoder_decoder = False  # as the reference: the encoder half alone
+                    model = transformers.T5GemmaEncoderModel.from_pretrained(str(folder), config=config)
+                model = model.train(False).requires_grad_(False)
+        except (OSError, ValueError, AttributeError) as error:  # a damaged, incomplete or foreign folder
             raise UserError(f"cannot load the text encoder in {folder}: {' '.join(str(error).split())[:300]}") from None
-        model = model.to(dtype=dtype).to(device)
+        model = (model if dtype is None else model.to(dtype=dtype)).to(device)
         if proj_out is not None:
             proj_out = proj_out.to(device)
-        return cls(tokenizer, model, max_length=max_length, output_dim=output_dim, proj_out=proj_out)
+        if padding_embedding is not None:
+            padding_embedding = padding_embedding.to(device)
+        return cls(tokenizer, model, max_length=max_length, output_dim=output_dim, proj_out=proj_out,
+                   padding_mode=padding_mode, padding_embedding=padding_embedding)
 
     @classmethod
     def for_model(cls, model, *, model_folder: str | os.PathLike[str] | None = None,
@@ -265,20 +322,26 @@ class TextEncoder:
         config = getattr(model, "config", model)
         cond = text_conditioner(config)
         if cond is None:
-            raise BadArgument("`prompt` needs a model with a T5 text conditioner (Stable Audio Open 1.0 or Small); "
-                            "this one has none")
+            raise BadArgument("`prompt` needs a model with a text conditioner (Stable Audio Open 1.0 or Small, "
+                              "Stable Audio 3); this one has none")
         require_transformers()
         proj_out = load_proj_out(model_folder, cond.id) if model_folder is not None else None
         if cond.project_out and proj_out is None:
             raise UserError(f"the model's text conditioner {cond.id!r} has project_out, but no "
                             f"conditioner.conditioners.{cond.id}.proj_out weights were found (pass the model folder)")
+        padding = load_padding_embedding(model_folder, cond.id) if model_folder is not None else None
         folder = encoder_folder
         if folder is None:
-            folder = download_text_encoder(cond.t5_model_name, token=token)
+            if getattr(cond, "elsewhere", None):
+                raise UserError(f"the model's config loads its text encoder from {cond.elsewhere}, which "
+                                "checkpoints.toml does not pin",
+                                hint="set MUSICGUIDE_TEXT_ENCODER to a local folder holding that encoder")
+            folder = download_text_encoder(cond.encoder_name, token=token)
         device = device if device is not None else getattr(model, "device", "cpu")
-        encoder = cls.from_folder(folder, max_length=cond.max_length, output_dim=config.conditioning.cond_dim,
-                                  proj_out=proj_out, device=device)
-        if not cond.project_out and int(encoder.model.config.d_model) == encoder.output_dim:
+        encoder = cls.from_folder(folder, kind=cond.kind, max_length=cond.max_length, output_dim=config.cond_dim,
+                                  proj_out=proj_out, padding_mode=cond.padding_mode, padding_embedding=padding,
+                                  device=device)
+        if not cond.project_out and _width(encoder.model) == encoder.output_dim:
             encoder.proj_out = None  # the reference's proj_out is then an Identity, whatever the file holds
         return encoder
 
@@ -288,8 +351,8 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """T5Conditioner.forward: tokens [B, max_length, output_dim] (float32, zero where padded)
-        and the mask [B, max_length]."""
+        """The conditioner's forward: tokens [B, max_length, output_dim] (float32; where padded, as
+        the padding mode says) and the mask [B, max_length]."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise TypeError("encode takes a list of prompts (strings)")
         encoded = self.tokenizer(list(prompts), truncation=True, max_length=self.max_length,
@@ -300,8 +363,12 @@ class TextEncoder:
         embeddings = self.model(input_ids=input_ids, attention_mask=attention_mask)["last_hidden_state"]
         if self.proj_out is not None:
             embeddings = self.proj_out(embeddings.to(next(self.proj_out.parameters()).dtype))
-        embeddings = embeddings * attention_mask.unsqueeze(-1).float()
-        return embeddings, attention_mask
+        if self.padding_mode == "zero":
+            embeddings = embeddings * attention_mask.unsqueeze(-1).float()
+        elif self.padding_mode == "learned":
+            embeddings = torch.where(attention_mask.unsqueeze(-1), embeddings,
+                                     self.padding_embedding.to(embeddings.dtype).expand_as(embeddings))
+        return embeddings.float(), attention_mask
 
     def __call__(self, prompt: str) -> Tensor:
         """One prompt's tokens [1, max_length, output_dim]."""
@@ -322,7 +389,10 @@ def encode_prompts(model, prompt: str | None, negative_prompt: str | None = None
         return None, None
     encoder = TextEncoder.for_model(model, model_folder=model_folder, encoder_folder=encoder_folder, token=token)
     cond = encoder(prompt)
-    uncond = encoder(negative_prompt) if negative_prompt is not None else None
+    uncond = None
+    if negative_prompt is not None:  # its padded tokens are the null embedding, as the reference's negative mask makes them
+        tokens, mask = encoder.encode([negative_prompt])
+        uncond = tokens.masked_fill(~mask.unsqueeze(-1), 0.0)
     on_cuda = encoder.device.type == "cuda"
     del encoder
     if on_cuda:
@@ -341,21 +411,49 @@ def _batched(tokens: Tensor, batch: int, name: str) -> Tensor:
 
 
 def _twice(value: Any) -> Any:
-    """A per-row input for the batch [cond; uncond]: a [B] tensor repeated, a scalar as it is."""
+    """A per-row input for the batch [cond; uncond]: a [B] tensor (or each of a tuple's) repeated,
+    a scalar as it is."""
+    if isinstance(value, tuple):
+        return tuple(_twice(v) for v in value)
     if isinstance(value, Tensor) and value.ndim > 0:
         return torch.cat([value, value])
     return value
 
 
+def _sigma(t: Tensor | float, x: Tensor) -> Tensor:
+    """A rectified flow's noise level σ = t as [B, 1, 1] float32, as the reference's DiT keeps t."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+    return t.expand(x.shape[0])[:, None, None] if t.ndim == 0 else t.float()[:, None, None]
+
+
+def projected_cfg(x: Tensor, t: Tensor | float, cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
+    """stable-audio-3's CFG with adaptive projection (apg_scale 1), for a rectified flow: on the
+    denoised estimates x − σ·u, the difference of the halves less its part along the conditional
+    estimate, (scale − 1) times, added to the conditional estimate; returned as a velocity."""
+    sigma = _sigma(t, x)
+    cond_x0, uncond_x0 = x - cond_out * sigma, x - uncond_out * sigma
+    diff, along = (cond_x0 - uncond_x0).float(), F.normalize(cond_x0.float(), dim=[-1, -2])
+    orthogonal = (diff - (diff * along).sum(dim=[-1, -2], keepdim=True) * along).to(cond_x0.dtype)
+    return (x - (cond_x0 + (scale - 1) * orthogonal)) / sigma
+
+
+def _combine(model, x: Tensor, t: Tensor | float, cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
+    if getattr(model, "cfg_projection", False):
+        return projected_cfg(x, t, cond_out, uncond_out, scale)
+    return uncond_out + (cond_out - uncond_out) * scale
+
+
 def cfg_denoiser(model, cond_tokens: Tensor | None, uncond_tokens: Tensor | None, scale: float,
-                 seconds_start: float | Tensor = 0.0, seconds_total: float | Tensor | None = None) -> Denoiser:
+                 **conditioning: Any) -> Denoiser:
     """denoiser(x, t) -> the network output under classifier-free guidance, as the reference's DiT
     computes it with `cfg_scale=scale` (see the module docstring). Differentiable in x.
+    `conditioning`: the rest of `model.denoise`'s inputs (seconds_start, seconds_total, inpaint),
+    the same for both halves.
 
     cond_tokens None (no prompt): `model.denoise` on the null conditioning, unchanged (scale and
     uncond_tokens must then be left out). uncond_tokens None: the null conditioning is the
     unconditional half; otherwise they are a negative prompt's tokens. Tokens are [1 or B, L, D]."""
-    timing = {"seconds_start": seconds_start, "seconds_total": seconds_total}
+    timing = conditioning
     if cond_tokens is None:
         if uncond_tokens is not None:
             raise ValueError("a negative prompt needs a prompt")
@@ -379,13 +477,13 @@ def cfg_denoiser(model, cond_tokens: Tensor | None, uncond_tokens: Tensor | None
         cond = _batched(cond_tokens, batch, "cond_tokens")
         if uncond_tokens is not None:  # both halves in one pass, as the reference batches them
             both = torch.cat([cond, _batched(uncond_tokens, batch, "uncond_tokens").to(cond.dtype)])
-            out = model.denoise(torch.cat([x, x]), _twice(t), seconds_start=_twice(seconds_start),
-                                seconds_total=_twice(seconds_total), text_tokens=both)
+            out = model.denoise(torch.cat([x, x]), _twice(t), text_tokens=both,
+                                **{k: _twice(v) for k, v in timing.items()})
             cond_out, uncond_out = out.chunk(2, dim=0)
         else:
             cond_out = model.denoise(x, t, **timing, text_tokens=cond)
             uncond_out = model.denoise(x, t, **timing)
-        return uncond_out + (cond_out - uncond_out) * scale
+        return _combine(model, x, t, cond_out, uncond_out, scale)
 
     return guided
 
@@ -401,21 +499,17 @@ class Prompted:
     def __getattr__(self, name: str):
         return getattr(self._model, name)
 
-    def denoise(self, x: Tensor, t: Tensor | float, *, seconds_start: float | Tensor = 0.0,
-                seconds_total: float | Tensor | None = None) -> Tensor:
-        return cfg_denoiser(self._model, self._cond, self._uncond, self._scale, seconds_start, seconds_total)(x, t)
+    def denoise(self, x: Tensor, t: Tensor | float, **conditioning: Any) -> Tensor:
+        return cfg_denoiser(self._model, self._cond, self._uncond, self._scale, **conditioning)(x, t)
 
 
 def prompted(model, resolved, prompt: str | None, negative_prompt: str | None, cfg: float | None,
              cache: dict | None = None) -> tuple[object, dict]:
     """With a `prompt`, the model whose `denoise` runs classifier-free guidance on the prompt's
-    tokens (encoded once per `cache`) at `cfg` (stable-audio-tools' default when None), and what the
-    sidecar records of it; without one, the model as it is."""
+    tokens (encoded once per `cache`) at `cfg` (the model's reference default when None), and what
+    the sidecar records of it; without one, the model as it is."""
     if prompt is None:
         return model, {}
-    if getattr(model, "family", None) == "sa3":
-        raise BadArgument("`prompt` is not supported with Stable Audio 3 models yet (their T5Gemma text encoder is "
-                          "not built); edit without a prompt")
     key = (prompt, negative_prompt)
     tokens = cache.get(key) if cache is not None else None
     if tokens is None:
@@ -424,8 +518,10 @@ def prompted(model, resolved, prompt: str | None, negative_prompt: str | None, c
                                 encoder_folder=os.environ.get("MUSICGUIDE_TEXT_ENCODER"))
         if cache is not None:
             cache[key] = tokens
-    scale = DEFAULT_CFG if cfg is None else cfg
-    entry = text_encoder_entry(text_conditioner(model.config).t5_model_name)
+    scale = getattr(model, "default_cfg_scale", DEFAULT_CFG) if cfg is None else cfg
+    conditioner = text_conditioner(model.config)
+    entry = None if getattr(conditioner, "elsewhere", None) else text_encoder_entry(conditioner.encoder_name)
     record = {"text": {"prompt": prompt, "negative_prompt": negative_prompt, "cfg_scale": scale,
+                       "cfg_rule": "adaptive projection" if getattr(model, "cfg_projection", False) else "plain",
                        "text_encoder": {"repo": getattr(entry, "repo", None), "revision": getattr(entry, "revision", None)}}}
     return Prompted(model, tokens[0], tokens[1], scale), record

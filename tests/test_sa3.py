@@ -29,21 +29,36 @@ def bench():
 
 @pytest.mark.conformance
 @pytest.mark.slow
-def test_same_and_the_dit_equal_the_reference():
+def test_same_and_the_dit_equal_the_reference(tmp_path):
     """Both SAME structures (chunks with the midpoint shift; a sliding window), random weights, a
     whole number of chunks and a length the model pads: encode and decode within 1e-5 relative. The
     DiT: one forward for each way of conditioning (adaLN with cross-attention, the global condition
     and the inpainting input; a prepended global token with a patch and a sliding window; none).
     The whole tiny SA3 model as the reference's factory builds it: encode, decode, and the network
-    with the timing, the inpainting condition and the null text conditioning."""
+    with the timing, the inpainting condition and the null text conditioning; with a T5Gemma prompt
+    conditioner: the tokens, and the network at CFG scale 1, at 3 (adaptive projection) and at 3
+    against a negative prompt."""
     python = os.environ.get("MUSICGUIDE_SA3_REFERENCE_PYTHON")
     if not python:
         pytest.skip("set MUSICGUIDE_SA3_REFERENCE_PYTHON to the stable-audio-3 environment's python "
                     "(bash ../shared/tools/reference-sa3-env.sh DIR) to compare with the reference")
+    pytest.importorskip("transformers", reason="the text rows need the 'text' extra (transformers)")
     module = bench()
-    rows = module.compare(module.run_reference(python))
-    assert len(rows) == 2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES) + 3 + len(module.GRIDS)
+    encoder = module.build_tiny_t5gemma(tmp_path / "t5gemma")
+    reference = module.run_reference(python, encoder)
+    rows = module.compare(reference, encoder)
+    assert len(rows) == (2 * len(module.CASES) * len(module.AUDIO_SAMPLES) + len(module.DIT_CASES) + 3
+                         + len(module.GRIDS) + 5)
     assert [row for row in rows if not row[2] <= module.TOLERANCE] == []
+    # the rows can fail: the prompt moves the output, and plain CFG is not the reference's projected CFG
+    from musicguide.text import projected_cfg
+
+    io = reference["sa3-text/io"]
+    assert module._relative(io["cfg 1"], io["cfg 3"]) > 1e-3
+    plain = io["uncond"] + (io["cfg 1"] - io["uncond"]) * module.TEXT_CFG_SCALE
+    assert module._relative(plain, io["cfg 3"]) > 1e-3
+    projected = projected_cfg(io["x"], io["t"], io["cfg 1"], io["uncond"], module.TEXT_CFG_SCALE)
+    assert module._relative(projected, io["cfg 3"]) <= module.TOLERANCE
 
 
 def test_same_shapes_and_lengths():
@@ -158,6 +173,74 @@ def test_every_command_edits_with_an_sa3_model_and_keeps_the_rest(command, kept,
     for a, b in kept:
         span = slice(round(a * 44100), round(b * 44100))
         assert (edited[span] == original[span]).all(), (a, b)
+
+
+def test_a_t5gemma_conditioner_is_read_as_the_reference_builds_it():
+    from musicguide.models.sa3 import sa3_config_from_dict, tiny_sa3_config
+
+    config = sa3_config_from_dict(tiny_sa3_config(prompt={"max_length": 64, "padding_mode": "learned"}))
+    (text,) = config.cross_attention_texts()
+    assert (text.id, text.encoder_name, text.max_length, text.padding_mode, text.elsewhere) == (
+        "prompt", "google/t5gemma-b-b-ul2", 64, "learned", None)
+    assert config.cross_attention_ids == ("prompt", "seconds_total") and config.text_ids == ("prompt",)
+    assert sa3_config_from_dict(tiny_sa3_config(prompt={"repo_id": "x/y", "subfolder": "t5"})).texts[0].elsewhere
+    for bad, words in (({"model_name": "google/t5gemma-2b-2b-ul2"}, "unknown T5Gemma model"),
+                       ({"padding_mode": "mean"}, "padding_mode"), ({"temperature": 1}, "unknown T5Gemma options")):
+        with pytest.raises(ValueError, match=words):
+            sa3_config_from_dict(tiny_sa3_config(prompt=bad))
+
+
+@pytest.fixture(scope="module")
+def tiny_sa3_with_text(tmp_path_factory):
+    """A tiny SA3 folder with a T5Gemma prompt conditioner (its projection in model.safetensors, as the
+    reference saves it), and a tiny T5Gemma encoder folder."""
+    pytest.importorskip("transformers", reason="prompts need the 'text' extra (transformers)")
+    from safetensors.torch import load_file, save_file
+
+    from musicguide.models.folder import save_model_folder
+    from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, tiny_sa3_config
+
+    root = tmp_path_factory.mktemp("sa3-text")
+    encoder = bench().build_tiny_t5gemma(root / "t5gemma")
+    torch.manual_seed(0)
+    save_model_folder(SA3Model(sa3_config_from_dict(tiny_sa3_config(prompt={"max_length": 12}))), root / "model")
+    weights = load_file(root / "model" / "model.safetensors")
+    weights["conditioner.conditioners.prompt.proj_out.weight"] = torch.randn(32, 768) * 0.05
+    weights["conditioner.conditioners.prompt.proj_out.bias"] = torch.zeros(32)
+    save_file(weights, root / "model" / "model.safetensors")
+    return root / "model", encoder
+
+
+def test_a_prompt_edits_with_an_sa3_model_as_its_reference_guides(tiny_sa3_with_text, tmp_path, monkeypatch, capsys):
+    """--prompt with SA3: the T5Gemma tokens reach the model (the output moves), the default scale is
+    the reference's 1 and --cfg runs the projected CFG; the sidecar says so; the rest stays exact."""
+    import soundfile as sf
+
+    from conftest import run_cli, synth_song
+
+    folder, encoder = tiny_sa3_with_text
+    monkeypatch.setenv("MUSICGUIDE_TEXT_ENCODER", str(encoder))
+    song = tmp_path / "song.wav"
+    sf.write(song, synth_song(12.0), 44100, subtype="PCM_16")
+    outputs = {}
+    for name, extra in (("plain", []), ("prompt", ["--prompt", "warm analog pad"]),
+                        ("cfg", ["--prompt", "warm analog pad", "--cfg", "3"]),
+                        ("negative", ["--prompt", "warm analog pad", "--negative-prompt", "soft piano", "--cfg", "3"])):
+        out = tmp_path / f"{name}.wav"
+        code, _, stderr = run_cli(["infill", song, "--start", "5", "--end", "7", "--model", folder, "--steps", "2",
+                                   "--seed", "1", "-q", "-o", out, *extra], monkeypatch, capsys)
+        assert code == 0, stderr
+        outputs[name], _ = sf.read(out, dtype="int16")
+        original, _ = sf.read(song, dtype="int16")
+        for span in (slice(0, 4 * 44100), slice(8 * 44100, None)):
+            assert (outputs[name][span] == original[span]).all(), name
+    region = slice(5 * 44100, 7 * 44100)
+    for a, b in (("plain", "prompt"), ("prompt", "cfg"), ("cfg", "negative")):
+        assert not (outputs[a][region] == outputs[b][region]).all(), (a, b)
+    text = json.loads((tmp_path / "prompt.json").read_text())["text"]
+    assert text["cfg_scale"] == 1.0 and text["cfg_rule"] == "adaptive projection"
+    assert text["text_encoder"]["repo"] == "google/t5gemma-b-b-ul2"
+    assert json.loads((tmp_path / "cfg.json").read_text())["text"]["cfg_scale"] == 3
 
 
 def test_an_infill_gives_the_model_its_own_inpainting_condition(tiny_sa3, monkeypatch):

@@ -70,7 +70,7 @@ SHARED_OPTIONS = {
     "as_json": (bool, typer.Option("--json", help="Print one JSON object on stdout (outputs, sidecars, flagged seams, or the error)."), False),
     "prompt": (Optional[str], typer.Option(help="A text prompt, for models with a T5 text conditioner (SAO 1.0, SAO Small)."), None),
     "negative_prompt": (Optional[str], typer.Option(help="What to steer away from (the unconditional half of CFG; needs --prompt)."), None),
-    "cfg": (Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale with --prompt (default 6, as stable-audio-tools; 1: the prompt alone)."), None),
+    "cfg": (Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale with --prompt (default: the model's reference, 6 for Stable Audio Open, 1 for Stable Audio 3; 1: the prompt alone)."), None),
     "plot": (bool, typer.Option("--plot", help="Also write NAME.png: spectrograms before and after, levels, the edited region and its seams (needs the 'plot' extra)."), False),
 }
 # Commands that take times also take these: times in bars (b9, b9.3) and --snap use the song's beat grid.

@@ -109,6 +109,14 @@ class TextConditionerConfig:
     max_length: int = 128
     project_out: bool = False
 
+    kind = "t5"  # what musicguide/text.py loads: T5EncoderModel, run in float16 as the reference does
+    padding_mode = "zero"  # the padded positions' tokens are zero
+
+    @property
+    def encoder_name(self) -> str:
+        """The `[text_encoders."NAME"]` table of checkpoints.toml that pins the encoder."""
+        return self.t5_model_name
+
 
 @dataclass(frozen=True)
 class ConditioningConfig:
@@ -174,6 +182,15 @@ class ModelConfig:
     autoencoder: AutoencoderConfig
     conditioning: ConditioningConfig
     diffusion: DiffusionConfig
+
+    @property
+    def cond_dim(self) -> int:
+        return self.conditioning.cond_dim
+
+    def cross_attention_texts(self) -> tuple[TextConditionerConfig, ...]:
+        """The text conditioners whose tokens the DiT's cross-attention reads, in its order."""
+        texts = (self.conditioning.text(i) for i in self.diffusion.cross_attention_cond_ids)
+        return tuple(t for t in texts if t is not None)
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:

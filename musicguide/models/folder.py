@@ -60,9 +60,9 @@ def _our_key(key: str) -> str:
 
 
 def _ignored_prefixes(config) -> tuple[str, ...]:
-    """Keys the reference may store that belong to conditioners musicguide does not run: a T5
-    conditioner's optional output projection (`conditioner.conditioners.prompt.proj_out.*`), and
-    Stable Audio 3's T5Gemma conditioner."""
+    """Keys the reference stores for a text conditioner (its output projection, a learned padding
+    embedding: `conditioner.conditioners.prompt.*`): not part of the model, musicguide/text.py reads
+    them from the file when a prompt is encoded."""
     ids = config.text_ids if hasattr(config, "text_ids") else [c.id for c in config.conditioning.texts]
     return tuple(f"conditioner.conditioners.{i}." for i in ids)
 

@@ -15,9 +15,12 @@ properties), so every command edits with it. The conditioning it takes:
 * the inpainting condition, where the config concatenates `inpaint_mask` and
   `inpaint_masked_input` to the DiT's input: the known latents and where they are (`inpaint=`);
   without it, zeros, as the reference's `generate` passes when not inpainting;
-* text: the null conditioning only. The T5Gemma prompt encoder is not built; like the reference's
-  unconditional half of CFG, the whole cross-attention input is zero, and since the token MLP and
-  the key/value projections have no bias, that is cross-attention adding exactly nothing.
+* text: a prompt's T5Gemma tokens (`text_tokens=`, encoded by musicguide/text.py, which also runs
+  classifier-free guidance as the reference does, with its adaptive projection), followed in the
+  cross-attention input by the timing tokens, in the config's order. Without a prompt, the null
+  conditioning: like the reference's unconditional half of CFG, the whole cross-attention input is
+  zero, and since the token MLP and the key/value projections have no bias, that is
+  cross-attention adding exactly nothing, so it is skipped.
 """
 
 from __future__ import annotations
@@ -37,6 +40,47 @@ from musicguide.models.same import SAME, SAMEConfig, same_config_from_dict
 from musicguide.schedules import LogSNRShift, RectifiedFlow, Schedule
 
 INPAINT_IDS = ("inpaint_mask", "inpaint_masked_input")
+T5GEMMA_MODELS = {"google/t5gemma-b-b-ul2": 768}  # the reference's T5GemmaConditioner knows this one, 768 wide
+PADDING_MODES = ("zero", "none", "learned")
+
+
+@dataclass(frozen=True)
+class T5GemmaConditionerConfig:
+    """stable-audio-3's T5GemmaConditioner (`{"type": "t5gemma"}`): the encoder half of T5Gemma,
+    `max_length` tokens, projected to cond_dim where its width differs (or `project_out`), the padded
+    positions zero (`padding_mode` "zero"), left as they are ("none") or a learned embedding."""
+
+    id: str
+    model_name: str = "google/t5gemma-b-b-ul2"
+    max_length: int = 128
+    project_out: bool = False
+    padding_mode: str = "zero"
+    # model_path, repo_id or subfolder: the config loads the encoder from elsewhere than model_name
+    elsewhere: str | None = None
+
+    kind = "t5gemma"
+
+    @property
+    def encoder_name(self) -> str:
+        """The `[text_encoders."NAME"]` table of checkpoints.toml that pins the encoder."""
+        return self.model_name
+
+
+def _t5gemma_config(cond_id: str, settings: dict) -> T5GemmaConditionerConfig:
+    known = {"model_name", "max_length", "project_out", "padding_mode", "enable_grad", "model_path", "repo_id",
+             "subfolder"}
+    if set(settings) - known:
+        raise ValueError(f"SA3 conditioner {cond_id}: unknown T5Gemma options {sorted(set(settings) - known)}")
+    name = settings.get("model_name", "google/t5gemma-b-b-ul2")
+    if name not in T5GEMMA_MODELS:
+        raise ValueError(f"SA3 conditioner {cond_id}: unknown T5Gemma model {name!r} (the reference knows "
+                         f"{', '.join(T5GEMMA_MODELS)})")
+    if settings.get("padding_mode", "zero") not in PADDING_MODES:
+        raise ValueError(f"SA3 conditioner {cond_id}: padding_mode must be one of {', '.join(PADDING_MODES)}")
+    elsewhere = [f"{key}={settings[key]!r}" for key in ("model_path", "repo_id", "subfolder") if settings.get(key)]
+    return T5GemmaConditionerConfig(cond_id, name, int(settings.get("max_length", 128)),
+                                    bool(settings.get("project_out", False)), settings.get("padding_mode", "zero"),
+                                    ", ".join(elsewhere) or None)
 
 
 @dataclass(frozen=True)
@@ -48,7 +92,7 @@ class SA3Config:
     dit: SA3DiTConfig
     cond_dim: int
     numbers: tuple[NumberConditionerConfig, ...]
-    text_ids: tuple[str, ...]
+    texts: tuple[T5GemmaConditionerConfig, ...]
     cross_attention_ids: tuple[str, ...]
     global_ids: tuple[str, ...]
     input_concat_ids: tuple[str, ...]
@@ -58,6 +102,14 @@ class SA3Config:
     @property
     def objective(self) -> str:
         return self.dit.diffusion_objective
+
+    @property
+    def text_ids(self) -> tuple[str, ...]:
+        return tuple(t.id for t in self.texts)
+
+    def cross_attention_texts(self) -> tuple[T5GemmaConditionerConfig, ...]:
+        """The text conditioners whose tokens the DiT's cross-attention reads, in its order."""
+        return tuple(t for i in self.cross_attention_ids for t in self.texts if t.id == i)
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.source)
@@ -84,7 +136,7 @@ def sa3_config_from_dict(data: dict) -> SA3Config:
                 raise ValueError(f"SA3 conditioner {entry['id']}: only learned Fourier features are supported")
             numbers.append(NumberConditionerConfig(entry["id"], settings.get("min_val", 0.0), settings.get("max_val", 1.0)))
         elif kind == "t5gemma":
-            texts.append(entry["id"])
+            texts.append(_t5gemma_config(entry["id"], settings))
         else:
             raise ValueError(f"SA3 conditioner {entry['id']}: unsupported type {kind!r}")
     ids = {key: tuple(diffusion.get(key, [])) for key in ("cross_attention_cond_ids", "global_cond_ids",
@@ -92,10 +144,12 @@ def sa3_config_from_dict(data: dict) -> SA3Config:
     for key in ("local_add_cond_ids", "prepend_cond_ids"):
         if diffusion.get(key):
             raise ValueError(f"SA3: {key} is not supported")
-    known = {n.id for n in numbers} | set(texts) | set(INPAINT_IDS)
+    known = {n.id for n in numbers} | {t.id for t in texts} | set(INPAINT_IDS)
     unknown = sorted({i for group in ids.values() for i in group} - known)
     if unknown:
         raise ValueError(f"SA3: conditioning ids without a conditioner: {unknown}")
+    if {t.id for t in texts} & (set(ids["global_cond_ids"]) | set(ids["input_concat_ids"])):
+        raise ValueError("SA3: a text conditioner may only feed the cross-attention")
     if set(ids["input_concat_ids"]) - set(INPAINT_IDS):
         raise ValueError("SA3: only the inpainting condition may be concatenated to the input")
     if diffusion.get("diffusion_objective", "v") not in ("rf_denoiser", "rectified_flow"):
@@ -105,7 +159,7 @@ def sa3_config_from_dict(data: dict) -> SA3Config:
                      audio_channels=data.get("audio_channels", 2),
                      autoencoder=same_config_from_dict(model["pretransform"]["config"]),
                      dit=sa3_dit_config_from_dict(diffusion), cond_dim=conditioning.get("cond_dim", 0),
-                     numbers=tuple(numbers), text_ids=tuple(texts), cross_attention_ids=ids["cross_attention_cond_ids"],
+                     numbers=tuple(numbers), texts=tuple(texts), cross_attention_ids=ids["cross_attention_cond_ids"],
                      global_ids=ids["global_cond_ids"], input_concat_ids=ids["input_concat_ids"],
                      sampling_shift=_sampling_shift(diffusion.get("sampling_distribution_shift_options")),
                      source=copy.deepcopy(data))
@@ -142,6 +196,10 @@ class _Conditioner(nn.Module):
 
 class SA3Model(LatentModel):
     family = "sa3"
+    # classifier-free guidance on a prompt as the reference's generate runs it (musicguide/text.py):
+    # scale 1 by default (post-trained to sample without it), the adaptive projection when set
+    default_cfg_scale = 1.0
+    cfg_projection = True
 
     def __init__(self, config: SA3Config):
         super().__init__()
@@ -179,32 +237,43 @@ class SA3Model(LatentModel):
                 seconds_total: float | Tensor | None = None, text_tokens: Tensor | None = None,
                 inpaint: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The network output at (x_t, t) (the flow velocity): x [B, latent_dim, T], t [B] or a float.
-        `inpaint` is (mask [B, 1, T], 1 where the latents are known; masked latents [B, latent_dim, T])
-        for a model with the inpainting condition. Differentiable in x."""
-        if text_tokens is not None:
-            raise ValueError("Stable Audio 3's text conditioning (T5Gemma) is not built; run without a prompt")
+        `text_tokens`: a prompt's tokens [B, max_length, cond_dim] (musicguide/text.py); None, the null
+        text conditioning. `inpaint` is (mask [B, 1, T], 1 where the latents are known; masked
+        latents [B, latent_dim, T]) for a model with the inpainting condition. Differentiable in x."""
         batch, dtype = x.shape[0], self.dtype
         t, embedding = self._time_and_timing(x, t, seconds_start, seconds_total)
         global_cond = torch.cat([embedding(i) for i in self.config.global_ids], dim=-1) if self.config.global_ids else None
-        # the null text conditioning: the whole cross-attention input zero, which adds nothing (see above)
+        cross = None  # the null text conditioning: the whole cross-attention input zero, which adds nothing (see above)
+        if text_tokens is not None:
+            texts = self.config.cross_attention_texts()
+            if len(texts) != 1:
+                raise ValueError(f"text tokens need a model with one text conditioner in its cross-attention, "
+                                 f"this one has {len(texts)}")
+            if text_tokens.ndim != 3 or text_tokens.shape[0] != batch or text_tokens.shape[2] != self.config.cond_dim:
+                raise ValueError(f"text_tokens must be [{batch}, tokens, {self.config.cond_dim}], got {list(text_tokens.shape)}")
+            # the reference's get_conditioning_inputs: every cross-attention input along the sequence, in the config's order
+            cross = torch.cat([text_tokens.to(x.dtype) if i == texts[0].id else embedding(i)[:, None]
+                               for i in self.config.cross_attention_ids], dim=1).to(dtype)
         concat = None
         if self.config.input_concat_ids:
             mask, masked = inpaint if inpaint is not None else (x.new_zeros(batch, 1, x.shape[-1]), torch.zeros_like(x))
             parts = {"inpaint_mask": mask, "inpaint_masked_input": masked}
             concat = torch.cat([parts[i].to(x.dtype) for i in self.config.input_concat_ids], dim=1)
-        out = self.dit(x.to(dtype), t, global_cond=None if global_cond is None else global_cond.to(dtype),
+        out = self.dit(x.to(dtype), t, cross_attn_cond=cross, global_cond=None if global_cond is None else global_cond.to(dtype),
                        input_concat_cond=None if concat is None else concat.to(dtype))
         return out.to(x.dtype)
 
 
-def tiny_sa3_config(sample_seconds: float = 6.0) -> dict:
+def tiny_sa3_config(sample_seconds: float = 6.0, prompt: dict | None = None) -> dict:
     """A Stable Audio 3-shaped config small enough for tests on a CPU: SAME with chunks and the
     midpoint shift (256 samples a latent frame), an rf_denoiser DiT with adaLN timing,
-    cross-attention and the inpainting condition. The published layout, so the reference builds it."""
+    cross-attention and the inpainting condition. The published layout, so the reference builds it.
+    `prompt`: a T5Gemma conditioner's config, put first in the cross-attention as SA3 Small has it."""
     same = {"channels": 16, "c_mults": [1, 2], "strides": [4, 8], "transformer_depths": [1, 2], "latent_dim": 8,
             "chunk_size": 32, "chunk_midpoint_shift": True, "dim_heads": 16, "differential": True, "ff_mult": 2,
             "dyt": True}
     ratio = 8 * 4 * 8
+    texts = [] if prompt is None else [{"id": "prompt", "type": "t5gemma", "config": dict(prompt)}]
     return {
         "model_type": "diffusion_cond",
         "sample_rate": 44100,
@@ -217,10 +286,12 @@ def tiny_sa3_config(sample_seconds: float = 6.0) -> dict:
                 "pretransform": {"type": "patched", "config": {"channels": 2, "patch_size": 8}},
                 "bottleneck": {"type": "soft_norm", "config": {"dim": 8, "auto_scale": True}},
                 "latent_dim": 8, "downsampling_ratio": ratio, "io_channels": 2}},
-            "conditioning": {"configs": [{"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 256}}],
+            "conditioning": {"configs": [*texts, {"id": "seconds_total", "type": "number",
+                                                  "config": {"min_val": 0, "max_val": 256}}],
                              "cond_dim": 32},
             "diffusion": {
-                "cross_attention_cond_ids": ["seconds_total"], "global_cond_ids": ["seconds_total"],
+                "cross_attention_cond_ids": [*(t["id"] for t in texts), "seconds_total"],
+                "global_cond_ids": ["seconds_total"],
                 "input_concat_ids": list(INPAINT_IDS), "diffusion_objective": "rf_denoiser",
                 "config": {"io_channels": 8, "embed_dim": 64, "depth": 2, "num_heads": 1, "cond_token_dim": 32,
                            "global_cond_dim": 32, "input_concat_dim": 9, "global_cond_type": "adaLN",
