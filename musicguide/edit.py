@@ -221,20 +221,56 @@ class Start:
 LossBuilder = Callable[[measurement.EditProblem, Tensor, Tensor], tuple[Callable[[Tensor], Tensor] | None, float]]
 
 
+@dataclass(frozen=True)
+class Extent:
+    """How much of a window holds audio, for a model trained on variable lengths (Stable Audio 3).
+
+    Its reference conditions on `seconds_total`, the audio's length from the start of what the
+    model sees, sizes the latent sequence to that plus `headroom_seconds` (6 s) which it generates
+    freely and drops, and shifts its time grid by the audio's frames (`use_effective_length_for_schedule`).
+    `frames`: the window's latent frames that hold audio (the rest is headroom)."""
+
+    seconds_total: float
+    frames: int
+
+
+def fit_to_audio(model, window: Window, audio_end: int) -> tuple[Window, Extent | None]:
+    """For a variable-length model, the window grown by the headroom where the audio (`audio_end`
+    samples, in the window's coordinates) ends inside it, up to the model's longest window, and its
+    Extent; other models' windows unchanged, and None."""
+    if not getattr(model, "variable_length", False):
+        return window, None
+    hop, sr = model.downsampling_ratio, model.sample_rate
+    remaining = max(audio_end - window.at, 0)
+    frames = window.length // hop
+    audio_frames = min(math.ceil(remaining / hop), frames)
+    if audio_end <= window.at + window.length:  # the audio ends in the window: headroom after it
+        wanted = min(audio_frames + int(model.headroom_seconds * sr / hop), model.max_frames)
+        frames = max(frames, wanted)
+        window = replace(window, length=frames * hop)
+    return window, Extent(remaining / sr, audio_frames)
+
+
 def sample_window(model, songs: Tensor, window: Window, settings: SamplerSettings, *, start: Start = Start(),
                   loss: LossBuilder | None = None, seconds_total: float | None = None, offset: int = 0,
                   callback: Callback | None = None) -> tuple[Tensor, float | None, Window]:
     """Sample the window's free frames for a batch of songs [B, channels, N] (the variations).
     `songs` may be an excerpt that starts `offset` samples into the song (the timing conditioning
-    counts from the song's start). `loss` replaces the edit's own d(y, A(x̂0)).
+    counts from the song's start; `seconds_total` is the song's length). `loss` replaces the edit's
+    own d(y, A(x̂0)). A variable-length model's window grows by its headroom where the song ends in
+    it (`fit_to_audio`).
 
     Returns the decoded windows [B, channels, window.length] at the songs' own level, the guidance
     loss d(y, A(x̂0)) at the last guided step (summed over the batch; None without guidance), and
-    the window with the level shift it was sampled at (levels.py)."""
+    the window (as sampled, with the level shift it was sampled at: levels.py)."""
     settings = settings.for_model(model)
     hide = start.kind == "noise"
+    song_end = songs.shape[-1] if seconds_total is None else round(seconds_total * model.sample_rate) - offset
+    window, extent = fit_to_audio(model, window, song_end)
+    if extent is not None:
+        seconds_total = extent.seconds_total
     audio, x_bar, generator, noise, shift = _encode_window(model, songs, window, settings.seed, hide=hide)
-    problem, t_max = _problem(model, x_bar, window, noise, start)
+    problem, t_max = _problem(model, x_bar, window, noise, start, None if extent is None else extent.frames)
     d, xi = (loss or _edit_loss(model, settings, window, songs.shape[-1], hide))(problem, audio, x_bar)
     known = settings.consistency and problem.mask.n_known
     consistency = paste_known(problem.mask, problem.y, model.schedule) if known else None
@@ -247,7 +283,8 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
         return model.denoise(x, t, seconds_start=seconds_start, seconds_total=seconds_total, **condition)
 
     x0, last_loss = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
-                            loss=d, guidance=xi if d is not None else 0.0, t_max=t_max, consistency=consistency)
+                            loss=d, guidance=xi if d is not None else 0.0, t_max=t_max, consistency=consistency,
+                            frames=None if extent is None else extent.frames)
     with torch.no_grad():
         decoded = model.decode(x0).float().cpu()
     if shift is None:
@@ -262,13 +299,14 @@ def _inpaint_condition(mask, x_bar: Tensor) -> tuple[Tensor, Tensor]:
     return known, x_bar * known
 
 
-def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start) -> tuple[measurement.EditProblem, float]:
+def _problem(model, x_bar: Tensor, window: Window, noise: Tensor, start: Start,
+             known_until: int | None = None) -> tuple[measurement.EditProblem, float]:
     margin, schedule = model.encoder_leak_frames(), model.schedule
     if start.kind == "noise":
-        return measurement.from_noise(x_bar, window.free, noise, schedule, margin), 1.0
+        return measurement.from_noise(x_bar, window.free, noise, schedule, margin, known_until), 1.0
     if start.kind == "mix":
-        return measurement.from_mix(x_bar, window.free, noise, schedule, start.strength, margin), 1.0
-    mask = measurement.free_range_mask(x_bar.shape[-1], window.free, margin)
+        return measurement.from_mix(x_bar, window.free, noise, schedule, start.strength, margin, known_until), 1.0
+    mask = measurement.free_range_mask(x_bar.shape[-1], window.free, margin, known_until)
     t = torch.tensor(start.strength, dtype=torch.float64)
     x_start = schedule.alpha(t).to(x_bar) * x_bar + schedule.sigma(t).to(x_bar) * noise
     return measurement.EditProblem(mask, mask(x_bar), x_start), start.strength
@@ -293,11 +331,13 @@ def _edit_loss(model, settings: SamplerSettings, window: Window, song_length: in
 
 def _sample(denoiser, schedule, x_start: Tensor, settings: SamplerSettings, generator: torch.Generator,
             callback: Callback | None, *, guidance: float = 0.0, t_max: float = 1.0, loss=None,
-            consistency=None) -> tuple[Tensor, float | None]:
-    """Run the settings' sampler on the model's own time grid; returns x0 and the last guidance loss."""
+            consistency=None, frames: int | None = None) -> tuple[Tensor, float | None]:
+    """Run the settings' sampler on the model's own time grid (for a grid that depends on the
+    length, of `frames`, default all of x's); returns x0 and the last guidance loss."""
     extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
+    frames = x_start.shape[-1] if frames is None else frames
     return SAMPLERS[settings.sampler](denoiser, schedule, x_start,
-                                      sampling_times(schedule, settings.steps, t_max, frames=x_start.shape[-1]),
+                                      sampling_times(schedule, settings.steps, t_max, frames=frames),
                                       loss=loss, guidance=step_size(guidance) if guidance else 0.0,
                                       consistency=consistency, generator=generator, callback=callback, **extra)
 
@@ -401,15 +441,17 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
     if not 0 < samples <= max_length:
         raise BadArgument(f"`seconds` must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
     frames = whole_frames(samples, hop)
+    sampled, extent = fit_to_audio(model, Window(0, frames * hop, 0, samples, (0, frames)), samples)
     settings = settings.for_model(model)
     device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed)
-    noise = torch.randn((variations, model.latent_channels, frames), generator=generator, device=device)
+    noise = torch.randn((variations, model.latent_channels, sampled.length // hop), generator=generator, device=device)
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t, seconds_start=0.0, seconds_total=seconds)
 
-    x0, _ = _sample(denoiser, model.schedule, noise, settings, generator, callback)
+    x0, _ = _sample(denoiser, model.schedule, noise, settings, generator, callback,
+                    frames=None if extent is None else extent.frames)
     with torch.no_grad():
         audio = model.decode(x0).float().cpu()[..., :samples]
     return EditResult(list(audio), [Window(0, frames * hop, 0, samples, (0, frames))], [[] for _ in audio], None)

@@ -27,18 +27,22 @@ class EditProblem:
     x_start: Tensor
 
 
-def free_range_mask(frames: int, free: tuple[int, int], margin: int = 0) -> TimeMask:
+def free_range_mask(frames: int, free: tuple[int, int], margin: int = 0, known_until: int | None = None) -> TimeMask:
     """Known = every frame outside [free[0] − margin, free[1] + margin): A_L alone when the free
     range reaches the end (continuation), A_R alone when it starts at 0, [A_L; A_R] otherwise.
 
     The margin exists because the VAE encoder sees across a boundary: the last known frames before
     an edit partly encode the audio being replaced (or, in a continuation, the silence padded after
     the song, which would pin a fade-out). Those frames are sampled freely and not measured; the
-    splice still keeps the original audio up to the edit's edges."""
+    splice still keeps the original audio up to the edit's edges.
+
+    `known_until`: frames from there on are free too (a variable-length model's headroom past the
+    audio's end, which it generates and the splice drops)."""
     a, b = free
     if not 0 <= a < b <= frames:
         raise ValueError(f"free frames [{a}, {b}) must lie inside [0, {frames})")
-    return TimeMask.from_ranges(frames, [(0, a - margin), (b + margin, frames)])
+    end = frames if known_until is None else min(known_until, frames)
+    return TimeMask.from_ranges(frames, [(0, min(a - margin, end)), (b + margin, end)])
 
 
 def _noised_known(mask: TimeMask, y: Tensor, noise: Tensor, schedule) -> Tensor:
@@ -49,20 +53,21 @@ def _noised_known(mask: TimeMask, y: Tensor, noise: Tensor, schedule) -> Tensor:
     return schedule.alpha(t).to(y) * y + schedule.sigma(t).to(y) * mask(noise)
 
 
-def from_noise(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, margin: int = 0) -> EditProblem:
+def from_noise(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, margin: int = 0,
+               known_until: int | None = None) -> EditProblem:
     """Continuation and infill: the free frames start as noise z, the known ones as y noised to t = 1.
     `margin` frames next to each boundary are left out of y (see `free_range_mask`)."""
-    mask = free_range_mask(x_bar.shape[-1], free, margin)
+    mask = free_range_mask(x_bar.shape[-1], free, margin, known_until)
     y = mask(x_bar)
     return EditProblem(mask, y, mask.paste(noise, _noised_known(mask, y, noise, schedule)))
 
 
 def from_mix(x_bar: Tensor, free: tuple[int, int], noise: Tensor, schedule, strength: float = DEFAULT_STRENGTH,
-             margin: int = 0) -> EditProblem:
+             margin: int = 0, known_until: int | None = None) -> EditProblem:
     """Regeneration (and transition, where x̄ is the crossfaded pair): the free region starts from
     k z + (1 − k) x̄, so the result varies the original instead of replacing it; the known frames
     start as y noised to t = 1."""
-    mask = free_range_mask(x_bar.shape[-1], free, margin)
+    mask = free_range_mask(x_bar.shape[-1], free, margin, known_until)
     y = mask(x_bar)
     start = strength * noise + (1 - strength) * x_bar
     return EditProblem(mask, y, mask.paste(start, _noised_known(mask, y, noise, schedule)))

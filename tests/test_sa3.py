@@ -7,8 +7,9 @@ The numerical comparison needs the reference's environment (`bash ../shared/tool
 from __future__ import annotations
 
 import copy
-import json
 import importlib.util
+import json
+import math
 import os
 from pathlib import Path
 
@@ -268,6 +269,81 @@ def test_an_infill_gives_the_model_its_own_inpainting_condition(tiny_sa3, monkey
     assert mask.sum() >= mask.shape[-1] - (window.free[1] - window.free[0]) - 2 * model.encoder_leak_frames()
     assert not masked[..., ~mask[0, 0].bool()].any() and masked[..., mask[0, 0].bool()].abs().sum() > 0
     assert all(m is not None for m in seen) and len(seen) == 2
+
+
+def _spy_on_denoise(monkeypatch) -> list:
+    from musicguide.models.sa3 import SA3Model
+
+    seen, real = [], SA3Model.denoise
+
+    def spy(self, x, t, **kwargs):
+        seen.append((x.shape[-1], kwargs.get("seconds_total"), kwargs.get("inpaint")))
+        return real(self, x, t, **kwargs)
+
+    monkeypatch.setattr(SA3Model, "denoise", spy)
+    return seen
+
+
+def _spy_on_grid(monkeypatch) -> list:
+    from musicguide import edit
+
+    grids, real = [], edit.sampling_times
+
+    def spy(schedule, steps, t_max, frames=None):
+        grids.append(frames)
+        return real(schedule, steps, t_max, frames=frames)
+
+    monkeypatch.setattr(edit, "sampling_times", spy)
+    return grids
+
+
+def test_a_song_that_ends_in_the_window_gets_the_reference_headroom(tiny_sa3, monkeypatch):
+    """As stable-audio-3's generate sizes it: seconds_total is the song's length, the latent
+    sequence that plus 6 s (up to the model's window), the headroom unknown to the inpainting
+    condition, the time grid shifted by the audio's frames; the result is the song's length, exact
+    outside the edit."""
+    from conftest import synth_song
+    from musicguide import edit
+    from musicguide.models.folder import load_model_folder
+
+    model = load_model_folder(tiny_sa3)
+    seen, grids = _spy_on_denoise(monkeypatch), _spy_on_grid(monkeypatch)
+    song = torch.from_numpy(synth_song(2.0).T.copy())
+    result = edit.infill(model, song, round(0.8 * 44100), round(1.2 * 44100), edit.SamplerSettings(steps=2, seed=1))
+    audio_frames = math.ceil(int(2.0 * 44100) / 256)  # the reference's effective length
+    sampled = min(audio_frames + int(6.0 * 44100 / 256), model.max_frames)
+    assert sampled > audio_frames + 1
+    frames, seconds_total, (mask, _) = seen[0]
+    assert frames == sampled and seconds_total == pytest.approx(2.0)
+    assert not mask[..., audio_frames:].any() and mask[..., : audio_frames // 4].all()
+    assert grids == [audio_frames]
+    assert result.windows[0].length == sampled * 256
+    edited = result.songs[0]
+    assert edited.shape == song.shape
+    assert torch.equal(edited[:, : round(0.7 * 44100)], song[:, : round(0.7 * 44100)])
+    assert torch.equal(edited[:, round(1.3 * 44100):], song[:, round(1.3 * 44100):])
+
+    seen.clear(), grids.clear()
+    edit.generate(model, 2.0, edit.SamplerSettings(steps=2, seed=1))
+    assert seen[0][:2] == (sampled, 2.0) and grids == [audio_frames]
+
+
+def test_a_window_inside_a_longer_song_is_told_how_much_audio_follows(tiny_sa3, monkeypatch):
+    """seconds_total counts from the window's start (the model sees no seconds_start); the audio
+    fills the window, so there is no headroom and the grid is the window's."""
+    from conftest import synth_song
+    from musicguide import edit
+    from musicguide.models.folder import load_model_folder
+
+    model = load_model_folder(tiny_sa3)
+    seen, grids = _spy_on_denoise(monkeypatch), _spy_on_grid(monkeypatch)
+    song = torch.from_numpy(synth_song(20.0).T.copy())
+    result = edit.infill(model, song, 10 * 44100, 11 * 44100, edit.SamplerSettings(steps=2, seed=1))
+    window = result.windows[0]
+    frames, seconds_total, (mask, _) = seen[0]
+    assert frames == window.length // 256 and grids == [frames]
+    assert seconds_total == pytest.approx((20 * 44100 - window.at) / 44100)
+    assert mask[..., -1].all()  # the last frame is context, not headroom
 
 
 def test_the_registry_lists_the_sa3_models_as_gated_hub_entries(monkeypatch):

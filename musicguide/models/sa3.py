@@ -200,6 +200,11 @@ class SA3Model(LatentModel):
     # scale 1 by default (post-trained to sample without it), the adaptive projection when set
     default_cfg_scale = 1.0
     cfg_projection = True
+    # trained on variable lengths (musicguide/edit.py's Extent): seconds_total is the audio's length
+    # from the window's start, and where the audio ends inside the window the model gets this much
+    # headroom after it to generate freely (the reference generate's duration_padding_sec)
+    variable_length = True
+    headroom_seconds = 6.0
 
     def __init__(self, config: SA3Config):
         super().__init__()
