@@ -19,11 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 from musicguide.errors import UserError, one_line
-from musicguide.hub import download_hub_files, verify_sha256
 from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE, ResolvedModel, Source
 
 if sys.version_info >= (3, 11):
@@ -188,6 +184,10 @@ def _parse_seed(seed: Any, fail: Callable[[str], UserError]) -> int | None:
 def _parse_repo(repo: str, fail: Callable[[str], UserError]) -> str:
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise fail(f"'repo' must look like 'owner/name', got {repo!r}")
+    # huggingface_hub (and musicguide.hub) only where the Hub is involved: resolving a model folder,
+    # as the GPU machine does, needs neither (its image lacks what huggingface_hub's downloads import)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     try:  # the Hub's own rules, so that a bad id fails here and not inside hf_hub_download
         validate_repo_id(repo)
     except HFValidationError as error:
@@ -272,6 +272,8 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, token: str | None = N
     elif entry.source == "local":
         folder = _checked_local_folder(entry)
     else:
+        from musicguide.hub import download_hub_files
+
         folder = download_hub_files(entry, token)
     return ResolvedModel(
         name=entry.name, kind=entry.source, folder=folder, repo=entry.repo, revision=entry.revision,
@@ -322,6 +324,8 @@ def _location(entry: CheckpointEntry) -> str:
 def _available_offline(entry: CheckpointEntry) -> bool:
     """try_to_load_from_cache only looks at the cache folder; it returns a path string when cached."""
     if entry.source == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
         return all(
             isinstance(try_to_load_from_cache(str(entry.repo), filename, revision=entry.revision), str)
             for filename in entry.files
@@ -354,6 +358,8 @@ def _unknown_name_error(name: str, registry: dict[str, CheckpointEntry]) -> User
 
 def _checked_local_folder(entry: CheckpointEntry) -> Path:
     """A shipped folder must be present (e.g. not an un-pulled Git LFS checkout) and match its hashes."""
+    from musicguide.hub import verify_sha256
+
     assert entry.path is not None
     if not entry.path.is_dir():
         raise UserError(

@@ -24,6 +24,7 @@ from huggingface_hub.utils import (
 )
 
 from musicguide import hub
+from musicguide.hub import verify_sha256
 from musicguide.errors import UserError
 from musicguide.models import build_model, save_model_folder, tiny_random_config
 from musicguide.models.folder import load_model
@@ -32,7 +33,6 @@ from musicguide.registry import (
     list_models,
     load_registry,
     resolve_model,
-    verify_sha256,
 )
 
 try:
@@ -553,3 +553,20 @@ def test_models_list_reports_local_folders(tmp_path: Path, monkeypatch: pytest.M
     rows = {row.name: row for row in list_models()}
     assert rows["here"].available is True and rows["here"].location == str((tmp_path / "present").resolve())
     assert rows["gone"].available is False
+
+
+def test_loading_a_model_folder_imports_no_hub_client(tmp_path: Path) -> None:
+    """A folder resolves without huggingface_hub: the GPU machine's image lacks what its downloads
+    import (httpx2), and a bench on a lent GPU loads a folder through the API."""
+    import subprocess
+    import sys
+
+    from musicguide.models import build_model, tiny_random_config
+    from musicguide.models.folder import save_model_folder
+
+    save_model_folder(build_model(tiny_random_config()), tmp_path / "model")
+    code = ("import sys\nfrom musicguide import Editor\nEditor.from_pretrained(sys.argv[1], device='cpu')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('huggingface_hub', 'httpx2')))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

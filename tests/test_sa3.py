@@ -418,3 +418,28 @@ def test_windowed_attention_in_chunks_equals_one_band_masked_attention():
     for window in ((3, 2), (0, 7), (60, 60)):
         whole = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(range(50), range(50), window, "cpu", q.dtype))
         assert torch.allclose(windowed_attention(q, k, v, window, chunk=7), whole, atol=1e-6), window
+
+
+@pytest.mark.parametrize("shape, same, dit", [("sa3_small_config", 266e6, 433e6), ("sa3_medium_config", 1.7e9, 1.4e9)])
+def test_the_reconstructed_shapes_land_on_the_model_cards_counts(shape, same, dit):
+    from musicguide.models import sa3
+
+    with torch.device("meta"):
+        model = sa3.SA3Model(sa3.sa3_config_from_dict(getattr(sa3, shape)()))
+    count = lambda part: sum(p.numel() for p in part.parameters())  # noqa: E731
+    assert count(model.pretransform) == pytest.approx(same, rel=0.06)
+    assert count(model.model) == pytest.approx(dit, rel=0.06)
+
+
+@pytest.mark.slow
+def test_the_speed_bench_runs_and_writes_its_table(tmp_path):
+    """bench/sa3_speed.py, as a GPU lease would run it (`--out`), on the tiny shape, musicguide's side."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MUSICGUIDE_SA3_REFERENCE_PYTHON"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "sa3_speed.py"), "--shape", "tiny", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "sa3_speed.md").read_text()
+    assert table.startswith("tiny SA3 shape") and "| musicguide |" in table
