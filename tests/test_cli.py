@@ -249,18 +249,22 @@ def test_answers_that_need_no_model_do_not_import_torch(args):
     assert done.stderr.strip().splitlines()[-1] == "False", done.stderr[-2000:]
 
 
-def test_loading_a_model_does_not_import_torch_dynamo():
-    """Issue 22: arithmetic on `meta` tensors (the rotary frequencies of a model built to be loaded,
-    SA3's random initial buffers) imported torch._dynamo, about a second of every edit's start-up."""
+def test_loading_a_model_imports_neither_torch_dynamo_nor_sympy(tmp_path):
+    """Issue 22: arithmetic on `meta` tensors imported torch._dynamo (about a second), and torch's
+    meta kernels import sympy on their first check (half a second): a model to be loaded is built
+    uninitialized on its device instead (models.layers.uninitialized), for either family."""
     import subprocess
     import sys
 
+    from musicguide.models.folder import save_model_folder
+    from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, tiny_sa3_config
+
+    save_model_folder(SA3Model(sa3_config_from_dict(tiny_sa3_config())), tmp_path / "sa3")
     probe = ("import sys, torch\nfrom musicguide.models.folder import load_model\nload_model('demo')\n"
-             "from musicguide.models.sa3 import SA3Model, sa3_config_from_dict, tiny_sa3_config\n"
-             "with torch.device('meta'):\n    SA3Model(sa3_config_from_dict(tiny_sa3_config()))\n"
-             "print('torch._dynamo' in sys.modules)")
+             f"load_model({str(tmp_path / 'sa3')!r})\n"
+             "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 
 def test_the_entry_point_keeps_freed_memory_unless_told_not_to(monkeypatch):

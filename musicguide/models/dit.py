@@ -30,7 +30,8 @@ class FourierFeatures(nn.Module):
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features // 2, in_features))
+        # empty + normal_ draws the same numbers as randn, and is skipped when loading (layers.uninitialized)
+        self.weight = nn.Parameter(nn.init.normal_(torch.empty(out_features // 2, in_features)))
 
     def forward(self, t: Tensor) -> Tensor:
         f = 2 * math.pi * t @ self.weight.T
@@ -254,7 +255,7 @@ class LearnedFourierEmbedding(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.weights = nn.Parameter(torch.randn(dim // 2))
+        self.weights = nn.Parameter(nn.init.normal_(torch.empty(dim // 2)))
 
     def forward(self, x: Tensor) -> Tensor:
         freqs = x[:, None] * self.weights[None] * 2 * math.pi

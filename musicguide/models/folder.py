@@ -6,8 +6,9 @@ or ship them), and `merge_parts` makes a folder from such parts again.
 Loading is strict, because a checkpoint that half-matches its config gives noise rather than an
 error: every key the model has must be in the file with the right shape, and the file may hold no
 other keys except those the reference keeps outside the network (a text encoder's projection).
-Weights are read with safetensors only (never pickle) into a model built on the `meta` device, so a
-1B-parameter model is held in memory once.
+Weights are read with safetensors only (never pickle) into a model built without initializing its
+weights (`layers.uninitialized`: memory allocated and never touched, then freed as the file's
+tensors are assigned), so a 1B-parameter model is held in memory once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from musicguide.errors import UserError, one_line
 from musicguide.models.config import ModelConfig, config_errors_name, is_sa3_config, read_config_json
 from musicguide.models.latent_diffusion import LatentDiffusion, build_model
 from musicguide.models.latent_model import LatentModel
+from musicguide.models.layers import uninitialized
 from musicguide.models.presets import tiny_random_config
 from musicguide.model_files import CONFIG_FILE, VAE_WEIGHTS_FILE, WEIGHTS_FILE, ResolvedModel  # re-exported
 
@@ -92,7 +94,7 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
             raise UserError(f"{folder / name} is missing",
                             hint=f"a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = read_model_config(folder / CONFIG_FILE)
-    with torch.device("meta"):
+    with uninitialized():
         model = _model_for(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -236,7 +238,7 @@ def merge_parts(parts: Sequence[str | os.PathLike], config: str | os.PathLike, o
             raise UserError(f"{part} repeats {sorted(overlap)[0]}, which an earlier part already holds")
         state.update(tensors)
     model_config = read_model_config(config)
-    with torch.device("meta"):
+    with uninitialized():
         model = LatentDiffusion(model_config)
     missing = sorted(set(model.state_dict()) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))

@@ -4,30 +4,62 @@ They import nothing of the package, so each family's modules can stand on them s
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_uninitialized = False
+
+
+@contextlib.contextmanager
+def uninitialized() -> Iterator[None]:
+    """Modules built inside hold uninitialized memory instead of random weights, for a model whose
+    every tensor is loaded right after (models.folder; the loader assigns the file's tensors, and
+    the skeleton's, never touched, are freed). torch.nn.init's functions do nothing meanwhile.
+
+    This replaces building on the `meta` device, whose kernels go through torch._check, and its first
+    call imports sympy: half a second of every command that loads a model. Not thread-safe: torch's
+    init functions are swapped for the duration, as transformers' `no_init_weights` does."""
+    global _uninitialized
+    names = [n for n in vars(nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(nn.init, n))]
+    saved, previous = {n: getattr(nn.init, n) for n in names}, _uninitialized
+
+    def keep(tensor: Tensor, *args, **kwargs) -> Tensor:
+        return tensor
+
+    try:
+        _uninitialized = True
+        for name in names:
+            setattr(nn.init, name, keep)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+        _uninitialized = previous
+
 
 def inverse_frequencies(dim: int, base: float) -> Tensor:
     """Rotary frequencies base^(-2i/dim), computed on the CPU and then moved to the default device:
-    arithmetic on `meta` tensors (a model built to be loaded) imports torch._dynamo, about a second
-    of every command's start-up; a copy to `meta` does not."""
+    arithmetic on `meta` tensors imports torch._dynamo, about a second; a copy to `meta` does not."""
     frequencies = 1.0 / base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
     return frequencies.to(torch.empty(0).device)
 
 
 def init_weight_norm(module: nn.Module, conv: nn.Module, bias: bool) -> None:
-    """weight_v, weight_g (= |v| per output row) and bias from a freshly initialised conv. On the
-    meta device (a model about to be loaded from a file) the values are never read, so only the
-    shapes are made: computing norms there goes through torch's slow reference kernels, and was
-    most of the time of loading a model folder."""
+    """weight_v, weight_g (= |v| per output row) and bias from a freshly initialised conv. For a
+    model about to be loaded from a file (`uninitialized`, or on the meta device) the values are
+    never read, so only the shapes are made, and no memory is touched."""
     weight = conv.weight.detach()
+    if _uninitialized or weight.is_meta:
+        module.bias = nn.Parameter(conv.bias.detach()) if bias else None
+        module.weight_g = nn.Parameter(torch.empty(weight.shape[0], 1, 1, device=weight.device))
+        module.weight_v = nn.Parameter(weight)
+        return
     module.bias = nn.Parameter(conv.bias.detach().clone()) if bias else None
-    if weight.is_meta:
-        module.weight_g = nn.Parameter(torch.empty(weight.shape[0], 1, 1, device="meta"))
-    else:
-        module.weight_g = nn.Parameter(weight.flatten(1).norm(dim=1)[:, None, None])
+    module.weight_g = nn.Parameter(weight.flatten(1).norm(dim=1)[:, None, None])
     module.weight_v = nn.Parameter(weight.clone())
 
 
