@@ -80,7 +80,7 @@ from musicguide.models import ModelConfig, build_model, load_model_folder  # noq
 from musicguide.errors import UserError  # noqa: E402
 from musicguide.models.folder import VAE_PREFIXES, WEIGHTS_FILE, merge_parts, save_model_folder, save_weights, split_weights  # noqa: E402
 from musicguide.models.presets import SAMPLE_RATE, vae_variant  # noqa: E402
-from musicguide.atomic import file_sha256 as sha256  # noqa: E402
+from musicguide.cache import file_sha256 as sha256  # noqa: E402
 from musicguide.splice import fade_samples  # noqa: E402
 from musicguide.train import (  # noqa: E402
     CONFIG_FILE,

@@ -166,7 +166,8 @@ class Result:
     def write_into(self, outputs, path: Path, *, sample_format: str = "auto", plot: bool = False):
         """Write into `outputs` (an `atomic.Outputs` that reserved `path`, its sidecar, and its
         picture with `plot`), not yet published; returns what was written (`writing.SavedAudio`)."""
-        from .atomic import check_free_space, file_sha256
+        from .atomic import check_free_space
+        from .cache import file_sha256
         from .writing import PCM_BITS, output_subtype, piece_length, write_song
 
         subtype = output_subtype([s.info for s in self._inputs], path) if sample_format == "auto" else sample_format
@@ -429,7 +430,7 @@ class Editor:
     @staticmethod
     def _inputs_record(sources: list) -> list[dict]:
         """The sidecar's inputs: each one's header, where it is and its sha256 (an array's: of its samples)."""
-        from .atomic import file_sha256
+        from .cache import file_sha256
 
         return [{**s.info.to_dict(), "path": str(s.path.resolve()), "sha256": file_sha256(s.path)}
                 if s.info.format != "array" else {**s.info.to_dict(), "path": None, "sha256": s.digest}

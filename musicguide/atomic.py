@@ -319,14 +319,3 @@ def _rename_no_replace(source: Path, target: Path) -> None:
     if renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(target))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """A file's sha256, read in 1 MiB blocks (the sidecars' digests, the Hub downloads' checks)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -4,11 +4,9 @@ can fix (no network, gated repo, missing file) as one line, translated from the 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download
@@ -22,10 +20,9 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
-from musicguide.atomic import file_sha256, write_text_atomically
+from musicguide.cache import verify_sha256
 from musicguide.errors import UserError
 from musicguide.model_files import CONFIG_FILE
-
 
 
 class CheckpointEntry(Protocol):
@@ -36,57 +33,6 @@ class CheckpointEntry(Protocol):
     revision: str | None
     files: tuple[str, ...]
     sha256: dict[str, str]
-
-CACHE_ENV = "MUSICGUIDE_CACHE_DIR"
-
-
-def verify_sha256(path: Path, expected: str, *, hint: str | None = None) -> None:
-    """Check a file against its pinned digest, remembering a pass so multi-GB weights hash once.
-
-    The pass is recorded in the musicguide cache as the file's resolved path, size and mtime: the
-    Hub cache never rewrites a blob in place, so a changed file shows up as a changed stamp.
-    """
-    blob = path.resolve()
-    try:
-        stat = blob.stat()
-    except FileNotFoundError:
-        raise UserError(f"cannot check the sha256 of {path}: the file does not exist") from None
-    stamp = {"path": str(blob), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    marker = _cache_dir() / "verified" / f"{expected}.json"
-    if _read_marker(marker) == stamp:
-        return
-    actual = file_sha256(blob)
-    if actual != expected:
-        raise UserError(
-            f"sha256 mismatch for {path}: expected {expected}, got {actual}",
-            hint=hint or f"the download is corrupt or was replaced; delete {blob} and run again to fetch it afresh",
-        )
-    _write_marker(marker, stamp)
-
-
-def _cache_dir() -> Path:
-    """musicguide's own cache (only verification stamps live here; weights stay in the Hub cache)."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    xdg_cache = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg_cache) if xdg_cache else Path.home() / ".cache") / "musicguide"
-
-
-def _read_marker(marker: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_marker(marker: Path, stamp: dict[str, Any]) -> None:
-    # An unwritable cache only costs a re-hash next time, so it must not fail a load that succeeded.
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(marker, json.dumps(stamp))
-    except OSError:
-        return
 
 
 def download_hub_files(entry: CheckpointEntry, token: str | None) -> Path:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from musicguide.cache import verify_sha256
 from musicguide.errors import UserError, one_line
 from musicguide.model_files import CONFIG_FILE, WEIGHTS_FILE, ResolvedModel, Source
 
@@ -358,8 +359,6 @@ def _unknown_name_error(name: str, registry: dict[str, CheckpointEntry]) -> User
 
 def _checked_local_folder(entry: CheckpointEntry) -> Path:
     """A shipped folder must be present (e.g. not an un-pulled Git LFS checkout) and match its hashes."""
-    from musicguide.hub import verify_sha256
-
     assert entry.path is not None
     if not entry.path.is_dir():
         raise UserError(

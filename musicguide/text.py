@@ -194,11 +194,12 @@ def download_text_encoder(t5_model_name: str, *, token: str | None = None,
     Goes through the models' own download (`musicguide.hub`) and its translation of the Hub's errors
     (gated, no network, HF_HUB_OFFLINE and not cached, missing file or revision) into one-line UserErrors."""
     from musicguide import hub
+    from musicguide.cache import verify_sha256
 
     entry = text_encoder_entry(t5_model_name, registry_path)
     paths = {filename: hub.download_hub_file(entry, filename, token) for filename in entry.files}
     for filename, expected in entry.sha256.items():
-        hub.verify_sha256(paths[filename], expected)
+        verify_sha256(paths[filename], expected)
     return paths["config.json"].parent
 
 

@@ -32,7 +32,7 @@ def check_sidecar(path: Path, command: str, inputs: list[Path], **edit_settings)
     """The sidecar says what was asked (FAST's options, the command's own, the inputs) and what was
     written (this file, its digest, its length)."""
     from musicguide.edit import DEFAULT_GUIDANCE
-    from musicguide.atomic import file_sha256 as sha256
+    from musicguide.cache import file_sha256 as sha256
 
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["command"] == command

@@ -379,3 +379,28 @@ def test_missing_files_and_folders_are_user_errors(saved_tiny: Path, tmp_path: P
     (saved_tiny / "model.safetensors").unlink()
     with pytest.raises(UserError, match="model.safetensors is missing"):
         load_model_folder(saved_tiny)
+
+
+def test_the_encoder_leak_of_a_weights_file_is_measured_once(tmp_path, monkeypatch):
+    """Issue 22: the leak probe (a few encodes) runs once per weights file, device and dtype, and
+    again when the file changes; a model built in memory is measured (once per process)."""
+    import os
+
+    from musicguide.models import latent_model
+    from musicguide.models.folder import load_model_folder, save_model_folder
+
+    monkeypatch.setenv("MUSICGUIDE_CACHE_DIR", str(tmp_path / "cache"))
+    measured = []
+    real = latent_model.measure_encoder_leak
+    monkeypatch.setattr(latent_model, "measure_encoder_leak", lambda model: measured.append(1) or real(model))
+    folder = tmp_path / "model"
+    built = build_model(tiny_random_config())
+    save_model_folder(built, folder)
+    first = load_model_folder(folder).encoder_leak_frames()
+    assert load_model_folder(folder).encoder_leak_frames() == first and len(measured) == 1
+    assert load_model_folder(folder, dtype=torch.float64).encoder_leak_frames() == first and len(measured) == 2
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    load_model_folder(folder).encoder_leak_frames()
+    assert len(measured) == 3
+    assert built.encoder_leak_frames() == built.encoder_leak_frames() == first and len(measured) == 4

@@ -23,8 +23,8 @@ from huggingface_hub.utils import (
     hf_raise_for_status,
 )
 
-from musicguide import hub
-from musicguide.hub import verify_sha256
+from musicguide import cache, hub
+from musicguide.cache import verify_sha256
 from musicguide.errors import UserError
 from musicguide.models import build_model, save_model_folder, tiny_random_config
 from musicguide.models.folder import load_model
@@ -362,13 +362,13 @@ def test_hash_check_is_remembered_until_the_file_changes(tmp_path: Path, monkeyp
     verify_sha256(weights, digest)
 
     hashed: list[Path] = []
-    real_hash = hub.file_sha256
+    real_hash = cache.file_sha256
 
     def counting_hash(path: Path) -> str:
         hashed.append(path)
         return real_hash(path)
 
-    monkeypatch.setattr(hub, "file_sha256", counting_hash)
+    monkeypatch.setattr(cache, "file_sha256", counting_hash)
     verify_sha256(weights, digest)
     assert hashed == []
 

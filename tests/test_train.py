@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli as run_cli_full
 from musicguide.errors import UserError
-from musicguide.atomic import file_sha256 as sha256
+from musicguide.cache import file_sha256 as sha256
 from musicguide.models import LatentDiffusion, ModelConfig, build_model, load_model_folder
 from musicguide.models.folder import merge_parts, split_weights
 from musicguide.models.presets import PRESETS, preset_config, vae_variant

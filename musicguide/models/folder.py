@@ -22,10 +22,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from musicguide.atomic import write_atomically
+from musicguide.cache import file_stamp, remembered
 from musicguide.errors import UserError, one_line
 from musicguide.models.config import ModelConfig, config_errors_name, is_sa3_config, read_config_json
 from musicguide.models.latent_diffusion import LatentDiffusion, build_model
-from musicguide.models.latent_model import LatentModel
+from musicguide.models.latent_model import LEAK_THRESHOLD, MAX_LEAK_FRAMES, LatentModel
 from musicguide.models.layers import uninitialized
 from musicguide.models.presets import tiny_random_config
 from musicguide.model_files import CONFIG_FILE, VAE_WEIGHTS_FILE, WEIGHTS_FILE, ResolvedModel  # re-exported
@@ -110,7 +111,21 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
     except SafetensorError as err:
         raise UserError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
     model.load_state_dict(state, strict=True, assign=True)
+    try:
+        model.leak_memory = _leak_memory(file_stamp(folder / WEIGHTS_FILE))
+    except OSError:  # gone since it was read: nothing is remembered about it
+        pass
     return model.eval().requires_grad_(False)
+
+
+def _leak_memory(stamp: dict):
+    """LatentModel.leak_memory for a model loaded from the weights file with this stamp."""
+    def recall(model: LatentModel, measure) -> int:
+        key = {**stamp, "device": model.device.type, "dtype": str(model.dtype), "threshold": LEAK_THRESHOLD,
+               "most": MAX_LEAK_FRAMES}
+        return remembered("encoder-leak", key, measure)
+
+    return recall
 
 
 def load_model(

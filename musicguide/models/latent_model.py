@@ -67,10 +67,17 @@ class LatentModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.dit.preprocess_conv.weight.dtype
 
+    # Set by the folder loader: recall(model, measure) -> what `measure()` gave before on the same
+    # weights file (musicguide.cache), or measures and remembers it. None for a model built in memory.
+    leak_memory: Callable[[LatentModel, Callable[[], int]], int] | None = None
+
     def encoder_leak_frames(self) -> int:
-        """How many latent frames next to a boundary the encoder carries across it (`measure_encoder_leak`)."""
+        """How many latent frames next to a boundary the encoder carries across it
+        (`measure_encoder_leak`): measured once per process, and for a model loaded from a folder
+        once per weights file, device kind and dtype (the measurement costs a few encodes)."""
         if getattr(self, "_leak_frames", None) is None:
-            self._leak_frames = measure_encoder_leak(self)
+            measure = lambda: measure_encoder_leak(self)  # noqa: E731
+            self._leak_frames = measure() if self.leak_memory is None else self.leak_memory(self, measure)
         return self._leak_frames
 
     def _check_audio(self, audio: Tensor) -> None:
