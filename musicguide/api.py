@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import weakref
 from contextlib import ExitStack, contextmanager
@@ -219,10 +220,12 @@ class Editor:
             # a seed promises bit-for-bit results on the same device: cuDNN must not pick kernels by timing
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
-        if quiet:
-            from huggingface_hub.utils import logging as hf_logging
-
-            hf_logging.set_verbosity_error()
+        if quiet:  # huggingface_hub's warnings too; imported only if a download needs it (it costs 0.1 s)
+            hub_logging = sys.modules.get("huggingface_hub.utils.logging")
+            if hub_logging is not None:
+                hub_logging.set_verbosity_error()
+            else:
+                os.environ["HF_HUB_VERBOSITY"] = "error"
         loaded, resolved = load_model(str(model), device=where, dtype=dtype, token=token)
         loaded.eval().requires_grad_(False)
         return cls(loaded, resolved, where, precision)

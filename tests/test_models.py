@@ -387,7 +387,6 @@ def test_the_encoder_leak_of_a_weights_file_is_measured_once(tmp_path, monkeypat
     import os
 
     from musicguide.models import latent_model
-    from musicguide.models.folder import load_model_folder, save_model_folder
 
     monkeypatch.setenv("MUSICGUIDE_CACHE_DIR", str(tmp_path / "cache"))
     measured = []

@@ -570,3 +570,26 @@ def test_loading_a_model_folder_imports_no_hub_client(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("repo", ["stabilityai/stable-audio-open-1.0", "a/b", "_x/y_", "a-/b", "a/.b", "a--b/c",
+                                  "a/b..c", "a/b.git", "x" * 96 + "/y", "x" * 97 + "/y", "\u00e9/b", "a b/c"])
+def test_repository_ids_follow_the_hubs_rules_without_importing_it(repo: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry checks ids itself (importing huggingface_hub costs every command 0.1 s); its
+    verdict must be huggingface_hub's own."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+        valid = True
+    except HFValidationError:
+        valid = False
+    path = write_registry(tmp_path, f'[models.x]\nsource = "hub"\nrepo = "{repo}"\nrevision = "main"\n'
+                                    'files = ["model_config.json", "model.safetensors"]\nlicense = "MIT"\n'
+                                    'description = "x"\n', monkeypatch)
+    if valid:
+        assert load_registry(path)["x"].repo == repo
+    else:
+        with pytest.raises(UserError, match="not a valid Hugging Face repository id"):
+            load_registry(path)
