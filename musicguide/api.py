@@ -226,8 +226,7 @@ class Editor:
                 hub_logging.set_verbosity_error()
             else:
                 os.environ["HF_HUB_VERBOSITY"] = "error"
-        loaded, resolved = load_model(str(model), device=where, dtype=dtype, token=token)
-        loaded.eval().requires_grad_(False)
+        loaded, resolved = load_model(str(model), device=where, dtype=dtype, token=token)  # eval mode, frozen
         return cls(loaded, resolved, where, precision)
 
     @classmethod
