@@ -1,7 +1,7 @@
 """Files' digests, and musicguide's own cache: what is slow to establish about a file and cannot
-change while the file does not. Two kinds live in the cache: a weights file's verified sha256 (so multi-GB weights hash once), and
-facts measured on a model's weights (how far its encoder sees across an edit boundary). Weights
-themselves stay in the Hugging Face cache or the model folder.
+change while the file does not. Two kinds live in the cache: a weights file's verified sha256 (so
+multi-GB weights hash once), and facts measured on a model's weights (how far its encoder sees
+across an edit boundary). Weights themselves stay in the Hugging Face cache or the model folder.
 
 Each entry is keyed by the file's resolved path, size and mtime (`file_stamp`): neither the Hub
 cache nor a model folder rewrites a file in place without changing them. Where: $MUSICGUIDE_CACHE_DIR,
@@ -46,7 +46,9 @@ def _read(entry: Path) -> Any:
 
 
 def _write(entry: Path, value: Any) -> None:
-    # a temporary name and a rename, so that a reader never sees half an entry
+    # a temporary name and a rename, so that a reader never sees half an entry (atomic.py's
+    # write_text_atomically does the same for outputs; importing it would put the Hub download,
+    # which stands on this module, a layer deeper than tests/test_structure.py allows)
     temporary = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)

@@ -267,10 +267,11 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
     hide = start.kind == "noise"
     song_end = songs.shape[-1] if seconds_total is None else round(seconds_total * model.sample_rate) - offset
     window, extent = fit_to_audio(model, window, song_end)
+    audio_frames = None  # all of the window's (the known frames' end, the time grid's length)
     if extent is not None:
-        seconds_total = extent.seconds_total
+        seconds_total, audio_frames = extent.seconds_total, extent.frames
     audio, x_bar, generator, noise, shift = _encode_window(model, songs, window, settings.seed, hide=hide)
-    problem, t_max = _problem(model, x_bar, window, noise, start, None if extent is None else extent.frames)
+    problem, t_max = _problem(model, x_bar, window, noise, start, audio_frames)
     d, xi = (loss or _edit_loss(model, settings, window, songs.shape[-1], hide))(problem, audio, x_bar)
     known = settings.consistency and problem.mask.n_known
     consistency = paste_known(problem.mask, problem.y, model.schedule) if known else None
@@ -284,7 +285,7 @@ def sample_window(model, songs: Tensor, window: Window, settings: SamplerSetting
 
     x0, last_loss = _sample(denoiser, model.schedule, problem.x_start, settings, generator, callback,
                             loss=d, guidance=xi if d is not None else 0.0, t_max=t_max, consistency=consistency,
-                            frames=None if extent is None else extent.frames)
+                            frames=audio_frames)
     with torch.no_grad():
         decoded = model.decode(x0).float().cpu()
     if shift is None:

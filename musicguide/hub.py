@@ -35,13 +35,14 @@ class CheckpointEntry(Protocol):
     sha256: dict[str, str]
 
 
-def download_hub_files(entry: CheckpointEntry, token: str | None) -> Path:
-    """Fetch (or find in the Hub cache) every listed file, check listed hashes, return their folder."""
+def download_hub_files(entry: CheckpointEntry, token: str | None, main_file: str = CONFIG_FILE) -> Path:
+    """Fetch (or find in the Hub cache) every listed file, check listed hashes, return the folder
+    that holds `main_file` (a model's config; a text encoder's config.json)."""
     assert entry.repo is not None and entry.revision is not None
     paths = {filename: download_hub_file(entry, filename, token) for filename in entry.files}
     for filename, expected in entry.sha256.items():
         verify_sha256(paths[filename], expected)
-    return paths[CONFIG_FILE].parent
+    return paths[main_file].parent
 
 
 def download_hub_file(entry: CheckpointEntry, filename: str, token: str | None) -> Path:

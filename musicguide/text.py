@@ -193,14 +193,9 @@ def download_text_encoder(t5_model_name: str, *, token: str | None = None,
 
     Goes through the models' own download (`musicguide.hub`) and its translation of the Hub's errors
     (gated, no network, HF_HUB_OFFLINE and not cached, missing file or revision) into one-line UserErrors."""
-    from musicguide import hub
-    from musicguide.cache import verify_sha256
+    from musicguide.hub import download_hub_files
 
-    entry = text_encoder_entry(t5_model_name, registry_path)
-    paths = {filename: hub.download_hub_file(entry, filename, token) for filename in entry.files}
-    for filename, expected in entry.sha256.items():
-        verify_sha256(paths[filename], expected)
-    return paths["config.json"].parent
+    return download_hub_files(text_encoder_entry(t5_model_name, registry_path), token, main_file="config.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,8 +418,7 @@ def _twice(value: Any) -> Any:
 
 def _sigma(t: Tensor | float, x: Tensor) -> Tensor:
     """A rectified flow's noise level σ = t as [B, 1, 1] float32, as the reference's DiT keeps t."""
-    t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
-    return t.expand(x.shape[0])[:, None, None] if t.ndim == 0 else t.float()[:, None, None]
+    return torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])[:, None, None]
 
 
 def projected_cfg(x: Tensor, t: Tensor | float, cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
@@ -454,13 +448,12 @@ def cfg_denoiser(model, cond_tokens: Tensor | None, uncond_tokens: Tensor | None
     cond_tokens None (no prompt): `model.denoise` on the null conditioning, unchanged (scale and
     uncond_tokens must then be left out). uncond_tokens None: the null conditioning is the
     unconditional half; otherwise they are a negative prompt's tokens. Tokens are [1 or B, L, D]."""
-    timing = conditioning
     if cond_tokens is None:
         if uncond_tokens is not None:
             raise ValueError("a negative prompt needs a prompt")
 
         def null(x: Tensor, t: Tensor | float) -> Tensor:
-            return model.denoise(x, t, **timing)
+            return model.denoise(x, t, **conditioning)
 
         return null
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale != scale or abs(scale) == float("inf"):
@@ -469,7 +462,7 @@ def cfg_denoiser(model, cond_tokens: Tensor | None, uncond_tokens: Tensor | None
 
     if scale == 1.0:  # the reference skips CFG: one conditional pass
         def conditional(x: Tensor, t: Tensor | float) -> Tensor:
-            return model.denoise(x, t, **timing, text_tokens=_batched(cond_tokens, x.shape[0], "cond_tokens"))
+            return model.denoise(x, t, **conditioning, text_tokens=_batched(cond_tokens, x.shape[0], "cond_tokens"))
 
         return conditional
 
@@ -479,11 +472,11 @@ def cfg_denoiser(model, cond_tokens: Tensor | None, uncond_tokens: Tensor | None
         if uncond_tokens is not None:  # both halves in one pass, as the reference batches them
             both = torch.cat([cond, _batched(uncond_tokens, batch, "uncond_tokens").to(cond.dtype)])
             out = model.denoise(torch.cat([x, x]), _twice(t), text_tokens=both,
-                                **{k: _twice(v) for k, v in timing.items()})
+                                **{k: _twice(v) for k, v in conditioning.items()})
             cond_out, uncond_out = out.chunk(2, dim=0)
         else:
-            cond_out = model.denoise(x, t, **timing, text_tokens=cond)
-            uncond_out = model.denoise(x, t, **timing)
+            cond_out = model.denoise(x, t, **conditioning, text_tokens=cond)
+            uncond_out = model.denoise(x, t, **conditioning)
         return _combine(model, x, t, cond_out, uncond_out, scale)
 
     return guided
