@@ -249,6 +249,53 @@ def test_answers_that_need_no_model_do_not_import_torch(args):
     assert done.stderr.strip().splitlines()[-1] == "False", done.stderr[-2000:]
 
 
+def test_help_lists_every_command_without_importing_one():
+    """Issue 22: the root's --help answers from cli.commands.COMMANDS in click's plain layout, so
+    that it imports no command module (they pull in the API) and not rich (typer's rich help alone
+    took three times Python's start-up)."""
+    import subprocess
+    import sys
+
+    from musicguide.cli.commands import COMMANDS
+
+    probe = ("import sys, runpy; sys.argv = ['musicguide', '--help']\n"
+             "try:\n    runpy.run_module('musicguide', run_name='__main__', alter_sys=True)\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m in "
+             "('musicguide.api', 'musicguide.cli.edits', 'musicguide.cli.tools', 'musicguide.cli.evaluation')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+    listed = done.stdout.split("Commands:")[1].splitlines()[1:]
+    assert [line.split()[0] for line in listed] == list(COMMANDS)
+    assert listed[0].split(None, 1)[1].startswith("Replace a stretch of the song")
+
+
+def test_the_command_table_says_what_each_command_says_of_itself():
+    """cli.commands.COMMANDS stands in for the commands in the root's help: each row must read as
+    click would write it from the command itself (its short-help rule at any width), in the order
+    they register, and its module must be the one that registers it."""
+    import subprocess
+    import sys
+
+    import typer
+    from typer._click.utils import make_default_short_help
+
+    from musicguide.cli import app
+    from musicguide.cli.commands import COMMANDS, MODULES
+
+    group = typer.main.get_command(app)
+    assert list(group.commands) == list(COMMANDS)
+    for name, (_, summary) in COMMANDS.items():
+        for width in (20, 45, 75, 500):
+            assert make_default_short_help(summary, width) == group.commands[name].get_short_help_str(width), name
+    for module in MODULES:  # alone in a fresh process, it registers its commands (a group: its subcommands)
+        probe = (f"import typer, {module}\nfrom musicguide.cli.root import app\ngroup = typer.main.get_command(app)\n"
+                 "print(sorted(n for n, c in group.commands.items() if getattr(c, 'commands', True)))")
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert set(eval(done.stdout)) == {name for name, (home, _) in COMMANDS.items() if home == module}, module
+
+
 def test_loading_a_model_imports_neither_torch_dynamo_nor_sympy(tmp_path):
     """Issue 22: arithmetic on `meta` tensors imported torch._dynamo (about a second), and torch's
     meta kernels import sympy on their first check (half a second): a model to be loaded is built

@@ -63,6 +63,7 @@ def batch(
     Under torchrun the jobs are split across the processes (one model load each)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from .. import distributed
+    from . import edits  # noqa: F401  (registers the edit commands that the jobs run)
 
     jobs_list = read_jobs(jobs, _given_options)
     here = distributed.start("cuda" if device == Device.cuda else "cpu")
