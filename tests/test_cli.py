@@ -317,18 +317,22 @@ def test_loading_a_model_imports_neither_torch_dynamo_nor_sympy(tmp_path):
 def test_the_garbage_collector_sleeps_through_the_torch_import_only():
     """Issue 22: the entry point turns the cyclic collector off until torch has imported (it walked
     torch's million new objects three times, 0.17 s of a one-step edit), then freezes what exists
-    and turns it back on; the finder that does so removes itself, and torch works."""
+    and turns it back on. The finder that does so stays through a lookup that imports nothing,
+    removes itself after the import, and torch works."""
     import subprocess
     import sys
 
-    probe = ("import gc, sys\nimport musicguide.__main__ as entry\n"
-             "gc.disable()\nsys.meta_path.insert(0, entry._CollectAfterTorch())\n"
+    probe = ("import gc, importlib.util, sys\nimport musicguide.__main__ as entry\n"
+             "entry._CollectAfterTorch.install()\n"
+             "rare = not gc.isenabled()\n"
+             "importlib.util.find_spec('torch')\n"
+             "waiting = any(isinstance(f, entry._CollectAfterTorch) for f in sys.meta_path) and gc.get_freeze_count() == 0\n"
              "import torch.nn\n"
-             "print(gc.isenabled(), gc.get_freeze_count() > 100_000, "
+             "print(rare, waiting, gc.isenabled(), gc.get_freeze_count() > 100_000, "
              "any(isinstance(f, entry._CollectAfterTorch) for f in sys.meta_path), float(torch.ones(3).sum()))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "True", "False", "3.0"]
+    assert done.stdout.split() == ["True", "True", "True", "True", "False", "3.0"]
 
 
 def test_the_entry_point_keeps_freed_memory_unless_told_not_to(monkeypatch):
