@@ -105,9 +105,11 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
             file_keys = {_our_key(k): k for k in f.keys() if not k.startswith(ignored)}
             shapes = {ours: tuple(f.get_slice(theirs).get_shape()) for ours, theirs in file_keys.items()}
             _check_keys(expected, shapes)
-            # A copy, never a view of the file: views sit at unaligned offsets, which are slower and
-            # (through other SIMD paths) do not even give bit-identical results.
-            state = {ours: _cast(f.get_tensor(theirs), dtype, copy=True) for ours, theirs in file_keys.items()}
+            # On the CPU a copy, never a view of the file: views sit at unaligned offsets, which are
+            # slower and (through other SIMD paths) do not even give bit-identical results. On a GPU
+            # safetensors has copied each tensor to the card already: cast it there, or keep it.
+            copy = torch.device(device).type == "cpu"
+            state = {ours: _cast(f.get_tensor(theirs), dtype, copy=copy) for ours, theirs in file_keys.items()}
     except SafetensorError as err:
         raise UserError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
     model.load_state_dict(state, strict=True, assign=True)
