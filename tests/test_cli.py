@@ -270,6 +270,18 @@ def test_help_lists_every_command_without_importing_one():
     assert listed[0].split(None, 1)[1].startswith("Replace a stretch of the song")
 
 
+def test_a_mistyped_command_gets_a_suggestion_from_every_command():
+    """The entry point registers no command for a name it does not know, so typer's own "Did you
+    mean" would have nothing to draw on: the root group draws on cli.commands.COMMANDS."""
+    import subprocess
+    import sys
+
+    for typo, meant in (("infil", "'infill'"), ("model", "'models'"), ("evaluat", "'evaluate'")):
+        done = subprocess.run([sys.executable, "-m", "musicguide", typo], capture_output=True, text=True)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr.splitlines() == [f"error: No such command '{typo}'. Did you mean {meant}? (see musicguide --help)"]
+
+
 def test_the_command_table_says_what_each_command_says_of_itself():
     """cli.commands.COMMANDS stands in for the commands in the root's help: each row must read as
     click would write it from the command itself (its short-help rule at any width), in the order

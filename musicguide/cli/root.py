@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from difflib import get_close_matches
 from typing import Annotated
 
 import typer
@@ -26,6 +27,17 @@ class Commands(TyperGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """typer's, with its "Did you mean" drawn from every command, not only the registered ones
+        (typer's own is off: `suggest_commands=False` below)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.UsageError as error:
+            matches = get_close_matches(args[0], list(COMMANDS)) if args else []
+            if matches:
+                error.message = f"{error.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
+            raise
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(map(len, COMMANDS))
         with formatter.section("Commands"):
@@ -36,6 +48,7 @@ class Commands(TyperGroup):
 # and pygments and renders panels: 0.12 s, three times Python's own start-up, on every --help.
 app = typer.Typer(
     cls=Commands,
+    suggest_commands=False,
     rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
