@@ -13,7 +13,6 @@ import sys
 
 
 def _exit_now(signum, frame):
-
     from musicguide.errors import json_error, wants_json
 
     message = f"interrupted by {signal.Signals(signum).name}; no output was written"

@@ -62,18 +62,22 @@ app.add_typer(train_app, name="train")
 _CONSOLES = {}
 
 
-def __getattr__(name: str):
-    """`err` and `out`, the rich consoles, made on first use: importing rich's console costs as much
-    as Python's start-up, and `--help` never prints through them.
+def _console(name: str):
+    """The rich console `err` or `out`, made on first use: importing rich's console costs as much
+    as Python's start-up, and `--help` never prints through one.
     soft_wrap: a line is never broken at the console's width (80 columns when piped), so that a
     script reading `wrote …` or a bar of `beats` gets it whole; a terminal wraps it itself."""
-    if name not in ("err", "out"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name not in _CONSOLES:
         from rich.console import Console
 
         _CONSOLES[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
     return _CONSOLES[name]
+
+
+def __getattr__(name: str):
+    if name in ("err", "out"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 DEFAULT_MODEL = os.environ.get("MUSICGUIDE_MODEL", "demo")
@@ -166,5 +170,5 @@ def _fail(message: str, code: int, cause: BaseException, *, debug: bool, as_json
         traceback.print_exception(cause)
     if as_json:
         print(json_error(message, code))
-    __getattr__("err").print(f"error: {message}", markup=False, soft_wrap=True)
+    _console("err").print(f"error: {message}", markup=False, soft_wrap=True)
     sys.exit(code)
