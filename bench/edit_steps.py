@@ -4,13 +4,18 @@ median of --repeats, with glibc's allocator as musicguide sets it and as the sys
 (MUSICGUIDE_SYSTEM_MALLOC=1), interleaved. The goal: the 1-step edit at most 25 % of the 50-step one.
 
     python bench/edit_steps.py [--repeats 3]
+    python bench/edit_steps.py --breakdown     # where the 1-step edit's time goes
 
 Prints a Markdown table: wall seconds, peak RSS, and the 1-step edit's share of the 50-step one.
+With --breakdown, one 1-step edit in a fresh process, timed phase by phase (each phase's function
+wrapped in place, no profiler): imports, the load, encode, the sampler, decode, the seam report,
+writing, and the process's exit after the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -39,12 +44,87 @@ def run_once(steps: int, env: dict[str, str], out: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+# phase → (module, function or Class.method): each is wrapped wherever musicguide holds it
+PHASES = {
+    "load the model": ("musicguide.models.folder", "load_model"),
+    "encode the window": ("musicguide.edit", "_encode_window"),
+    "sample (1 step, guided)": ("musicguide.edit", "_sample"),
+    "decode the window": ("musicguide.models.latent_diffusion", "LatentDiffusion.decode"),
+    "seam report": ("musicguide.splice", "seam_report"),
+    "write the file": ("musicguide.writing", "write_song"),
+}
+BREAKDOWN = """
+import gc, importlib, json, sys, time
+start = time.perf_counter()
+spent = {}
+import musicguide.__main__ as entry
+entry._keep_freed_memory()
+entry._CollectAfterTorch.install()  # as the entry point does, before torch
+import torch
+spent["import torch"] = time.perf_counter() - start
+mark = time.perf_counter()
+import musicguide.cli.edits, musicguide.edit, musicguide.models.folder, musicguide.writing
+spent["import musicguide"] = time.perf_counter() - mark
+
+def timed(name, function):
+    def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - began
+    return wrapper
+
+for name, (module, attribute) in json.loads(sys.argv[1]).items():
+    owner = importlib.import_module(module)
+    for part in attribute.split(".")[:-1]:
+        owner = getattr(owner, part)
+    original = getattr(owner, attribute.split(".")[-1])
+    setattr(owner, attribute.split(".")[-1], timed(name, original))
+    for held in [m for m in sys.modules.values() if getattr(m, "__name__", "").startswith("musicguide")]:
+        for key, value in list(vars(held).items()):
+            if value is original:  # bound by `from … import …`
+                setattr(held, key, getattr(owner, attribute.split(".")[-1]))
+sys.argv = ["musicguide", *sys.argv[2:]]
+try:
+    entry.main()
+except SystemExit:
+    pass
+spent["run, in all"] = time.perf_counter() - start
+print(json.dumps(spent), file=sys.stderr)
+sys.stderr.flush()
+"""
+
+
+def breakdown(out: Path) -> None:
+    args = ["infill", str(SONG), "--start", "0:08", "--end", "0:11", "--steps", "1", "-o", str(out), "--quiet",
+            "--overwrite"]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", BREAKDOWN, json.dumps(PHASES), *args], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"the edit failed: {done.stderr[-2000:]}")
+    spent = json.loads(done.stderr.strip().splitlines()[-1])
+    total = spent.pop("run, in all")
+    rows = [*spent.items(), ("the rest of the run (parsing, reading, the sidecar, ...)", total - sum(spent.values())),
+            ("Python's start and exit (the wall time less the run)", wall - total)]
+    print(f"the README's edit with --steps 1, demo model, CPU ({os.cpu_count()} cores): {wall:.2f} s wall\n")
+    print("| phase | seconds | share |")
+    print("|---|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.3f} | {seconds / wall:.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true", help="time one 1-step edit phase by phase")
     args = parser.parse_args()
     if not SONG.is_file():
         sys.exit(f"{SONG} is not there: this bench needs ../shared/audio beside the repository")
+    if args.breakdown:
+        with tempfile.TemporaryDirectory() as folder:
+            return breakdown(Path(folder) / "edit.wav")
     times: dict[tuple[str, int], list[float]] = {}
     peaks: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:

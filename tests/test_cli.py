@@ -347,6 +347,24 @@ def test_the_garbage_collector_sleeps_through_the_torch_import_only():
     assert done.stdout.split() == ["True", "True", "True", "True", "False", "3.0"]
 
 
+@pytest.mark.slow
+def test_the_edit_breakdown_times_every_phase():
+    """bench/edit_steps.py --breakdown wraps each phase's function where musicguide holds it: a
+    renamed or moved function would leave its row at nothing, and the table would lie."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "edit_steps.py"
+    if not (bench.parents[2] / "shared" / "audio" / "battle_60s.ogg").is_file():
+        pytest.skip("needs ../shared/audio beside the repository")
+    done = subprocess.run([sys.executable, str(bench), "--breakdown"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[1]) for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| phase")}
+    assert len(rows) == 10 and all(seconds > 0 for seconds in rows.values()), done.stdout
+
+
 def test_the_entry_point_keeps_freed_memory_unless_told_not_to(monkeypatch):
     """Issue 22: glibc is asked (mallopt) to reuse freed memory rather than unmap it; the switch
     MUSICGUIDE_SYSTEM_MALLOC=1 leaves the allocator alone."""
