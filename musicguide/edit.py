@@ -442,7 +442,8 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
     if not 0 < samples <= max_length:
         raise BadArgument(f"`seconds` must be in (0, {max_length / sr:.2f}] for this model, got {seconds}")
     frames = whole_frames(samples, hop)
-    sampled, extent = fit_to_audio(model, Window(0, frames * hop, 0, samples, (0, frames)), samples)
+    window = Window(0, frames * hop, 0, samples, (0, frames))
+    sampled, extent = fit_to_audio(model, window, samples)
     settings = settings.for_model(model)
     device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed)
@@ -455,7 +456,7 @@ def generate(model, seconds: float, settings: SamplerSettings, *, variations: in
                     frames=None if extent is None else extent.frames)
     with torch.no_grad():
         audio = model.decode(x0).float().cpu()[..., :samples]
-    return EditResult(list(audio), [Window(0, frames * hop, 0, samples, (0, frames))], [[] for _ in audio], None)
+    return EditResult(list(audio), [window], [[] for _ in audio], None)
 
 
 # A loop shorter than a beat at 120 bpm has no music to repeat, and its seams could not be measured
