@@ -276,7 +276,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path: Path) -> None:
     save_model_folder(model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "model_config.json"]
     loaded = load_model_folder(tmp_path / "m")
-    assert loaded.config == model.config and not loaded.training
+    assert loaded.config == model.config and not any(m.training for m in loaded.modules())
+    assert all(not p.requires_grad for p in loaded.parameters()) and list(loaded.state_dict()) == list(model.state_dict())
     x, audio = torch.randn(1, 8, 8), torch.randn(1, 2, 4096)
     assert torch.equal(loaded.denoise(x, 0.3), model.denoise(x, 0.3))
     assert torch.equal(loaded.encode(audio), model.encode(audio))
@@ -284,7 +285,7 @@ def test_save_then_load_gives_identical_outputs(tmp_path: Path) -> None:
 
 
 def test_a_model_loaded_on_the_cpu_owns_aligned_copies_of_its_tensors(tmp_path: Path) -> None:
-    """safetensors hands out views of the mapped file at whatever offset the header gives, and an
+    """The file's tensors are views of the mapped file at whatever offset the header gives, and an
     unaligned tensor is slower and not even bit-identical through other SIMD paths: on the CPU the
     loader copies each one (in the file's dtype or not) into memory of torch's own, 64-byte aligned."""
     save_model_folder(seeded_tiny(5), tmp_path / "m")

@@ -5,7 +5,8 @@ They import nothing of the package, so each family's modules can stand on them s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from functools import partial
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +49,19 @@ def inverse_frequencies(dim: int, base: float) -> Tensor:
     return frequencies.to(torch.empty(0).device)
 
 
-def init_weight_norm(module: nn.Module, conv: nn.Module, bias: bool) -> None:
-    """weight_v, weight_g (= |v| per output row) and bias from a freshly initialised conv. For a
-    model about to be loaded from a file (`uninitialized`, or on the meta device) the values are
-    never read, so only the shapes are made, and no memory is touched."""
-    weight = conv.weight.detach()
-    if _uninitialized or weight.is_meta:
-        module.bias = nn.Parameter(conv.bias.detach()) if bias else None
-        module.weight_g = nn.Parameter(torch.empty(weight.shape[0], 1, 1, device=weight.device))
-        module.weight_v = nn.Parameter(weight)
+def init_weight_norm(module: nn.Module, conv: Callable[[], nn.Module], weight_shape: tuple[int, ...],
+                     out_channels: int, bias: bool) -> None:
+    """weight_v, weight_g (= |v| per row of the weight) and bias from a freshly initialised conv
+    (`conv()` makes it). For a model about to be loaded from a file (`uninitialized`, or on the meta
+    device) the values are never read: only tensors of the right shapes are made, without building
+    the conv, which was a third of building the demo model."""
+    if _uninitialized or torch.empty(0).is_meta:
+        module.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        module.weight_g = nn.Parameter(torch.empty(weight_shape[0], 1, 1))
+        module.weight_v = nn.Parameter(torch.empty(weight_shape))
         return
+    conv = conv()
+    weight = conv.weight.detach()
     module.bias = nn.Parameter(conv.bias.detach().clone()) if bias else None
     module.weight_g = nn.Parameter(weight.flatten(1).norm(dim=1)[:, None, None])
     module.weight_v = nn.Parameter(weight.clone())
@@ -78,10 +82,10 @@ class WNConv1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  padding: int = 0, dilation: int = 1, bias: bool = True):
         super().__init__()
-        conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, bias=bias)
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        init_weight_norm(self, conv, bias)
+        conv = partial(nn.Conv1d, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                       dilation=dilation, bias=bias)
+        init_weight_norm(self, conv, (out_channels, in_channels, kernel_size), out_channels, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = weight_normalised(self.weight_v, self.weight_g)
@@ -93,9 +97,9 @@ class WNConvTranspose1d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int):
         super().__init__()
-        conv = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
         self.stride, self.padding = stride, padding
-        init_weight_norm(self, conv, True)
+        conv = partial(nn.ConvTranspose1d, in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        init_weight_norm(self, conv, (in_channels, out_channels, kernel_size), out_channels, True)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = weight_normalised(self.weight_v, self.weight_g)
