@@ -3,11 +3,13 @@
     python bench/cli_speed.py                                        # GPU: SAO 1.0 and SAO Small shapes
     python bench/cli_speed.py --shapes demo --steps 8 --device cpu   # a CPU smoke run of the same path
     python bench/cli_speed.py --shapes sao-small-shape --out "$OUT"  # one shape per call, for a short GPU lease
+    python bench/cli_speed.py --load-only --shapes demo sao-small-shape  # loading only: a minute on the CPU
 
 For each shape it builds a model folder with random weights (the published configs: SAO 1.0 at
 full depth, SAO Small's rectified-flow config at depth 20), then:
 
-* load: `musicguide`'s model loading of that folder, against the time to read the file from disk;
+* load: `musicguide`'s model loading of that folder, against the time to read the file from disk
+  (with --load-only, only that, and the time to build the model's modules, which no loader avoids);
 * infill: what `musicguide infill song.wav --start 88 --end 92 …` runs once the model is loaded,
   with the model held by one `Editor` (as `musicguide batch` does): `editor.infill(...).save(...)`,
   reading and streaming the song, encoding, sampling, decoding, splicing, writing the WAV and
@@ -41,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from musicguide import Editor  # noqa: E402
 from musicguide.models import ModelConfig, build_model  # noqa: E402
-from musicguide.models.folder import WEIGHTS_FILE, save_model_folder  # noqa: E402
+from musicguide.models.folder import (CONFIG_FILE, WEIGHTS_FILE, model_skeleton, read_model_config,  # noqa: E402
+                                      save_model_folder)
 
 DEFAULT_STEPS = {"sao-1.0-shape": 100, "sao-small-shape": 8}
 
@@ -99,13 +102,27 @@ def infill(editor: Editor, wav: Path, out: Path, steps: int, **options) -> None:
         result.save(out, overwrite=True)
 
 
+def measure_load(model: Path, device: str, precision: str, rounds: int = 3) -> tuple[float, float, float]:
+    """Seconds to read the folder's weights file, to load the folder as the command does, and to
+    build the model's modules alone (what the loader fills): warm, as the issue measured it (the
+    file in the page cache, the modules imported), interleaved, the best of `rounds` each.
+    The read is NaN for a built-in model, which has no file."""
+    weights = model / WEIGHTS_FILE
+    config = read_model_config(model / CONFIG_FILE) if weights.exists() else None
+
+    times: dict[str, list[float]] = {"read": [], "load": [], "build": []}
+    for _ in range(rounds):
+        if weights.exists():
+            times["read"].append(timed(lambda: read_file(weights), device))
+            times["build"].append(timed(lambda: model_skeleton(config), device))
+        times["load"].append(timed(lambda: Editor.from_pretrained(str(model), device=device, precision=precision,
+                                                                  quiet=True), device))
+    return tuple(min(times[k]) if times[k] else float("nan") for k in ("load", "read", "build"))
+
+
 def measure(name: str, folder: Path, wav: Path, device: str, precision: str, steps: int, repeats: int) -> list[str]:
     model = shaped_folder(name, folder)
-    weights = model / WEIGHTS_FILE
-    # warm, as the issue measured it: the file in the page cache, the modules imported; the best of 3
-    read = min(timed(lambda: read_file(weights), device) for _ in range(3)) if weights.exists() else float("nan")
-    load = min(timed(lambda: Editor.from_pretrained(str(model), device=device, precision=precision, quiet=True), device)
-               for _ in range(3))
+    load, read, _ = measure_load(model, device, precision)
     out = folder / "out.wav"
     editor = Editor.from_pretrained(model, device=device, precision=precision, quiet=True)
 
@@ -140,6 +157,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--steps", type=int, default=None, help="default: 100 for SAO 1.0, 8 for SAO Small")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--load-only", action="store_true",
+                        help="only the load against the read and against building the modules, interleaved")
+    parser.add_argument("--rounds", type=int, default=7, help="with --load-only: the best of this many")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
                         help="also write the table to OUT/cli_speed.md, a row as each shape finishes")
     args = parser.parse_args()
@@ -155,6 +175,21 @@ def main() -> None:
                 f.write(line + "\n")
 
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    if args.load_only:
+        say(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; warm, best of {args.rounds}\n")
+        say("| shape | file | read file | load | load/read | build the modules | build/read |")
+        say("|---|---|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as folder:
+            for name in args.shapes:
+                model = shaped_folder(name, Path(folder))
+                load, read, build = measure_load(model, args.device, args.precision, args.rounds)
+                if read != read:  # a built-in model: no file to read, nothing built from one
+                    say(f"| {name} | – | – | {_seconds(load)} | – | – | – |")
+                    continue
+                size = (model / WEIGHTS_FILE).stat().st_size / 1e6
+                say(f"| {name} | {size:.1f} MB | {_seconds(read)} | {_seconds(load)} | {load / read:.1f}x "
+                    f"| {_seconds(build)} | {build / read:.1f}x |")
+        return
     say(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; a 4 s infill in a 3-minute song\n")
     header = ["shape", "steps", "infill", "unguided", "guided/unguided step", "infill, audio loss", "load",
               "read file", "load/read", "peak GPU memory (audio loss)"]

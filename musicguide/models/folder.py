@@ -71,13 +71,15 @@ def _ignored_prefixes(config) -> tuple[str, ...]:
     return tuple(f"conditioner.conditioners.{i}." for i in ids)
 
 
-def _model_for(config):
-    """The model a config describes: Stable Audio Open's LatentDiffusion, or a Stable Audio 3 model."""
-    if isinstance(config, ModelConfig):
-        return LatentDiffusion(config)
-    from musicguide.models.sa3 import SA3Model
+def model_skeleton(config):
+    """The model a config describes (Stable Audio Open's LatentDiffusion, or a Stable Audio 3
+    model), its tensors allocated but never initialised: what load_model_folder fills."""
+    with uninitialized():
+        if isinstance(config, ModelConfig):
+            return LatentDiffusion(config)
+        from musicguide.models.sa3 import SA3Model
 
-    return SA3Model(config)
+        return SA3Model(config)
 
 
 def _describe(keys: list[str], limit: int = 3) -> str:
@@ -96,8 +98,7 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
             raise UserError(f"{folder / name} is missing",
                             hint=f"a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = read_model_config(folder / CONFIG_FILE)
-    with uninitialized():
-        model = _model_for(config)
+    model = model_skeleton(config)
     slots = _state_slots(model)
     try:
         weights = TensorFile(folder / WEIGHTS_FILE)
