@@ -9,7 +9,8 @@ For each shape it builds a model folder with random weights (the published confi
 full depth, SAO Small's rectified-flow config at depth 20), then:
 
 * load: `musicguide`'s model loading of that folder, against the time to read the file from disk
-  (with --load-only, only that, and the time to build the model's modules, which no loader avoids);
+  (with --load-only, only that, the time to build the model's modules, which no loader avoids,
+  and the median load in a fresh process, where the destination memory is new);
 * infill: what `musicguide infill song.wav --start 88 --end 92 …` runs once the model is loaded,
   with the model held by one `Editor` (as `musicguide batch` does): `editor.infill(...).save(...)`,
   reading and streaming the song, encoding, sampling, decoding, splicing, writing the WAV and
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,6 +122,30 @@ def measure_load(model: Path, device: str, precision: str, rounds: int = 3) -> t
     return tuple(min(times[k]) if times[k] else float("nan") for k in ("load", "read", "build"))
 
 
+FRESH_LOAD = """
+import gc, sys, time
+import torch
+from musicguide import Editor
+gc.freeze()  # as the command's entry point leaves the collector once torch is imported
+start = time.perf_counter()
+Editor.from_pretrained(sys.argv[1], device=sys.argv[2], precision=sys.argv[3], quiet=True)
+if sys.argv[2].startswith("cuda"):
+    torch.cuda.synchronize()
+print(time.perf_counter() - start)
+"""
+
+
+def fresh_load(model: Path, device: str, precision: str, rounds: int) -> float:
+    """Seconds to load the folder in a fresh process, torch already imported (as the command
+    loads it, with the destination memory new to the process): the median of `rounds`."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    runs = [float(subprocess.run([sys.executable, "-c", FRESH_LOAD, str(model), device, precision], env=env,
+                                 check=True, capture_output=True, text=True).stdout.split()[-1])
+            for _ in range(rounds)]
+    return float(np.median(runs))
+
+
 def measure(name: str, folder: Path, wav: Path, device: str, precision: str, steps: int, repeats: int) -> list[str]:
     model = shaped_folder(name, folder)
     load, read, _ = measure_load(model, device, precision)
@@ -177,18 +203,19 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     if args.load_only:
         say(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; warm, best of {args.rounds}\n")
-        say("| shape | file | read file | load | load/read | build the modules | build/read |")
-        say("|---|---|---|---|---|---|---|")
+        say("| shape | file | read file | load | load/read | build the modules | build/read | load, fresh process |")
+        say("|---|---|---|---|---|---|---|---|")
         with tempfile.TemporaryDirectory() as folder:
             for name in args.shapes:
                 model = shaped_folder(name, Path(folder))
                 load, read, build = measure_load(model, args.device, args.precision, args.rounds)
+                fresh = _seconds(fresh_load(model, args.device, args.precision, args.rounds))
                 if read != read:  # a built-in model: no file to read, nothing built from one
-                    say(f"| {name} | – | – | {_seconds(load)} | – | – | – |")
+                    say(f"| {name} | – | – | {_seconds(load)} | – | – | – | {fresh} |")
                     continue
                 size = (model / WEIGHTS_FILE).stat().st_size / 1e6
                 say(f"| {name} | {size:.1f} MB | {_seconds(read)} | {_seconds(load)} | {load / read:.1f}x "
-                    f"| {_seconds(build)} | {build / read:.1f}x |")
+                    f"| {_seconds(build)} | {build / read:.1f}x | {fresh} |")
         return
     say(f"{gpu}, --precision {args.precision}, torch {torch.__version__}; a 4 s infill in a 3-minute song\n")
     header = ["shape", "steps", "infill", "unguided", "guided/unguided step", "infill, audio loss", "load",

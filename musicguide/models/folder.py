@@ -6,9 +6,10 @@ or ship them), and `merge_parts` makes a folder from such parts again.
 Loading is strict, because a checkpoint that half-matches its config gives noise rather than an
 error: every key the model has must be in the file with the right shape, and the file may hold no
 other keys except those the reference keeps outside the network (a text encoder's projection).
-Weights are read with safetensors only (never pickle) into a model built without initializing its
-weights (`layers.uninitialized`: memory allocated and never touched, then freed as the file's
-tensors are assigned), so a 1B-parameter model is held in memory once.
+Weights are read from the safetensors format only (never pickle: `tensor_file` maps the file and
+checks its header) into a model built without initializing its weights (`model_skeleton`: memory
+allocated and never touched, then freed as each of the file's tensors is copied, cast and assigned
+to where state_dict names it), so a 1B-parameter model is held in memory once.
 """
 
 from __future__ import annotations
