@@ -392,6 +392,17 @@ def test_missing_files_and_folders_are_user_errors(saved_tiny: Path, tmp_path: P
         load_model_folder(saved_tiny)
 
 
+def test_a_weights_file_that_cannot_be_opened_is_a_user_error(saved_tiny: Path, monkeypatch) -> None:
+    from musicguide.models import folder
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(folder, "TensorFile", refuse)
+    with pytest.raises(UserError, match="cannot read .*model.safetensors: Permission denied"):
+        load_model_folder(saved_tiny)
+
+
 def test_the_encoder_leak_of_a_weights_file_is_measured_once(tmp_path, monkeypatch):
     """Issue 22: the leak probe (a few encodes) runs once per weights file, device and dtype, and
     again when the file changes; a model built in memory is measured (once per process)."""

@@ -83,7 +83,7 @@ def test_a_malformed_header_is_refused_with_what_is_wrong(tmp_path: Path, header
 
 
 def test_a_header_that_is_not_there_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(TensorFileError, match="too short"):
+    with pytest.raises(TensorFileError, match="too short for a header"):
         TensorFile(_short(tmp_path))
     with pytest.raises(TensorFileError, match="a header of"):
         TensorFile(_file(tmp_path, {}, b"", header_bytes=1 << 40))

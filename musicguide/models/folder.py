@@ -105,6 +105,8 @@ def load_model_folder(path: str | os.PathLike[str], device: str | torch.device =
         weights = TensorFile(folder / WEIGHTS_FILE)
     except TensorFileError as err:
         raise UserError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {folder / WEIGHTS_FILE}: {err.strerror or err}") from None
     ignored = _ignored_prefixes(config)
     file_keys = {_our_key(k): k for k in weights.keys() if not k.startswith(ignored)}
     _check_keys({key: tuple(slot.shape) for key, slot in slots.items()},

@@ -54,16 +54,17 @@ class TensorFile:
         if sys.byteorder != "little":
             raise TensorFileError("reading safetensors needs a little-endian machine")
         with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if size < 8:
-                raise TensorFileError(f"{size} bytes, too short for a header")
-            header_bytes = int.from_bytes(file.read(8), "little")
-            if header_bytes > min(MAX_HEADER_BYTES, size - 8):
-                raise TensorFileError(f"a header of {header_bytes} bytes in a file of {size}")
-            header = _parse_header(file.read(header_bytes))
-            self.entries = _check_entries(header, data_start=8 + header_bytes, data_bytes=size - 8 - header_bytes)
-            # An empty file cannot be mapped; a file of only a header has nothing to map.
-            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if self.entries else None
+            if os.fstat(file.fileno()).st_size < 8:
+                raise TensorFileError("too short for a header")
+            # Sizes are checked against the map itself, so that a file changed since it was
+            # opened cannot put a view outside what is mapped.
+            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        size = len(self._map)
+        header_bytes = int.from_bytes(self._map[:8], "little")
+        if header_bytes > min(MAX_HEADER_BYTES, size - 8):
+            raise TensorFileError(f"a header of {header_bytes} bytes in a file of {size}")
+        header = _parse_header(self._map[8:8 + header_bytes])
+        self.entries = _check_entries(header, data_start=8 + header_bytes, data_bytes=size - 8 - header_bytes)
         self.metadata = header.get("__metadata__") or {}
 
     def keys(self) -> list[str]:
