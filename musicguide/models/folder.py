@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from musicguide.atomic import write_atomically
 from musicguide.cache import file_stamp, remembered

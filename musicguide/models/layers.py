@@ -5,8 +5,8 @@ They import nothing of the package, so each family's modules can stand on them s
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
