@@ -294,6 +294,16 @@ def test_a_model_loaded_on_the_cpu_owns_aligned_copies_of_its_tensors(tmp_path: 
         assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors if t.numel())
 
 
+def test_a_model_loaded_on_another_device_is_moved_there_then_cast(tmp_path: Path) -> None:
+    """The loader's path for a GPU (the file's bytes to the device, cast there), run on `meta`, the
+    one other device every machine has: every tensor on the device, in the dtype asked for."""
+    save_model_folder(seeded_tiny(5), tmp_path / "m", dtype=torch.float16)
+    model = load_model_folder(tmp_path / "m", device="meta", dtype=torch.bfloat16)
+    tensors = model.state_dict().values()
+    assert tensors and {(t.device.type, t.dtype) for t in tensors} == {("meta", torch.bfloat16)}
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
 def test_save_in_half_precision_and_load_in_another_dtype(tmp_path: Path) -> None:
     model = seeded_tiny(5)
     save_model_folder(model, tmp_path / "m", dtype=torch.float16)
