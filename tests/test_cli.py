@@ -389,3 +389,21 @@ def test_the_entry_point_keeps_freed_memory_unless_told_not_to(monkeypatch):
     monkeypatch.setenv("MUSICGUIDE_SYSTEM_MALLOC", "1")
     entry._keep_freed_memory()
     assert calls == []
+
+
+@pytest.mark.slow
+def test_the_load_bench_runs_and_writes_its_table(tmp_path):
+    """bench/cli_speed.py --load-only, as a short GPU lease would run it (`--out`), on the demo and
+    on the built-in model (which has no file: its read and build columns are dashes)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "cli_speed.py"
+    done = subprocess.run([sys.executable, str(bench), "--load-only", "--shapes", "demo", "tiny-random", "--rounds", "1",
+                           "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in (tmp_path / "cli_speed.md").read_text().splitlines() if line.startswith("| ")]
+    demo, builtin = rows[1], rows[2]  # after the header row
+    assert demo[0] == "| demo" and demo[1].endswith(" MB") and demo[4].endswith("x") and demo[6].endswith("x")
+    assert builtin[0] == "| tiny-random" and builtin[2] == builtin[4] == "–" and builtin[7].endswith("s |")
