@@ -294,9 +294,7 @@ def merge_parts(parts: Sequence[str | os.PathLike], config: str | os.PathLike, o
         if overlap:
             raise UserError(f"{part} repeats {sorted(overlap)[0]}, which an earlier part already holds")
         state.update(tensors)
-    model_config = read_model_config(config)
-    with uninitialized():
-        model = LatentDiffusion(model_config)
+    model = model_skeleton(read_model_config(config))
     missing = sorted(set(model.state_dict()) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
