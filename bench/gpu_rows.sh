@@ -17,8 +17,8 @@ set -u
 seconds=${1:?usage: bench/gpu_rows.sh SECONDS [--smoke]}
 smoke=${2:-}
 : "${OUT:?set OUT to the folder the tables go to}"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute, before the cd below
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
 summary="$OUT/gpu_rows.md"
 deadline=$((SECONDS + seconds))
 
